@@ -1,0 +1,322 @@
+"""Tests for the model zoo: sizes, layer groups, forward passes, official freeze points.
+
+Full-size models only go through `jax.eval_shape`; only the tiny variants are run.
+"""
+
+import functools
+import math
+import re
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from tldmi_jax import models
+from tldmi_jax.models import irse, resnet, small, vgg
+
+FULL_ARCHS = ('vgg16', 'ir152', 'facenet64', 'facenet', 'ir50', 'resnet18', 'resnet152', 'small')
+TINY_ARCHS = tuple(a for a in models.ARCHS if a.endswith('_tiny'))
+NUM_CLASSES = 5
+
+
+def _abstract_variables(model: nn.Module, size: int, channels: int = 3) -> dict:
+    """Variable shapes of `model.init` on a [1, size, size, channels] input."""
+    x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), x)
+
+
+def _flat(tree: dict) -> dict[str, jax.ShapeDtypeStruct]:
+    return traverse_util.flatten_dict(tree, sep='/')
+
+
+def _group_of(model: nn.Module, path: str) -> list[str]:
+    return [name for name, regex in model.layer_groups if re.fullmatch(regex, path)]
+
+
+def _trainable_count(model: nn.Module, size: int, frozen: tuple[str, ...]) -> int:
+    """Number of params whose group is not in `frozen`."""
+    params = _flat(_abstract_variables(model, size)['params'])
+    total = 0
+    for path, leaf in params.items():
+        (group,) = _group_of(model, path)
+        if group not in frozen:
+            total += math.prod(leaf.shape)
+    return total
+
+
+def _images(arch: str, batch: int = 2, channels: int = 3, seed: int = 0) -> jax.Array:
+    size = models.default_image_size(arch)
+    return jax.random.uniform(jax.random.key(seed), (batch, size, size, channels))
+
+
+# Published sizes (TL-DMI notes, torchvision) at 1000 classes: (total, official trainable).
+@pytest.mark.parametrize(
+    'arch, num_classes, total, trainable, rel',
+    [
+        ('vgg16', 1000, 16.78e6, 13.86e6, 5e-3),
+        ('ir152', 1000, 62.60e6, 17.83e6, 5e-3),
+        ('facenet64', 1000, 35.44e6, 34.39e6, 5e-3),
+        ('resnet18', 1000, 11_689_512, 8.9e6, 1e-3),
+        ('resnet152', 1000, 60_192_808, None, 1e-3),
+        ('resnet152', 530, None, 16.0e6, 5e-3),
+    ],
+)
+def test_param_counts(arch, num_classes, total, trainable, rel):
+    model = models.get_model(arch, num_classes)
+    size = models.default_image_size(arch)
+    if total is not None:
+        assert models.count_params(model, size) == pytest.approx(total, rel=rel)
+    if trainable is not None:
+        frozen = model.official_frozen_groups(model.OFFICIAL_FREEZE_LAYERS)
+        assert _trainable_count(model, size, frozen) == pytest.approx(trainable, rel=rel)
+
+
+def test_resnet_exact_counts():
+    assert models.count_params(models.get_model('resnet18', 1000), 224) == 11_689_512
+    assert models.count_params(models.get_model('resnet152', 1000), 224) == 60_192_808
+
+
+@pytest.mark.parametrize('arch', FULL_ARCHS + TINY_ARCHS)
+def test_layer_groups_partition_variables(arch):
+    model = models.get_model(arch, NUM_CLASSES)
+    variables = _abstract_variables(model, models.default_image_size(arch))
+    assert set(variables) == {'params', 'batch_stats'}
+    names = [name for name, _ in model.layer_groups]
+    assert len(set(names)) == len(names)
+    assert names[-1] == 'head'
+    used = set()
+    for collection in ('params', 'batch_stats'):
+        for path in _flat(variables[collection]):
+            groups = _group_of(model, path)
+            assert len(groups) == 1, f'{collection} {path} matches {groups}'
+            used.add(groups[0])
+    assert used == set(names), f'empty groups: {set(names) - used}'
+    for alias, group in model.cut_points.items():
+        assert group in names, (alias, group)
+
+
+@pytest.mark.parametrize('arch', FULL_ARCHS + TINY_ARCHS)
+def test_layer_groups_in_forward_order(arch):
+    """Leaf modules are called in non-decreasing group order."""
+    model = models.get_model(arch, NUM_CLASSES)
+    size = models.default_image_size(arch)
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == '__call__':
+            called.append('/'.join(context.module.path))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        variables = _abstract_variables(model, size)
+    paths = list(_flat(variables['params'])) + list(_flat(variables['batch_stats']))
+    index = {name: i for i, (name, _) in enumerate(model.layer_groups)}
+    order = []
+    for module_path in called:
+        owned = [p for p in paths if p.rsplit('/', 1)[0] == module_path]
+        if owned:
+            order.append(index[_group_of(model, owned[0])[0]])
+    assert order == sorted(order)
+    assert sorted(set(order)) == list(range(len(index)))
+
+
+@pytest.mark.parametrize(
+    'arch, size, feat_dim',
+    [
+        ('vgg16', 64, 2048),
+        ('ir152', 64, 512),
+        ('facenet64', 64, 512),
+        ('facenet', 112, 512),
+        ('resnet18', 224, 512),
+        ('resnet152', 224, 2048),
+        ('small', 32, 1024),
+    ],
+)
+def test_full_size_output_shapes(arch, size, feat_dim):
+    model = models.get_model(arch, NUM_CLASSES)
+    assert models.default_image_size(arch) == size
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    variables = _abstract_variables(model, size)
+    features, logits = jax.eval_shape(model.apply, variables, x)
+    assert features.shape == (2, feat_dim)
+    assert logits.shape == (2, NUM_CLASSES)
+
+
+_TINY_FEAT_DIMS = {
+    'vgg16_tiny': 64,
+    'ir152_tiny': 16,
+    'facenet64_tiny': 16,
+    'facenet_tiny': 16,
+    'resnet18_tiny': 16,
+    'small_tiny': 16 * 4 * 4,
+}
+
+
+@pytest.mark.parametrize('arch', TINY_ARCHS)
+def test_tiny_forward_train_and_eval(arch):
+    model = models.get_model(arch, NUM_CLASSES)
+    x = _images(arch)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+
+    @jax.jit
+    def train_apply(variables, x, rng):
+        return model.apply(variables, x, train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
+
+    (features, logits), updates = train_apply(variables, x, jax.random.key(1))
+    assert features.shape == (2, _TINY_FEAT_DIMS[arch])
+    assert logits.shape == (2, NUM_CLASSES)
+    assert np.all(np.isfinite(logits))
+    # Every BatchNorm updates its running statistics (some means stay ~0 at init, since
+    # they follow another BatchNorm, so compare the (mean, var) pair exactly).
+    new_stats, old_stats = _flat(updates['batch_stats']), _flat(variables['batch_stats'])
+    assert new_stats.keys() == old_stats.keys()
+    for path in new_stats:
+        if path.endswith('/mean'):
+            var = path[: -len('mean')] + 'var'
+            changed = not np.array_equal(new_stats[path], old_stats[path]) or not np.array_equal(
+                new_stats[var], old_stats[var]
+            )
+            assert changed, path
+
+    eval_apply = jax.jit(model.apply)
+    out1 = eval_apply({**variables, **updates}, x)
+    out2 = eval_apply({**variables, **updates}, x)
+    chex.assert_trees_all_equal(out1, out2)
+    assert out1[0].shape == features.shape
+    assert out1[1].shape == logits.shape
+
+
+@pytest.mark.parametrize('arch', ['small_tiny', 'vgg16_tiny'])
+def test_grayscale_input(arch):
+    model = models.get_model(arch, NUM_CLASSES)
+    x = _images(arch, channels=1)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    features, logits = jax.jit(model.apply)(variables, x)
+    assert features.shape == (2, _TINY_FEAT_DIMS[arch])
+    assert logits.shape == (2, NUM_CLASSES)
+
+
+def test_ir_dropout_only_in_training():
+    model = models.get_model('ir152_tiny', NUM_CLASSES)
+    x = _images('ir152_tiny')
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+
+    @jax.jit
+    def train_features(rng):
+        return model.apply(
+            variables, x, train=True, rngs={'dropout': rng}, mutable=['batch_stats']
+        )[0][0]
+
+    assert not np.allclose(train_features(jax.random.key(1)), train_features(jax.random.key(2)))
+
+
+@pytest.mark.parametrize('size', [8, 7])
+def test_ir_identity_shortcut_is_subsampling(size):
+    """With a zeroed residual, a same-width stride-2 unit is torch's MaxPool2d(1, 2)."""
+    unit = irse.BottleneckIR(depth=4, stride=2)
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 4))
+    variables = unit.init(jax.random.key(1), x, False)
+    params = dict(variables['params'])
+    params['bn2'] = {'scale': jnp.zeros(4), 'bias': jnp.zeros(4)}
+    y = unit.apply({**variables, 'params': params}, x, False)
+    expected_size = -(-size // 2)
+    assert y.shape == (2, expected_size, expected_size, 4)
+    np.testing.assert_array_equal(y, x[:, ::2, ::2, :])
+    assert 'shortcut_conv' not in variables['params']
+
+
+def test_ir_projection_shortcut_when_width_changes():
+    unit = irse.BottleneckIR(depth=8, stride=2)
+    x = jnp.ones((1, 7, 7, 4))
+    variables = jax.eval_shape(functools.partial(unit.init, train=False), jax.random.key(0), x)
+    assert {'shortcut_conv', 'shortcut_bn'} <= set(variables['params'])
+    y = jax.eval_shape(functools.partial(unit.apply, train=False), variables, x)
+    assert y.shape == (1, 4, 4, 8)
+
+
+def test_vgg_official_freezing():
+    model = vgg.VGG16(num_classes=10)
+    convs = tuple(name for name, _ in model.layer_groups[:-1])
+    assert len(convs) == 13
+    assert model.official_frozen_groups(0) == convs
+    assert model.official_frozen_groups(26) == convs[:8]
+    assert model.official_frozen_groups(26)[-1] == 'conv4_1'
+    assert model.official_frozen_groups(25) == convs[:8]
+    assert model.official_frozen_groups(23) == convs[:7]
+    assert model.official_frozen_groups(43) == convs
+    assert model.official_frozen_groups(26, freeze_stem=True) == convs[:8]
+    with pytest.raises(ValueError, match='conv4_1 but not its BatchNorm'):
+        model.official_frozen_groups(24)
+    with pytest.raises(ValueError):
+        model.official_frozen_groups(-1)
+    assert vgg.VGG16.OFFICIAL_FREEZE_LAYERS == 26
+    assert model.cut_points['block4'] == 'conv4_1'
+    assert vgg.LAYER_GROUPS == model.layer_groups
+
+
+def test_ir_official_freezing():
+    model = irse.IR152(num_classes=10)
+    assert model.official_frozen_groups(0) == ()
+    assert model.official_frozen_groups(0, freeze_stem=True) == ()
+    frozen = model.official_frozen_groups(46)
+    assert frozen == tuple(f'body_{i}' for i in range(47))
+    assert model.official_frozen_groups(46, freeze_stem=True) == ('stem', *frozen)
+    assert model.cut_points == {
+        'stage1': 'body_0',
+        'stage2': 'body_3',
+        'stage3': 'body_11',
+        'stage4': 'body_47',
+        'head': 'head',
+    }
+    assert irse.IR152.OFFICIAL_FREEZE_LAYERS == 46
+    assert irse.FaceNet64.OFFICIAL_FREEZE_LAYERS == 5
+    assert irse.FaceNet.OFFICIAL_FREEZE_LAYERS is None
+    assert irse.FaceNet64(num_classes=10).cut_points['stage4'] == 'body_21'
+    # The stem typo of the original code: its 1,920 parameters stay trainable.
+    stem_params = _trainable_count(model, 64, ()) - _trainable_count(model, 64, ('stem',))
+    assert stem_params == 1920
+
+
+def test_resnet_official_freezing():
+    model = resnet.ResNet18(num_classes=10)
+    assert model.official_frozen_groups(6) == ('stem', 'layer1', 'layer2', 'layer3')
+    assert model.official_frozen_groups(7) == ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
+    assert model.official_frozen_groups(0) == ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
+    assert model.official_frozen_groups(1) == ('stem',)
+    assert model.official_frozen_groups(4) == ('stem', 'layer1')
+
+
+def test_small_official_freezing():
+    model = small.SmallCNN(num_classes=10)
+    assert model.official_frozen_groups(0) == ()
+    assert model.official_frozen_groups(2) == ('block0', 'block1')
+    with pytest.raises(ValueError):
+        model.official_frozen_groups(5)
+    assert model.OFFICIAL_FREEZE_LAYERS is None
+
+
+def test_small_feat_dim_projection():
+    model = small.SmallCNN(num_classes=3, widths=(8, 16), feat_dim=12)
+    variables = _abstract_variables(model, 16)
+    assert _group_of(model, 'feat/kernel') == ['head']
+    x = jax.ShapeDtypeStruct((2, 16, 16, 1), jnp.float32)
+    features, logits = jax.eval_shape(model.apply, _abstract_variables(model, 16, 1), x)
+    assert features.shape == (2, 12)
+    assert logits.shape == (2, 3)
+    assert 'feat' in variables['params']
+
+
+def test_registry():
+    assert set(FULL_ARCHS) | set(TINY_ARCHS) == set(models.ARCHS)
+    assert isinstance(models.get_model('ir152', 7), irse.IR152)
+    assert models.get_model('vgg16', 7).num_classes == 7
+    with pytest.raises(ValueError, match='vgg16'):
+        models.get_model('vgg19', 7)
+    with pytest.raises(ValueError, match='Unknown arch'):
+        models.default_image_size('nope')
+    for arch in TINY_ARCHS:
+        assert models.default_image_size(arch) in (16, 32)

@@ -1,0 +1,64 @@
+"""Layers shared by the model families, with PyTorch semantics where they matter.
+
+`BatchNorm` follows `torch.nn.BatchNorm{1,2}d`: normalises with the biased batch
+variance, updates the running variance with the unbiased one, and uses torch's
+momentum convention (`running = (1 - momentum) * running + momentum * batch`,
+default 0.1). Its `train` argument is a call argument, so the freezing code can
+switch individual layers to running statistics with `nn.intercept_methods`
+(see `tldmi_jax.defenses.transfer.bn_policy_interceptor`).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis with torch semantics.
+
+    Attributes:
+      momentum: torch-style momentum for the running statistics.
+      epsilon: added to the variance.
+      use_bias: learn a shift (`bias`); False gives torch's frozen-zero bias.
+      use_scale: learn a scale (`scale`).
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    use_bias: bool = True
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        mean_s = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+        var_s = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            if not self.is_initializing():
+                n = x.size // features
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                mean_s.value = (1.0 - m) * mean_s.value + m * mean
+                var_s.value = (1.0 - m) * var_s.value + m * unbiased
+        else:
+            mean, var = mean_s.value, var_s.value
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            y = y * self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+        if self.use_bias:
+            y = y + self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+        return y
+
+
+class PReLU(nn.Module):
+    """Per-channel PReLU (torch `nn.PReLU(num_parameters=C)`, init 0.25)."""
+
+    init: float = 0.25
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        alpha = self.param('alpha', nn.initializers.constant(self.init), (x.shape[-1],))
+        return jnp.where(x >= 0, x, alpha * x)

@@ -1,0 +1,357 @@
+"""One classifier trainer for every defense: targets, evaluation models, pre-training.
+
+`train_and_evaluate(config, workdir)` trains `config.model.arch` on the private split of
+`config.data.name` with SGD (momentum, weight decay, constant learning rate as in the
+original), applies the freeze spec of `config.defense` (TL-DMI), selects the best epoch on
+a validation split carved from the private training set (or on the test split with
+`select_on='test'`, as the original code does), and reports natural accuracy on the
+private test split. Rerunning the same command resumes from the last checkpoint and ends
+with the same parameters as an uninterrupted run.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from tldmi_jax import config_lib, data, models
+from tldmi_jax.data import pipeline, preprocess
+from tldmi_jax.defenses import transfer
+from tldmi_jax.utils import checkpoint, metrics
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a resumed run needs (the data order is derived from `step`)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    best_val: jax.Array
+    best_step: jax.Array
+
+
+def make_base_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """PyTorch-style SGD: `g + wd * p`, then (Nesterov) momentum, constant lr."""
+    name = optim.get('name', 'sgd')
+    if name == 'sgd':
+        return optax.chain(
+            optax.add_decayed_weights(optim.weight_decay),
+            optax.sgd(optim.lr, momentum=optim.momentum or None, nesterov=optim.nesterov),
+        )
+    if name == 'adam':
+        return optax.chain(
+            optax.add_decayed_weights(optim.weight_decay),
+            optax.adam(optim.lr, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999)),
+        )
+    raise ValueError(f'Unknown optimizer {name!r}; use sgd or adam.')
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy; logits [B, K], integer labels [B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _apply(model, params, batch_stats, images, *, train, rng=None, interceptor=None):
+    """Runs the model; in training returns the updated batch_stats too."""
+    variables = {'params': params, 'batch_stats': batch_stats}
+    rngs = {'dropout': rng} if rng is not None else None
+
+    def run():
+        if train:
+            return model.apply(variables, images, train=True, mutable=['batch_stats'], rngs=rngs)
+        return model.apply(variables, images, train=False), {'batch_stats': batch_stats}
+
+    if interceptor is None:
+        return run()
+    with nn.intercept_methods(interceptor):
+        return run()
+
+
+def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bool):
+    """Builds the pure train step `(state, batch) -> (state, metrics)`."""
+    interceptor = transfer.bn_policy_interceptor(plan)
+    mask = transfer.trainable_mask(plan.labels)
+    base_key = jax.random.fold_in(jax.random.key(seed), 1)
+
+    def step_fn(state: TrainState, batch: dict[str, jax.Array]):
+        key = jax.random.fold_in(base_key, state.step)
+        flip_key, dropout_key = jax.random.split(key)
+        images = batch['image']
+        if flip:
+            images = preprocess.random_flip(flip_key, images)
+
+        def loss_fn(params):
+            (_, logits), updates = _apply(
+                model,
+                params,
+                state.batch_stats,
+                images,
+                train=True,
+                rng=dropout_key,
+                interceptor=interceptor,
+            )
+            return cross_entropy(logits, batch['label']), (logits, updates['batch_stats'])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        trainable_grads = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, mask)
+        out = {
+            'train/loss': loss,
+            'train/acc@1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+            'train/grad_norm': optax.tree.norm(trainable_grads),
+        }
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
+        return new_state, out
+
+    return step_fn
+
+
+def make_predict_fn(model):
+    """`(params, batch_stats, images) -> (features, logits)` in inference mode."""
+
+    def predict(params, batch_stats, images):
+        return _apply(model, params, batch_stats, images, train=False)[0]
+
+    return predict
+
+
+def evaluate(predict, params, batch_stats, images: np.ndarray, labels: np.ndarray, batch_size):
+    """Top-1 and top-5 accuracy over arrays, padding the last batch (one compiled shape)."""
+    n = len(labels)
+    if n == 0:
+        return {'acc@1': float('nan'), 'acc@5': float('nan')}
+    top1 = top5 = 0
+    for start in range(0, n, batch_size):
+        chunk = images[start : start + batch_size]
+        real = len(chunk)
+        if real < batch_size:
+            pad = np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        _, logits = predict(params, batch_stats, chunk)
+        logits = np.asarray(logits)[:real]
+        y = labels[start : start + real]
+        k = min(5, logits.shape[-1])
+        topk = np.argsort(-logits, axis=-1)[:, :k]
+        top1 += int(np.sum(topk[:, 0] == y))
+        top5 += int(np.sum(np.any(topk == y[:, None], axis=-1)))
+    return {'acc@1': top1 / n, 'acc@5': top5 / n}
+
+
+def _load_data(config: ml_collections.ConfigDict):
+    dc = config.data
+    kwargs = dict(dc.get('kwargs', {}) or {})
+    train_src = data.get_source(
+        dc.name, 'private_train', root=dc.root, data_dir=dc.data_dir, **kwargs
+    )
+    test_src = data.get_source(
+        dc.name, 'private_test', root=dc.root, data_dir=dc.data_dir, **kwargs
+    )
+    prep = preprocess.get_preprocess(dc.name, dc.image_size)
+    n = len(train_src)
+    select_on = config.get('select_on', 'val')
+    if select_on not in ('val', 'test'):
+        raise ValueError(f"select_on must be 'val' or 'test', got {select_on!r}.")
+    max_train = int(dc.get('max_train', 0) or 0)
+    all_idx = np.arange(n if not max_train else min(n, max_train))
+    if select_on == 'val' and dc.val_fraction > 0:
+        labels = getattr(train_src, 'labels', None)
+        train_idx, val_idx = pipeline.split_validation(
+            len(all_idx),
+            dc.val_fraction,
+            config.seed,
+            labels=None if labels is None else np.asarray(labels)[all_idx],
+        )
+        train_idx, val_idx = all_idx[train_idx], all_idx[val_idx]
+        val = _as_arrays(pipeline.load_all(train_src, val_idx, prep))
+    else:
+        train_idx, val = all_idx, None
+    max_test = int(dc.get('max_test', 0) or 0)
+    test_idx = np.arange(len(test_src) if not max_test else min(len(test_src), max_test))
+    test = _as_arrays(pipeline.load_all(test_src, test_idx, prep))
+    if select_on == 'test':
+        val = test
+    return train_src, train_idx, prep, val, test
+
+
+def _as_arrays(batch) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(batch['image'], np.float32), np.asarray(batch['label'], np.int32)
+
+
+def init_model(config: ml_collections.ConfigDict, num_classes: int, channels: int):
+    """Builds the model and its (optionally pretrained) variables."""
+    model = models.get_model(config.model.arch, num_classes, **(config.model.get('kwargs') or {}))
+    size = config.data.image_size
+    dummy = jnp.zeros((1, size, size, channels), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.fold_in(jax.random.key(config.seed), 0), dummy
+    )
+    params, batch_stats = variables['params'], variables.get('batch_stats', {})
+    ckpt = config.init.get('checkpoint')
+    if ckpt:
+        loaded = checkpoint.load_model(ckpt)
+        dont_load = tuple(config.init.get('dont_load') or ())
+        params = checkpoint.merge_params(loaded['params'], params, dont_load, 'params')
+        batch_stats = checkpoint.merge_params(
+            loaded['batch_stats'], batch_stats, dont_load, 'batch_stats'
+        )
+        logging.info('Initialised from %s (kept fresh: %s)', ckpt, dont_load)
+    return model, params, batch_stats
+
+
+def _truncate_metrics(workdir: str, step: int) -> None:
+    """Drops records past `step` from metrics.jsonl when a run resumes."""
+    records = [r for r in metrics.read_metrics(workdir) if r.get('step', 0) <= step]
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) a classifier in `workdir`; returns the final summary metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    metrics.quiet_libraries()
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+
+    train_src, train_idx, prep, val, test = _load_data(config)
+    num_classes = config.model.get('num_classes') or train_src.num_classes
+    channels = config.data.get('channels', 3)
+    if test[0].shape[-1] != channels:
+        raise ValueError(
+            f'config.data.channels={channels} but {config.data.name} images have '
+            f'{test[0].shape[-1]} channels.'
+        )
+    model, params, batch_stats = init_model(config, num_classes, channels)
+
+    plan = transfer.resolve(model, params, batch_stats, config.defense)
+    logging.info('Freeze plan: %s\n%s', plan.source, transfer.format_table(plan))
+    tx = transfer.make_optimizer(make_base_optimizer(config.optim), plan.labels)
+    state = TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        best_val=jnp.asarray(-1.0, jnp.float32),
+        best_step=jnp.asarray(-1, jnp.int32),
+    )
+    mngr = checkpoint.manager(
+        os.path.join(workdir, 'checkpoints'), config.get('keep_checkpoints', 2)
+    )
+    state, restored = checkpoint.restore_latest(mngr, state)
+    if restored is not None:
+        logging.info('Resuming from step %d', restored)
+        _truncate_metrics(workdir, restored)
+
+    bs = config.batch_size
+    steps_per_epoch = len(train_idx) // bs
+    if steps_per_epoch == 0:
+        raise ValueError(f'Batch size {bs} exceeds the {len(train_idx)} training images.')
+    total_steps = config.get('total_steps') or config.epochs * steps_per_epoch
+    ckpt_every = config.get('checkpoint_every_steps') or steps_per_epoch
+    log_every = config.get('log_every_steps') or 50
+    eval_every = config.get('eval_every_steps') or steps_per_epoch
+
+    writer = metrics.MetricWriter(workdir)
+    writer.write(
+        int(state.step),
+        {'params/total': plan.total_params, 'params/trainable': plan.trainable_params},
+    )
+    train_step = jax.jit(
+        make_train_step(model, tx, plan, seed=config.seed, flip=config.data.flip),
+        donate_argnums=0,
+    )
+    predict = jax.jit(make_predict_fn(model))
+
+    step = int(state.step)
+    acc: dict[str, list[float]] = {}
+    bar = tqdm(total=total_steps, initial=step, desc='train', dynamic_ncols=True, mininterval=1.0)
+    tic, seen = time.perf_counter(), 0
+    while step < total_steps:
+        epoch, start_batch = divmod(step, steps_per_epoch)
+        batches = pipeline.epoch_batches(
+            train_src,
+            train_idx,
+            bs,
+            preprocess=prep,
+            seed=config.seed,
+            epoch=epoch,
+            shuffle=True,
+            drop_remainder=True,
+            start_batch=start_batch,
+        )
+        for batch in batches:
+            images, labels = _as_arrays(batch)
+            state, m = train_step(state, {'image': images, 'label': labels})
+            step += 1
+            seen += len(labels)
+            for k, v in m.items():
+                acc.setdefault(k, []).append(v)
+            bar.update(1)
+            if step % log_every == 0 or step == total_steps:
+                summary = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
+                rate = seen / max(time.perf_counter() - tic, 1e-9)
+                summary['train/images_per_sec'] = rate
+                summary['train/epoch'] = step / steps_per_epoch
+                writer.write(step, summary, log=False)  # Shown in the progress bar.
+                bar.set_postfix(
+                    loss=f'{summary["train/loss"]:.3f}',
+                    acc=f'{summary["train/acc@1"]:.3f}',
+                    img_s=f'{rate:.0f}',
+                )
+                acc, tic, seen = {}, time.perf_counter(), 0
+            if val is not None and (step % eval_every == 0 or step == total_steps):
+                res = evaluate(predict, state.params, state.batch_stats, *val, bs)
+                split = 'test' if config.get('select_on', 'val') == 'test' else 'val'
+                writer.write(step, {f'{split}/{k}': v for k, v in res.items()})
+                if res['acc@1'] > float(state.best_val):
+                    state = state.replace(
+                        best_val=jnp.asarray(res['acc@1'], jnp.float32),
+                        best_step=jnp.asarray(step, jnp.int32),
+                    )
+                    checkpoint.save_model(
+                        os.path.join(workdir, 'model_best'), state.params, state.batch_stats
+                    )
+            if step % ckpt_every == 0 or step == total_steps:
+                checkpoint.save_state(mngr, step, state)
+            if step >= total_steps:
+                break
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+
+    checkpoint.save_model(os.path.join(workdir, 'model_final'), state.params, state.batch_stats)
+    if val is not None and int(state.best_step) >= 0:
+        best = checkpoint.load_model(os.path.join(workdir, 'model_best'))
+        sel_params, sel_stats = best['params'], best['batch_stats']
+    else:
+        sel_params, sel_stats = state.params, state.batch_stats
+    res = evaluate(predict, sel_params, sel_stats, *test, bs)
+    final = {
+        'target/natural_acc': res['acc@1'],
+        'target/natural_acc@5': res['acc@5'],
+        'params/total': plan.total_params,
+        'params/trainable': plan.trainable_params,
+        'best_step': int(state.best_step),
+        'steps': step,
+    }
+    writer.write(step, final)
+    writer.close()
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+        json.dump(final, f, indent=2)
+    return final
