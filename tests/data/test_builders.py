@@ -1,6 +1,5 @@
 """Builders and get_source on tiny generated copies of the real datasets' layouts."""
 
-import gzip
 import os
 
 import numpy as np
@@ -8,41 +7,15 @@ import pytest
 from PIL import Image
 
 from tldmi_jax import data
-from tldmi_jax.data import builders, celeba_mi, facescrub_mi, fashion_mnist_mi
+from tldmi_jax.data import builders, celeba_mi, facescrub_mi, fashion_mnist_mi, testing
 
-# The bright square sits exactly on the CelebA crop box (top 55, left 35, 108x108).
-BOX = (slice(55, 163), slice(35, 143))
-
-
-def _celeba_image(value: int) -> np.ndarray:
-    image = np.full((218, 178, 3), value, dtype=np.uint8)
-    image[BOX] = 255
-    return image
-
-
-def _write_lines(path, lines):
-    with open(path, 'w') as f:
-        f.write(''.join(line + '\n' for line in lines))
+BOX = testing.CELEBA_BOX
+_write_lines = testing.write_lines
 
 
 def _write_celeba(root, names=('trainset.txt', 'testset.txt', 'ganset.txt'), split_dir=''):
     """12 images: 6 train (3 classes x 2), 3 test, 3 public (one greyscale)."""
-    image_dir = os.path.join(root, 'img_align_celeba')
-    os.makedirs(image_dir)
-    for i in range(12):
-        Image.fromarray(_celeba_image(10 * i)).save(
-            os.path.join(image_dir, f'{i:06d}.jpg'), quality=100
-        )
-    Image.fromarray(np.full((218, 178), 30, np.uint8)).save(os.path.join(image_dir, '000011.jpg'))
-    os.makedirs(os.path.join(root, split_dir), exist_ok=True)
-    train = {f'{i:06d}.jpg': i % 3 for i in range(6)}
-    test = {f'{i:06d}.jpg': i % 3 for i in range(6, 9)}
-    paths = [os.path.join(root, split_dir, n) for n in names]
-    _write_lines(paths[0], [f'{k} {v}' for k, v in train.items()])
-    _write_lines(paths[1], [f'{k} {v}' for k, v in test.items()] + [''])
-    # Public lines with and without a label column are both accepted.
-    _write_lines(paths[2], ['000009.jpg', '000010.jpg 0', '000011.jpg'])
-    return train, test
+    return testing.write_fake_celeba(root, names=names, split_dir=split_dir)
 
 
 @pytest.fixture
@@ -301,30 +274,8 @@ def test_facescrub_empty_identity(tmp_path):
 # ----------------------------------------------------------------------------- fashion-mnist
 
 
-def _idx_bytes(array):
-    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, '>u4').tobytes()
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_fashion(root):
-    """Train: 3 images per class (gzip); t10k: 1 per class (raw)."""
-    os.makedirs(root)
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for part, per_class, compress in (('train', 3, True), ('t10k', 1, False)):
-        labels = np.tile(np.arange(10), per_class).astype(np.uint8)
-        images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
-        arrays[part] = (images, labels)
-        for kind, array, dims in (('images', images, 3), ('labels', labels, 1)):
-            name = f'{part}-{kind}-idx{dims}-ubyte'
-            payload = _idx_bytes(array)
-            if compress:
-                with gzip.open(os.path.join(root, name + '.gz'), 'wb') as f:
-                    f.write(payload)
-            else:
-                with open(os.path.join(root, name), 'wb') as f:
-                    f.write(payload)
-    return arrays
+_idx_bytes = testing.idx_bytes
+_write_fashion = testing.write_fake_fashion_mnist
 
 
 def test_fashion_mnist(tmp_path):

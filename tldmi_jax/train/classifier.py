@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tldmi_jax import config_lib, data, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.defenses import transfer
-from tldmi_jax.utils import checkpoint, metrics
+from tldmi_jax.utils import checkpoint, metrics, sharding
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -278,6 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     predict = jax.jit(make_predict_fn(model))
 
+    mesh = sharding.data_mesh(bs)
+    logging.info('Data parallel over %d device(s).', mesh.size)
+    state = sharding.replicate(state, mesh)
     step = int(state.step)
     acc: dict[str, list[float]] = {}
     bar = tqdm(total=total_steps, initial=step, desc='train', dynamic_ncols=True, mininterval=1.0)
@@ -297,7 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         for batch in batches:
             images, labels = _as_arrays(batch)
-            state, m = train_step(state, {'image': images, 'label': labels})
+            batch = sharding.shard_batch({'image': images, 'label': labels}, mesh)
+            state, m = train_step(state, batch)
             step += 1
             seen += len(labels)
             for k, v in m.items():

@@ -1,0 +1,93 @@
+"""The classifier trainer: pretrained init + TL-DMI, real builders, model selection."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from configs import celeba, fashion_mnist
+from tldmi_jax.data import testing
+from tldmi_jax.train import classifier
+from tldmi_jax.utils import checkpoint, metrics
+
+
+def _quick(config, steps=4):
+    config.total_steps = steps
+    config.eval_every_steps = steps
+    config.checkpoint_every_steps = steps
+    config.log_every_steps = 2
+    return config
+
+
+def _flat(tree):
+    return traverse_util.flatten_dict(tree, sep='/')
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('pretrained'))
+    classifier.train_and_evaluate(_quick(celeba.get_config('arch=vgg16,runlocal')), workdir)
+    return workdir
+
+
+def test_pretrained_init_then_tldmi_keeps_frozen_layers(pretrained, tmp_path):
+    config = _quick(celeba.get_config('arch=vgg16,defense=tldmi,runlocal'))
+    config.init.checkpoint = pretrained
+    config.init.dont_load = ()
+    final = classifier.train_and_evaluate(config, str(tmp_path))
+    assert final['params/trainable'] < final['params/total']
+    before = _flat(checkpoint.load_model(os.path.join(pretrained, 'model_final'))['params'])
+    after = _flat(checkpoint.load_model(os.path.join(str(tmp_path), 'model_final'))['params'])
+    frozen = [k for k in before if k.split('/')[0] < 'conv4_2']  # conv1_1 .. conv4_1
+    trained = [k for k in before if k not in frozen]
+    assert len(frozen) == 8 * 4 and trained
+    for k in frozen:
+        np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+    assert any(not np.array_equal(before[k], after[k]) for k in trained)
+
+
+def test_pretrained_mismatch_lists_names(pretrained, tmp_path):
+    config = _quick(celeba.get_config('arch=vgg16,runlocal'))
+    config.init.checkpoint = pretrained
+    config.init.dont_load = ()
+    config.data.kwargs.num_classes = 5
+    with pytest.raises(ValueError, match=r'fc/bias: checkpoint \(4,\) vs model \(5,\)'):
+        classifier.train_and_evaluate(config, str(tmp_path))
+
+
+def test_trains_on_celeba_builder_with_selection_on_test(tmp_path):
+    root = str(tmp_path / 'celeba')
+    testing.write_fake_celeba(
+        root, num_classes=3, train_per_class=6, test_per_class=2, class_colours=True
+    )
+    config = _quick(celeba.get_config('arch=vgg16,runlocal'), steps=6)
+    config.data.name = 'celeba_mi'
+    config.data.kwargs = {}
+    config.data.root = root
+    config.data.data_dir = str(tmp_path / 'tfds')
+    config.select_on = 'test'
+    final = classifier.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert 0.0 <= final['target/natural_acc'] <= 1.0
+    records = metrics.read_metrics(str(tmp_path / 'run'))
+    assert any('test/acc@1' in r for r in records)
+    assert json.load(open(tmp_path / 'run' / 'config.json'))['select_on'] == 'test'
+
+
+def test_fashion_demo_config_on_fake_idx_files(tmp_path):
+    root = str(tmp_path / 'fashion')
+    testing.write_fake_fashion_mnist(root, train_per_class=8, test_per_class=2)
+    config = _quick(fashion_mnist.get_config('defense=tldmi,runlocal'))
+    config.data.root = root
+    config.batch_size = 8
+    final = classifier.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert 0.0 <= final['target/natural_acc'] <= 1.0
+    assert final['params/trainable'] < final['params/total']
+
+
+def test_bad_selection_split(tmp_path):
+    config = _quick(celeba.get_config('arch=vgg16,runlocal'))
+    config.select_on = 'train'
+    with pytest.raises(ValueError, match="select_on must be 'val' or 'test'"):
+        classifier.train_and_evaluate(config, str(tmp_path))
