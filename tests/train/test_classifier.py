@@ -91,3 +91,11 @@ def test_bad_selection_split(tmp_path):
     config.select_on = 'train'
     with pytest.raises(ValueError, match="select_on must be 'val' or 'test'"):
         classifier.train_and_evaluate(config, str(tmp_path))
+
+
+def test_load_classifier_from_workdir(pretrained):
+    model, variables = classifier.load_classifier(pretrained)
+    features, logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32))
+    assert logits.shape == (2, 4)
+    with pytest.raises(ValueError, match='is not a ir152_tiny checkpoint'):
+        classifier.load_classifier(pretrained, arch='ir152_tiny')

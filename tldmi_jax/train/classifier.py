@@ -359,3 +359,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
         json.dump(final, f, indent=2)
     return final
+
+
+def load_classifier(
+    path: str,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Loads a trained classifier: a trainer workdir or a model checkpoint directory.
+
+    Architecture, class count and input size come from the arguments or, where those are
+    None, from the `config.json` a trainer writes into its workdir.
+
+    Args:
+      path: a trainer workdir (uses `model_best/`, else `model_final/`) or a model dir.
+      arch: a `tldmi_jax.models.ARCHS` name.
+      num_classes: number of logits.
+      image_size: input size used to check the checkpoint against the architecture.
+
+    Returns:
+      `(model, variables)` with variables `{'params', 'batch_stats'}`.
+
+    Raises:
+      ValueError: if arch/num_classes are unknown, or the checkpoint does not fit the
+        architecture (listing every mismatched name).
+    """
+    cfg_path = os.path.join(path, 'config.json')
+    saved = {}
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            saved = json.load(f)
+    tree = checkpoint.load_model(path)
+    arch = arch or saved.get('model', {}).get('arch')
+    if not arch:
+        raise ValueError(f'{path}: give the architecture (no config.json to read it from).')
+    if not num_classes:
+        num_classes = int(np.shape(_find_logit_bias(tree['params']))[0])
+    image_size = (
+        image_size or saved.get('data', {}).get('image_size') or models.default_image_size(arch)
+    )
+    channels = saved.get('data', {}).get('channels', 3)
+    model = models.get_model(arch, num_classes, **(saved.get('model', {}).get('kwargs') or {}))
+    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+    try:
+        params = checkpoint.merge_params(tree['params'], shapes['params'], (), 'params')
+        stats = checkpoint.merge_params(
+            tree['batch_stats'], shapes.get('batch_stats', {}), (), 'batch_stats'
+        )
+    except ValueError as e:
+        raise ValueError(
+            f'{path} is not a {arch} checkpoint with {num_classes} classes: {e}'
+        ) from e
+    return model, {'params': params, 'batch_stats': stats}
+
+
+def _find_logit_bias(params: Any) -> Any:
+    """The classifier bias (`fc/bias`, the last layer of every registered model)."""
+    if 'fc' in params and 'bias' in params['fc']:
+        return params['fc']['bias']
+    raise ValueError('Cannot infer num_classes: no fc/bias in the checkpoint; pass num_classes.')

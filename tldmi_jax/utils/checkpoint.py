@@ -114,7 +114,9 @@ def merge_params(
             parts.append(f'shape mismatches: {shapes}')
         raise ValueError(f'Cannot load {collection}; ' + '; '.join(parts))
     merged = {
-        tuple(k.split('/')): (v if skipped(k) else np.asarray(flat_l[k], dtype=np.asarray(v).dtype))
+        tuple(k.split('/')): (
+            v if skipped(k) else np.asarray(flat_l[k]).astype(np.dtype(v.dtype), copy=False)
+        )
         for k, v in flat_i.items()
     }
     return traverse_util.unflatten_dict(merged)

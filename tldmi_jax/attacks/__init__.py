@@ -1,0 +1,1 @@
+"""Model-inversion attacks on one latent-search loop (see latent_search.py)."""

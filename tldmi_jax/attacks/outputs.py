@@ -1,0 +1,80 @@
+"""The attack output format that evaluation, Fisher analysis and reports read.
+
+An attack workdir holds `reconstructions.npz` with
+
+* `images`: float32 [N, H, W, C] in [0, 1];
+* `identity`: int32 [N], the target class each image was optimised for;
+* `seed`: int32 [N], the seed (or sample) index within that identity, 0..S-1;
+* `batch`: int32 [N], the identity batch it was optimised in (the original protocol
+  reports accuracy per (batch, seed) group);
+
+and `attack.json` with at least `attack`, `target` (`arch`, `checkpoint`, `num_classes`),
+`image_size` and `protocol_hash`.
+"""
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+FILENAME = 'reconstructions.npz'
+META = 'attack.json'
+
+
+def save(
+    workdir: str,
+    images: np.ndarray,
+    identity: np.ndarray,
+    seed: np.ndarray,
+    batch: np.ndarray,
+    meta: dict[str, Any] | None = None,
+) -> str:
+    """Writes `reconstructions.npz` (and `attack.json` if `meta`) atomically; returns its path."""
+    images = np.asarray(images, np.float32)
+    n = len(images)
+    arrays = {
+        k: np.asarray(v, np.int32)
+        for k, v in (('identity', identity), ('seed', seed), ('batch', batch))
+    }
+    for k, v in arrays.items():
+        if v.shape != (n,):
+            raise ValueError(f'{k} has shape {v.shape}; expected ({n},) to match images.')
+    if images.ndim != 4:
+        raise ValueError(f'images must be [N, H, W, C], got shape {images.shape}.')
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, FILENAME)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, images=images, **arrays)
+    os.replace(tmp, path)
+    if meta is not None:
+        with open(os.path.join(workdir, META), 'w') as f:
+            json.dump(meta, f, indent=2, sort_keys=True, default=str)
+    return path
+
+
+def load(workdir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reads `(arrays, meta)` from an attack workdir; meta is {} if attack.json is absent.
+
+    Raises:
+      FileNotFoundError: naming the missing reconstructions file.
+      ValueError: if a required array is missing or the shapes disagree.
+    """
+    path = os.path.join(workdir, FILENAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'No attack output: {path} does not exist.')
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    missing = [k for k in ('images', 'identity', 'seed', 'batch') if k not in arrays]
+    if missing:
+        raise ValueError(f'{path} lacks arrays {missing}.')
+    n = len(arrays['images'])
+    bad = [k for k in ('identity', 'seed', 'batch') if arrays[k].shape != (n,)]
+    if bad:
+        raise ValueError(f'{path}: arrays {bad} do not have one entry per image ({n}).')
+    meta_path = os.path.join(workdir, META)
+    meta = {}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    return arrays, meta
