@@ -74,3 +74,93 @@ def protocol_hash(payload: Any) -> str:
     """A short, stable hash of anything JSON-serialisable (splits, identities, seeds...)."""
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def classifier_config(
+    *,
+    dataset: str,
+    arch: str,
+    num_classes: int,
+    image_size: int,
+    channels: int,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    defense: str = 'none',
+    dont_load: tuple[str, ...] = (),
+) -> ml_collections.ConfigDict:
+    """The shared block of every classifier-training config (targets, eval models).
+
+    Config files call this with their setting's values and then override fields.
+    """
+    placeholder = ml_collections.config_dict.placeholder
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Model init, data order, flips and dropout all derive from it.
+
+    # --- data ---
+    config.data = ml_collections.ConfigDict()
+    config.data.name = dataset  # A tldmi_jax.data.DATASETS name.
+    config.data.root = placeholder(str)  # Manual dir with the raw files.
+    config.data.data_dir = placeholder(str)  # Where prepared array_record files go.
+    config.data.kwargs = ml_collections.ConfigDict()  # Extra builder arguments (synthetic).
+    config.data.image_size = image_size  # Model input size after the dataset's crop.
+    config.data.channels = channels  # Image channels fed to the model.
+    config.data.flip = True  # Random horizontal flip in training (original).
+    config.data.val_fraction = 0.1  # Carved from private_train for model selection.
+    config.data.max_train = 0  # Cap on training images (0: all).
+    config.data.max_test = 0  # Cap on test images (0: all).
+    config.select_on = 'val'  # 'test' reproduces the original's selection on test.
+
+    # --- model ---
+    config.model = ml_collections.ConfigDict()
+    config.model.arch = arch  # tldmi_jax.models.ARCHS key.
+    config.model.num_classes = num_classes  # Private identities (0: from the data).
+    config.model.kwargs = ml_collections.ConfigDict()  # Extra constructor arguments.
+    config.init = ml_collections.ConfigDict()
+    config.init.checkpoint = placeholder(str)  # Pretrained model checkpoint or workdir.
+    config.init.dont_load = dont_load  # Regexes kept freshly initialised (the new head).
+
+    # --- freeze (defense) ---
+    config.defense = ml_collections.ConfigDict()
+    config.defense.name = defense  # none | tldmi.
+    config.defense.freeze_layers = -1  # Original index k (-1: the arch's official one).
+    config.defense.fine_tune_from = ''  # Named cut point, e.g. 'stage4' or 'conv4_2'.
+    config.defense.theta_c = 0.0  # Trainable-parameter budget (0: unused).
+    config.defense.rules = ''  # 'regex:frozen;.*:trainable' rules (first match wins).
+    config.defense.freeze_stem = False  # True freezes the IR stem as the paper intends.
+    config.defense.bn_policy = 'update'  # update (original) | freeze.
+
+    # --- optim ---
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = 'sgd'  # sgd | adam.
+    config.optim.lr = lr  # Constant (the original builds no schedule).
+    config.optim.momentum = 0.9
+    config.optim.nesterov = False
+    config.optim.weight_decay = 1e-4  # Not applied to frozen parameters.
+    config.batch_size = batch_size
+    config.epochs = epochs
+    config.total_steps = 0  # Overrides epochs when > 0.
+
+    # --- evals, logging, checkpoints ---
+    config.eval_every_steps = 0  # 0: every epoch.
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 0  # 0: every epoch.
+    config.keep_checkpoints = 2
+    return config
+
+
+def runlocal_classifier(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a classifier config to a tiny model on generated data (seconds on a CPU)."""
+    config.data.name = 'synthetic'
+    config.data.image_size = 32
+    config.data.channels = 3
+    config.data.kwargs = ml_collections.ConfigDict(dict(num_classes=4, image_size=32))
+    config.model.arch = f'{config.model.arch}_tiny'
+    config.model.num_classes = 0  # From the data.
+    config.optim.lr = 0.01
+    config.batch_size = 8
+    config.total_steps = 60
+    config.eval_every_steps = 30
+    config.checkpoint_every_steps = 10
+    config.log_every_steps = 10
+    return config

@@ -1,0 +1,1 @@
+"""Image grids, plots and result tables."""
