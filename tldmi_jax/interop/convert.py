@@ -1,0 +1,475 @@
+"""PyTorch checkpoint -> tldmi_jax model checkpoint, for every registered *kind*.
+
+A kind names one family of PyTorch checkpoints (`vgg16` = the TL-DMI/KEDMI VGG16 target,
+`evolve_ir152` = the face.evoLVe MS-Celeb-1M IR-152 backbone, ...). `KINDS` is the one
+table of them; adding a kind is one `Kind(...)` entry plus, if its layout is new, a small
+mapping function returning `mapping.Rule`s (see `tldmi_jax.interop.classifiers`).
+
+Conversion is strict. Every source key is consumed by a rule or matched by an `ignore`
+pattern (with the reason, reported); every target leaf is filled unless the kind leaves it
+out on purpose (`skip_targets`, e.g. the fresh TL-DMI head of a pretraining backbone; the
+trainer's `init.dont_load` keeps those freshly initialised). Anything else (an unmapped or
+missing key, a shape that differs) fails with one `ConversionError` listing all problems.
+
+  conversion = convert_checkpoint('vgg16', 'VGG16_88.26.tar', 'converted/vgg16')
+  model, variables = classifier.load_classifier('converted/vgg16')
+
+The output directory is a model checkpoint (`tldmi_jax.utils.checkpoint.save_model`) with
+`conversion.json` (the report) and, for complete classifiers, the `config.json` that
+`load_classifier` reads.
+"""
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from tldmi_jax import models
+from tldmi_jax.interop import classifiers, torch_load
+from tldmi_jax.interop.mapping import Rule
+from tldmi_jax.utils import checkpoint
+
+# Checks return (errors, notes) about the source state dict.
+Check = Callable[[Mapping[str, np.ndarray]], tuple[list[str], list[str]]]
+
+# Ignored for every kind: torch's BatchNorm step counter. Our BatchNorm, like the
+# originals' (momentum 0.1, not None), never reads it.
+COMMON_IGNORE = ((r'.*\.num_batches_tracked', 'BatchNorm step counter (momentum is fixed)'),)
+
+# The VGG16 head's BatchNorm1d bias is frozen at zero in the original; we accept up to this.
+ZERO_BIAS_TOL = 1e-5
+
+
+class ConversionError(ValueError):
+    """The state dict does not map onto the model; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One family of PyTorch checkpoints and how it maps onto a `tldmi_jax.models` arch.
+
+    Attributes:
+      name: the `--kind` value.
+      arch: target architecture (`tldmi_jax.models.ARCHS`); `arch=` overrides it (tests
+        use the tiny variants).
+      rules: mapping function `model -> list[Rule]`.
+      description: what the checkpoints are, for help texts.
+      ignore: `(regex, reason)`: source keys deliberately not converted (full match).
+      aliases: `(regex, replacement)` rewrites of source keys before mapping, for
+        variants of one layout (e.g. `fc_layer.0.weight` -> `fc_layer.weight`).
+      skip_targets: regexes (full match on '/'-joined paths without the collection) of
+        target leaves the kind does not fill; non-empty means a backbone-only conversion
+        (no `config.json`; use it as `config.init.checkpoint`).
+      num_classes_key: source key whose first dimension is the number of classes.
+      checks: extra checks of the source values.
+      image_size: input size the checkpoint was trained at (None: the arch's default).
+      make_model: `(arch, num_classes, **kwargs) -> module`; targets outside
+        `tldmi_jax.models` (e.g. generators) supply their own.
+      example_inputs: `(image_size, channels) -> inputs of model.init` (shapes only).
+    """
+
+    name: str
+    arch: str
+    rules: Callable[[nn.Module], list[Rule]]
+    description: str = ''
+    ignore: tuple[tuple[str, str], ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    skip_targets: tuple[str, ...] = ()
+    num_classes_key: str | None = None
+    checks: tuple[Check, ...] = ()
+    image_size: int | None = None
+    make_model: Callable[..., nn.Module] = models.get_model
+    example_inputs: Callable[[int, int], tuple[Any, ...]] = lambda size, channels: (
+        jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32),
+    )
+
+    @property
+    def full_model(self) -> bool:
+        return not self.skip_targets
+
+
+def zero_bias_check(key: str, tol: float = ZERO_BIAS_TOL) -> Check:
+    """Checks that a bias the original froze at zero is ~0 (our layer has none).
+
+    Decision: a bias with max |b| <= `tol` is dropped and reported; a larger one is an
+    error, because dropping it would shift the features (and logits) by up to |b|.
+    """
+
+    def check(state: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
+        if key not in state:
+            return [], []
+        worst = float(np.max(np.abs(state[key]))) if np.size(state[key]) else 0.0
+        if worst > tol:
+            return [
+                f'{key}: max |bias| = {worst:.3g} > {tol:g}; the original freezes this '
+                'BatchNorm1d bias at zero and our layer has none, so dropping it would change '
+                'the outputs'
+            ], []
+        return [], [f'{key}: frozen-zero BatchNorm1d bias, max |bias| = {worst:.3g}; dropped']
+
+    return check
+
+
+_EVOLVE_HEAD = (
+    r'output_layer\..*',
+    'face.evoLVe 112-px embedding head (Linear over 7x7x512); TL-DMI trains a new 64-px head',
+)
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind(
+            'vgg16',
+            'vgg16',
+            classifiers.tldmi_vgg16,
+            'TL-DMI/KEDMI/LOMMA VGG16 target at 64 px (VGG16_88.26.tar): torchvision '
+            'vgg16_bn features, BatchNorm1d(2048) and fc_layer',
+            ignore=((r'bn\.bias', 'BatchNorm1d bias frozen at zero in the original; checked ~0'),),
+            num_classes_key='fc_layer.weight',
+            checks=(zero_bias_check('bn.bias'),),
+        ),
+        Kind(
+            'ir152',
+            'ir152',
+            classifiers.tldmi_ir64,
+            'TL-DMI/KEDMI/LOMMA IR152 target at 64 px (IR152_91.16.tar)',
+            num_classes_key='fc_layer.weight',
+        ),
+        Kind(
+            'facenet64',
+            'facenet64',
+            classifiers.tldmi_ir64,
+            'TL-DMI/KEDMI/LOMMA FaceNet64 (IR-50) target at 64 px (FaceNet64_88.50.tar)',
+            num_classes_key='fc_layer.weight',
+        ),
+        Kind(
+            'facenet',
+            'facenet',
+            classifiers.tldmi_facenet112,
+            'evaluation FaceNet (IR-50 at 112 px, FaceNet_95.88.tar); a Softmax after '
+            'fc_layer (fc_layer.0.*) is accepted and dropped: the model returns logits',
+            aliases=((r'fc_layer\.0\.(weight|bias)', r'fc_layer.\1'),),
+            num_classes_key='fc_layer.weight',
+        ),
+        Kind(
+            'evolve_ir152',
+            'ir152',
+            classifiers.evolve_backbone,
+            'face.evoLVe MS-Celeb-1M IR-152 backbone (pre-training of the IR152 target)',
+            ignore=(_EVOLVE_HEAD,),
+            skip_targets=('output_layer/.*', 'fc/.*'),
+        ),
+        Kind(
+            'evolve_ir50',
+            'facenet64',
+            classifiers.evolve_backbone,
+            'face.evoLVe MS-Celeb-1M IR-50 backbone (pre-training of FaceNet64)',
+            ignore=(_EVOLVE_HEAD,),
+            skip_targets=('output_layer/.*', 'fc/.*'),
+        ),
+        Kind(
+            'vgg16_bn',
+            'vgg16',
+            classifiers.torchvision_vgg16_bn,
+            'torchvision vgg16_bn ImageNet weights (pre-training of the VGG16 target)',
+            ignore=((r'classifier\..*', 'ImageNet classifier; TL-DMI builds a new head'),),
+            skip_targets=('head_bn/.*', 'fc/.*'),
+        ),
+        Kind(
+            'resnet18',
+            'resnet18',
+            classifiers.torchvision_resnet,
+            'torchvision resnet18 (ImageNet or fine-tuned, any class count)',
+            num_classes_key='fc.weight',
+        ),
+        Kind(
+            'resnet152',
+            'resnet152',
+            classifiers.torchvision_resnet,
+            'torchvision resnet152 (ImageNet or fine-tuned, any class count)',
+            num_classes_key='fc.weight',
+        ),
+    )
+}
+
+
+def get_kind(kind: str | Kind) -> Kind:
+    """Looks a kind up by name (a `Kind` passes through)."""
+    if isinstance(kind, Kind):
+        return kind
+    if kind not in KINDS:
+        raise ValueError(f'Unknown kind {kind!r}; known: {", ".join(KINDS)}')
+    return KINDS[kind]
+
+
+@dataclasses.dataclass
+class Conversion:
+    """A converted model: variables, the model they belong to, and the report."""
+
+    params: dict[str, Any]
+    batch_stats: dict[str, Any]
+    model: nn.Module
+    arch: str
+    num_classes: int
+    image_size: int
+    channels: int
+    model_kwargs: dict[str, Any]
+    report: dict[str, Any]
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        return {'params': self.params, 'batch_stats': self.batch_stats}
+
+    def config(self) -> dict[str, Any]:
+        """The `config.json` content `train.classifier.load_classifier` reads."""
+        return {
+            'model': {
+                'arch': self.arch,
+                'num_classes': self.num_classes,
+                'kwargs': self.model_kwargs,
+            },
+            'data': {'image_size': self.image_size, 'channels': self.channels},
+        }
+
+
+def _target_leaves(kind: Kind, model: nn.Module, image_size: int, channels: int) -> dict:
+    """`{'collection/path': ShapeDtypeStruct}` of the model's variables (no computation)."""
+    inputs = kind.example_inputs(image_size, channels)
+    init = lambda *xs: model.init(jax.random.key(0), *xs, train=False)
+    shapes = jax.eval_shape(init, *inputs)
+    return {'/'.join(k): v for k, v in traverse_util.flatten_dict(shapes).items()}
+
+
+def _apply_rules(
+    rules: list[Rule], state: Mapping[str, np.ndarray], expected: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], set[str], set[str], dict[str, list[str]]]:
+    """Runs the rules: `(filled leaves, used source keys, reported targets, errors)`."""
+    out, used, reported = {}, set(), set()
+    errors = {'missing': [], 'no_target': [], 'shape': []}
+    for rule in rules:
+        if rule.dst in out or rule.dst in reported:
+            raise ValueError(f'Mapping bug: more than one rule fills {rule.dst}.')
+        if rule.dst not in expected:
+            errors['no_target'].append(f'{rule.src} -> {rule.dst}')
+            reported.add(rule.dst)
+            continue
+        if rule.src not in state:
+            errors['missing'].append(f'{rule.src} (for {rule.dst})')
+            reported.add(rule.dst)
+            continue
+        used.add(rule.src)
+        src_shape = tuple(np.shape(state[rule.src]))
+        want = tuple(expected[rule.dst].shape)
+        try:
+            value = rule.transform(np.asarray(state[rule.src]))
+        except ValueError as e:
+            errors['shape'].append(f'{rule.src} {src_shape} -> {rule.dst}: {e}')
+            reported.add(rule.dst)
+            continue
+        if tuple(value.shape) != want:
+            errors['shape'].append(
+                f'{rule.src} {src_shape} -> {rule.dst} {tuple(value.shape)}, model has {want}'
+            )
+            reported.add(rule.dst)
+            continue
+        out[rule.dst] = np.ascontiguousarray(value, dtype=np.dtype(expected[rule.dst].dtype))
+    return out, used, reported, errors
+
+
+def _sort_leftovers(
+    kind: Kind, state: Mapping[str, np.ndarray], used: set[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Source keys no rule used: `({ignored key: reason}, [unmapped 'key shape'])`."""
+    ignore = [(re.compile(p), reason) for p, reason in (*COMMON_IGNORE, *kind.ignore)]
+    ignored, unmapped = {}, []
+    for key in state:
+        if key in used:
+            continue
+        reason = next((r for p, r in ignore if p.fullmatch(key)), None)
+        if reason is None:
+            unmapped.append(f'{key} {tuple(np.shape(state[key]))}')
+        else:
+            ignored[key] = reason
+    return ignored, unmapped
+
+
+def _apply_aliases(kind: Kind, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in kind.aliases:
+            if re.fullmatch(pattern, new):
+                new = re.sub(pattern, repl, new)
+        if new in out:
+            raise ConversionError(f'{key!r} and another key both become {new!r}.')
+        out[new] = value
+    return out
+
+
+def _format_errors(source: str, sections: list[tuple[str, list[str]]], hint: str) -> str:
+    parts = [f'Cannot convert {source}:']
+    for title, items in sections:
+        if items:
+            parts.append(f'- {title} ({len(items)}):')
+            parts.extend(f'    {item}' for item in items)
+    if hint:
+        parts.append(hint)
+    return '\n'.join(parts)
+
+
+def convert_state_dict(
+    kind: str | Kind,
+    state: Mapping[str, np.ndarray],
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    channels: int = 3,
+    model_kwargs: Mapping[str, Any] | None = None,
+    source: str = 'state dict',
+) -> Conversion:
+    """Maps a flat PyTorch state dict (numpy arrays) onto a `tldmi_jax.models` classifier.
+
+    Args:
+      kind: a `KINDS` name or a `Kind`.
+      state: `{torch key: array}`; a `module.` prefix is dropped.
+      arch: target arch instead of the kind's (e.g. `vgg16_tiny`).
+      num_classes: class count; None reads it from the kind's `num_classes_key`.
+      image_size: input size (sets the flatten width of VGG/IR heads); None uses the kind's
+        or the arch's default.
+      channels: input channels.
+      model_kwargs: extra module attributes for `models.get_model`.
+      source: name of the source used in messages.
+
+    Returns:
+      The `Conversion` (float32 numpy variables).
+
+    Raises:
+      ConversionError: listing every unmapped source key, every source key the mapping
+        needs but the state dict lacks, every unfilled target leaf, every shape mismatch
+        and every failed check.
+    """
+    kind = get_kind(kind)
+    state = _apply_aliases(kind, torch_load.strip_wrapper_prefix(state))
+    arch = arch or kind.arch
+    model_kwargs = dict(model_kwargs or {})
+    if num_classes is None:
+        key = kind.num_classes_key
+        num_classes = int(np.shape(state[key])[0]) if key and key in state else 1000
+    image_size = image_size or kind.image_size or models.default_image_size(arch)
+    model = kind.make_model(arch, num_classes, **model_kwargs)
+    targets = _target_leaves(kind, model, image_size, channels)
+
+    skip = [re.compile(p) for p in kind.skip_targets]
+    left_fresh = sorted(p for p in targets if any(s.fullmatch(p.split('/', 1)[1]) for s in skip))
+    expected = {p: v for p, v in targets.items() if p not in left_fresh}
+
+    out, used, reported, errors = _apply_rules(kind.rules(model), state, expected)
+    ignored, unmapped = _sort_leftovers(kind, state, used)
+    unfilled = sorted(p for p in expected if p not in out and p not in reported)
+    check_errors, notes = [], []
+    for check in kind.checks:
+        check_fail, check_notes = check(state)
+        check_errors += check_fail
+        notes += check_notes
+
+    if unmapped or unfilled or check_errors or any(errors.values()):
+        hint = ''
+        if errors['shape']:
+            hint = (
+                f'(Shapes were checked for arch={arch}, num_classes={num_classes}, '
+                f'image_size={image_size}; a head width that differs often means another '
+                'image size.)'
+            )
+        sections = [
+            ('source keys with no mapping', unmapped),
+            ('source keys the mapping needs but the checkpoint lacks', errors['missing']),
+            ('mapped targets the model does not have', errors['no_target']),
+            ('shape mismatches', errors['shape']),
+            ('model variables left unfilled', unfilled),
+            ('failed checks', check_errors),
+        ]
+        raise ConversionError(_format_errors(f'{source} as kind {kind.name!r}', sections, hint))
+
+    tree = traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
+    report = {
+        'kind': kind.name,
+        'source': source,
+        'arch': arch,
+        'num_classes': num_classes if kind.full_model else None,
+        'image_size': image_size,
+        'mapped': len(out),
+        'ignored': ignored,
+        'left_fresh': left_fresh,
+        'notes': notes,
+    }
+    return Conversion(
+        params=tree.get('params', {}),
+        batch_stats=tree.get('batch_stats', {}),
+        model=model,
+        arch=arch,
+        num_classes=num_classes,
+        image_size=image_size,
+        channels=channels,
+        model_kwargs=model_kwargs,
+        report=report,
+    )
+
+
+def convert_checkpoint(
+    kind: str | Kind,
+    src: str,
+    dst: str,
+    *,
+    src_key: str | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    channels: int = 3,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> Conversion:
+    """Reads a PyTorch checkpoint safely, converts it and writes a model checkpoint.
+
+    Args:
+      kind: a `KINDS` name or a `Kind`.
+      src: the `.pth`/`.tar` file.
+      dst: output directory (replaced): an orbax model checkpoint plus `conversion.json`
+        and, for complete classifiers, `config.json` (so `load_classifier(dst)` works).
+      src_key: '/'-path of the state dict inside the checkpoint; None finds it.
+      arch, num_classes, image_size, channels, model_kwargs: see `convert_state_dict`.
+
+    Returns:
+      The `Conversion`.
+
+    Raises:
+      FileNotFoundError: naming `src` if it is missing.
+      torch_load.UnsafeCheckpointError: if `src` would need arbitrary code to load.
+      ConversionError: see `convert_state_dict`.
+    """
+    state = torch_load.load_state_dict(src, key=src_key)
+    conversion = convert_state_dict(
+        kind,
+        state,
+        arch=arch,
+        num_classes=num_classes,
+        image_size=image_size,
+        channels=channels,
+        model_kwargs=model_kwargs,
+        source=src,
+    )
+    checkpoint.save_model(dst, conversion.params, conversion.batch_stats)
+    files = {'conversion.json': conversion.report}
+    if get_kind(kind).full_model:
+        files['config.json'] = conversion.config()
+    for name, content in files.items():
+        with open(os.path.join(dst, name), 'w') as f:
+            json.dump(content, f, indent=2)
+    return conversion
