@@ -164,3 +164,61 @@ def runlocal_classifier(config: ml_collections.ConfigDict) -> ml_collections.Con
     config.checkpoint_every_steps = 10
     config.log_every_steps = 10
     return config
+
+
+def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections.ConfigDict:
+    """The attack config (configs/attack_celeba.py); `runlocal` shrinks it to seconds."""
+    placeholder = ml_collections.config_dict.placeholder
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Every (identity, seed) key derives from it.
+    config.runlocal = runlocal  # Make tiny target/prior/augmented models if not given.
+
+    # --- attack (None: the attack module's default) ---
+    config.attack = ml_collections.ConfigDict()
+    config.attack.name = attack  # gmi | kedmi | lomma_gmi | lomma_kedmi | plgmi.
+    config.attack.steps = placeholder(int)  # Iterations per identity batch.
+    config.attack.lr = placeholder(float)  # Latent learning rate.
+    config.attack.lam = placeholder(float)  # Identity-loss weight (GMI/KEDMI: 100).
+    config.attack.num_seeds = placeholder(int)  # Independent latents per identity.
+    config.attack.samples = placeholder(int)  # Images drawn per latent (KEDMI: 5).
+    config.attack.clip = placeholder(float)  # Clamp range of z.
+    config.attack.variant = placeholder(str)  # LOMMA: baseline | L_logit | L_aug | ours.
+    config.attack.reg_weight = placeholder(float)  # LOMMA feature-regulariser weight.
+    config.attack.p_reg_samples = placeholder(int)  # Public images for LOMMA's p_reg.
+    config.attack.init_log_var = placeholder(float)  # KEDMI log-variance init (TL-DMI: 0).
+    config.attack.reference_batch = 60  # Losses are divided by it, as the original's mean.
+
+    # --- identities ---
+    config.identities = ml_collections.ConfigDict()
+    config.identities.first = 0  # First attacked class.
+    config.identities.count = 300  # Number of attacked classes.
+    config.identities.batch_size = 60  # Identities optimised together (one compiled batch).
+
+    # --- inputs ---
+    config.target = ml_collections.ConfigDict()
+    config.target.checkpoint = placeholder(str)  # Trainer workdir or model dir.
+    config.target.arch = placeholder(str)  # Needed only without the trainer's config.json.
+    config.prior = ml_collections.ConfigDict()
+    config.prior.checkpoint = placeholder(str)  # launch/train_gan.py workdir or prior dir.
+    config.augmented = ml_collections.ConfigDict()
+    config.augmented.checkpoints = ''  # Comma-separated LOMMA augmented-model dirs.
+    config.data = ml_collections.ConfigDict()
+    config.data.name = 'celeba_mi'  # Public data for p_reg.
+    config.data.root = placeholder(str)
+    config.data.data_dir = placeholder(str)
+    config.data.kwargs = ml_collections.ConfigDict()
+    config.data.image_size = 64  # Used when the target has no config.json.
+
+    # --- checkpoints ---
+    config.checkpoint_every_steps = 300  # Steps per compiled chunk and between checkpoints.
+
+    if runlocal:
+        config.attack.steps = 12
+        config.attack.p_reg_samples = 32
+        config.identities.count = 4
+        config.identities.batch_size = 2
+        config.checkpoint_every_steps = 4
+        config.data.name = 'synthetic'
+        config.data.kwargs = ml_collections.ConfigDict(dict(num_classes=4, image_size=32))
+        config.data.image_size = 32
+    return config

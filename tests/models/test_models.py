@@ -18,7 +18,19 @@ from flax import traverse_util
 from tldmi_jax import models
 from tldmi_jax.models import irse, resnet, small, vgg
 
-FULL_ARCHS = ('vgg16', 'ir152', 'facenet64', 'facenet', 'ir50', 'resnet18', 'resnet152', 'small')
+FULL_ARCHS = (
+    'vgg16',
+    'ir152',
+    'facenet64',
+    'facenet',
+    'ir50',
+    'resnet18',
+    'resnet152',
+    'small',
+    'efficientnet_b0',
+    'efficientnet_b1',
+    'efficientnet_b2',
+)
 TINY_ARCHS = tuple(a for a in models.ARCHS if a.endswith('_tiny'))
 NUM_CLASSES = 5
 
@@ -134,6 +146,9 @@ def test_layer_groups_in_forward_order(arch):
         ('resnet18', 224, 512),
         ('resnet152', 224, 2048),
         ('small', 32, 1024),
+        ('efficientnet_b0', 64, 1280),
+        ('efficientnet_b1', 64, 1280),
+        ('efficientnet_b2', 64, 1408),
     ],
 )
 def test_full_size_output_shapes(arch, size, feat_dim):
@@ -153,6 +168,7 @@ _TINY_FEAT_DIMS = {
     'facenet_tiny': 16,
     'resnet18_tiny': 16,
     'small_tiny': 16 * 4 * 4,
+    'efficientnet_b0_tiny': 160,
 }
 
 

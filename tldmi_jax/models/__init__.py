@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models import irse, resnet, small, vgg
+from tldmi_jax.models import efficientnet, irse, resnet, small, vgg
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     'vgg16': vgg.VGG16,
@@ -23,6 +23,9 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     'resnet18': resnet.ResNet18,
     'resnet152': resnet.ResNet152,
     'small': small.SmallCNN,
+    'efficientnet_b0': efficientnet.EfficientNetB0,
+    'efficientnet_b1': efficientnet.EfficientNetB1,
+    'efficientnet_b2': efficientnet.EfficientNetB2,
     # Tiny variants with the same parameter names, for tests and `runlocal`.
     'vgg16_tiny': vgg._TinyVGG16,
     'ir152_tiny': irse._TinyIR152,
@@ -30,6 +33,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     'facenet_tiny': irse._TinyFaceNet,
     'resnet18_tiny': resnet._TinyResNet18,
     'small_tiny': small._TinySmallCNN,
+    'efficientnet_b0_tiny': efficientnet._TinyEfficientNetB0,
 }
 
 _IMAGE_SIZES = {
@@ -41,12 +45,16 @@ _IMAGE_SIZES = {
     'resnet18': 224,
     'resnet152': 224,
     'small': 32,
+    'efficientnet_b0': 64,
+    'efficientnet_b1': 64,
+    'efficientnet_b2': 64,
     'vgg16_tiny': 32,
     'ir152_tiny': 16,
     'facenet64_tiny': 16,
     'facenet_tiny': 32,
     'resnet18_tiny': 32,
     'small_tiny': 16,
+    'efficientnet_b0_tiny': 32,
 }
 
 

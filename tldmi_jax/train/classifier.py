@@ -215,13 +215,6 @@ def init_model(config: ml_collections.ConfigDict, num_classes: int, channels: in
     return model, params, batch_stats
 
 
-def _truncate_metrics(workdir: str, step: int) -> None:
-    """Drops records past `step` from metrics.jsonl when a run resumes."""
-    records = [r for r in metrics.read_metrics(workdir) if r.get('step', 0) <= step]
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in records)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) a classifier in `workdir`; returns the final summary metrics."""
     os.makedirs(workdir, exist_ok=True)
@@ -256,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, restored = checkpoint.restore_latest(mngr, state)
     if restored is not None:
         logging.info('Resuming from step %d', restored)
-        _truncate_metrics(workdir, restored)
+        metrics.truncate(workdir, restored)
 
     bs = config.batch_size
     steps_per_epoch = len(train_idx) // bs
@@ -420,3 +413,51 @@ def _find_logit_bias(params: Any) -> Any:
     if 'fc' in params and 'bias' in params['fc']:
         return params['fc']['bias']
     raise ValueError('Cannot infer num_classes: no fc/bias in the checkpoint; pass num_classes.')
+
+
+def runlocal_target(
+    path: str,
+    *,
+    dataset: str = 'synthetic',
+    data_kwargs: dict | None = None,
+    root: str | None = None,
+    data_dir: str | None = None,
+    image_size: int = 32,
+    arch: str = 'vgg16',
+    seed: int = 0,
+    steps: int | None = None,
+) -> str:
+    """Trains (once; reused if `path` holds a finished run) the tiny target of `runlocal`.
+
+    Launchers that need an upstream target call this when none is given, so each runs
+    alone with only `:runlocal`.
+
+    Returns:
+      `path`, a trainer workdir that `load_classifier` reads.
+    """
+    if os.path.exists(os.path.join(path, 'results.json')):
+        return path
+    tc = config_lib.runlocal_classifier(
+        config_lib.classifier_config(
+            dataset=dataset,
+            arch=arch,
+            num_classes=0,
+            image_size=image_size,
+            channels=3,
+            lr=0.01,
+            epochs=1,
+            batch_size=8,
+        )
+    )
+    tc.seed = seed
+    if data_kwargs is not None:
+        tc.data.kwargs = ml_collections.ConfigDict(dict(data_kwargs))
+    tc.data.name = dataset
+    tc.data.root, tc.data.data_dir = root, data_dir
+    tc.data.image_size = image_size
+    if steps:
+        tc.total_steps = steps
+        tc.eval_every_steps = tc.checkpoint_every_steps = tc.log_every_steps = steps
+    logging.info('runlocal: no target given; training a tiny %s in %s', tc.model.arch, path)
+    train_and_evaluate(tc, path)
+    return path

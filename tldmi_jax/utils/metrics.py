@@ -71,3 +71,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate(workdir: str, step: int) -> None:
+    """Drops records past `step` from `workdir/metrics.jsonl` (a run resuming at `step`)."""
+    records = [r for r in read_metrics(workdir) if r.get('step', 0) <= step]
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)

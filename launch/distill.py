@@ -1,0 +1,37 @@
+r"""Distils LOMMA's augmented models (EfficientNet-B0/B1/B2) from a trained target.
+
+  python launch/distill.py --config=configs/distill_celeba.py \
+    --workdir=workdirs/vgg16_aug --config.data.root=/path/to/celeba \
+    --config.target.checkpoint=workdirs/vgg16_tldmi
+
+Rerunning the same command skips finished students and resumes the unfinished one.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from tldmi_jax.train import distill
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (resumed if present).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+    del argv
+    summary = distill.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    target = summary['target']
+    print(f'target: private test acc@1 {target["test/acc@1"]:.4f}')
+    for s in summary['students']:
+        agree = s.get('holdout/agreement@1', float('nan'))
+        print(
+            f'{s["name"]}: public holdout agreement@1 {agree:.4f}, '
+            f'private test acc@1 {s["test/acc@1"]:.4f}'
+        )
+    print(json.dumps(summary))
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,30 @@
+r"""Evaluates an attack: attack accuracy, KNN distance, FID/KID/PRDC, natural accuracy.
+
+  python launch/evaluate.py --config=configs/evaluate_celeba.py --workdir=workdirs/eval_gmi \
+    --config.attack_dir=workdirs/attack_gmi --config.eval_model.checkpoint=workdirs/eval_facenet
+
+Writes metrics.json, per_identity.csv, groups.csv, pairs.png and report.md in --workdir;
+private-image features are cached there, so a rerun only recomputes what changed.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from tldmi_jax.evaluation import evaluate, report
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (feature cache reused).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+    del argv
+    result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value)
+    print(report.format_table(result))
+    print(json.dumps({k: report.jsonable(v) for k, v in result.items()}))
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,112 @@
+"""Every attack end to end on tiny artefacts, the losses, and bad inputs."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import attack_celeba
+from tldmi_jax import priors
+from tldmi_jax.attacks import common, outputs, runner
+from tldmi_jax.train import classifier
+
+
+@pytest.fixture(scope='module')
+def target(tmp_path_factory):
+    return classifier.runlocal_target(
+        str(tmp_path_factory.mktemp('target')), arch='small', steps=20
+    )
+
+
+def _config(attack, target, **attack_fields):
+    config = attack_celeba.get_config(f'attack={attack},runlocal')
+    config.target.checkpoint = target
+    config.attack.steps = 6
+    config.checkpoint_every_steps = 3
+    config.attack.update(attack_fields)
+    return config
+
+
+@pytest.mark.parametrize(
+    'attack, per_identity',
+    [('gmi', 5), ('kedmi', 5), ('lomma_gmi', 5), ('lomma_kedmi', 5), ('plgmi', 5)],
+)
+def test_attack_end_to_end(attack, per_identity, target, tmp_path):
+    summary = runner.run(_config(attack, target), str(tmp_path))
+    arrays, meta = outputs.load(str(tmp_path))
+    assert meta['attack'] == attack and summary['protocol_hash'] == meta['protocol_hash']
+    assert arrays['images'].shape == (4 * per_identity, 32, 32, 3)
+    assert 0.0 <= arrays['images'].min() and arrays['images'].max() <= 1.0
+    assert sorted(set(arrays['identity'].tolist())) == [0, 1, 2, 3]
+    assert arrays['seed'].max() == per_identity - 1 and arrays['batch'].max() == 1
+    assert os.path.exists(tmp_path / 'grids' / 'batch_001.png')
+    records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    assert all(np.isfinite(r['attack/final_loss']) for r in records)
+
+
+def test_gmi_lowers_identity_loss_on_a_fixed_target(target, tmp_path):
+    config = _config('gmi', target, steps=1)
+    config.identities.count = 2
+    runner.run(config, str(tmp_path / 'one'))
+    config.attack.steps = 30
+    config.checkpoint_every_steps = 30
+    runner.run(config, str(tmp_path / 'many'))
+    rec = lambda d: [json.loads(x) for x in open(tmp_path / d / 'metrics.jsonl')][0]  # noqa: E731
+    assert rec('many')['attack/final_iden'] < rec('one')['attack/final_iden']
+
+
+def test_rerun_skips_finished_batches(target, tmp_path):
+    config = _config('gmi', target)
+    runner.run(config, str(tmp_path))
+    before = np.load(tmp_path / 'reconstructions.npz')['images']
+    os.remove(tmp_path / 'batches' / 'batch_001.npz')  # as if killed during batch 2
+    runner.run(config, str(tmp_path))
+    np.testing.assert_array_equal(np.load(tmp_path / 'reconstructions.npz')['images'], before)
+
+
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        (dict(name='vmi'), 'Unknown attack'),
+        (dict(identities=dict(first=2, count=4)), 'outside the target classes'),
+        (dict(target_arch='ir152_tiny'), 'is not a ir152_tiny checkpoint'),
+        (dict(prior_kind='kedmi'), 'needs a gmi prior'),
+        (dict(no_target=True), 'target.checkpoint'),
+    ],
+)
+def test_bad_inputs_write_nothing(change, message, target, tmp_path):
+    config = _config('gmi', target)
+    config.runlocal = False
+    prior_dir = str(tmp_path / 'prior')
+    priors.save_prior(
+        prior_dir,
+        priors.make_prior(change.get('prior_kind', 'gmi'), num_classes=4, image_size=32, tiny=True),
+    )
+    config.prior.checkpoint = prior_dir
+    if 'name' in change:
+        config.attack.name = change['name']
+    if 'identities' in change:
+        config.identities.update(change['identities'])
+    if 'target_arch' in change:
+        config.target.arch = change['target_arch']
+    if change.get('no_target'):
+        config.target.checkpoint = None
+    workdir = tmp_path / 'attack'
+    with pytest.raises(ValueError, match=message):
+        runner.run(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_identity_losses_by_hand():
+    logits = jnp.array([1.0, 3.0, 2.0])
+    np.testing.assert_allclose(common.logit_loss(logits, 2), -2.0)
+    np.testing.assert_allclose(common.max_margin(logits, 2), -2.0 + 3.0)
+    np.testing.assert_allclose(common.max_margin(logits, 1), -3.0 + 2.0)
+    expected = -(2.0 - np.log(np.exp(1) + np.exp(3) + np.exp(2)))
+    np.testing.assert_allclose(common.cross_entropy(logits, 2), expected, rtol=1e-6)
+    lse = np.log(np.exp(1) + np.exp(3) + np.exp(2))
+    np.testing.assert_allclose(
+        common.kedmi_prior_loss(logits), np.log1p(np.exp(lse)) - lse, rtol=1e-6
+    )

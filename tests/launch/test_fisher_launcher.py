@@ -1,0 +1,39 @@
+"""End to end: launch/fisher.py with runlocal."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, 'configs', 'fisher_celeba.py') + ':runlocal'
+
+
+def test_runlocal_writes_json_csv_and_plot(tmp_path):
+    workdir = str(tmp_path / 'fisher')
+    env = dict(os.environ)
+    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
+    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+    env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'  # As tests/conftest.py: faster compiles.
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, 'launch', 'fisher.py'),
+        f'--config={CONFIG}',
+        f'--workdir={workdir}',
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(os.path.join(workdir, 'fisher.json')))
+    groups = result['groups']
+    # The tiny IR target's layer groups, input to output.
+    assert [g['group'] for g in groups] == ['stem', 'body_0', 'body_1', 'body_2', 'body_3', 'head']
+    for task in ('classification', 'mi'):
+        values = [g[task] for g in groups]
+        assert all(math.isfinite(v) and v >= 0.0 for v in values) and max(values) > 0.0
+        assert max(g[f'{task}_normalised'] for g in groups) == 1.0
+    assert result['num_examples'] == {'classification': 128, 'mi': 20}  # 4 identities x 5 GMI seeds
+    assert os.path.getsize(os.path.join(workdir, 'fisher.png')) > 1000
+    assert os.path.exists(os.path.join(workdir, 'fisher.csv'))
+    assert 'stem' in proc.stdout and 'num_examples' in proc.stdout

@@ -1,0 +1,238 @@
+"""GAN priors: exact layers, original parameter counts, tiny forward passes, save/load."""
+
+import json
+import os
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tldmi_jax import priors
+from tldmi_jax.priors import layers, plgmi
+
+KINDS = ('gmi', 'kedmi', 'plgmi')
+NUM_CLASSES = 4
+
+# Counted from the originals' layer shapes (TL-DMI models/generator.py, models/discri.py;
+# PLG-MI models/generators/resnet64.py, models/discriminators/snresnet64.py).
+FULL_COUNTS = {
+    'gmi': (5_142_083, 4_316_545),
+    'kedmi': (5_142_083, 18_888_936),
+    'plgmi': (17_973_379, 11_165_441),
+}
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    """One tiny prior per kind at 32 px (initialised once for the module)."""
+    return {
+        k: priors.make_prior(k, num_classes=NUM_CLASSES, image_size=32, tiny=True) for k in KINDS
+    }
+
+
+@pytest.mark.parametrize(
+    'k,s,p,op', [(5, 2, 2, 1), (4, 2, 1, 0), (3, 2, 1, 1), (5, 3, 1, 2), (4, 2, 3, 0)]
+)
+def test_subpixel_conv_transpose_equals_lax(k, s, p, op):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
+    ref = nn.ConvTranspose(4, (k, k), (s, s), ((k - 1 - p, k - 1 - p + op),) * 2,
+                           transpose_kernel=True)  # fmt: skip
+    variables = ref.init(jax.random.key(1), x)
+    ours = layers.ConvTranspose(4, (k, k), (s, s), (p, p), (op, op))
+    np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
+    kernel = variables['params']['kernel']
+    lax_out = jax.lax.conv_transpose(
+        x,
+        kernel,
+        (s, s),
+        ((k - 1 - p, k - 1 - p + op),) * 2,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        transpose_kernel=True,
+    )
+    sub = layers.conv_transpose_subpixel(x, kernel, (s, s), (p, p), (op, op))
+    np.testing.assert_allclose(sub, lax_out, atol=1e-5)
+    # Gradients agree too (the reason for the rewrite is the slow kernel gradient).
+    g_ref = jax.grad(lambda w: jnp.sum(jnp.sin(ref.apply({'params': w}, x))))(variables['params'])
+    g_sub = jax.grad(lambda w: jnp.sum(jnp.sin(ours.apply({'params': w}, x))))(variables['params'])
+    np.testing.assert_allclose(g_sub['kernel'], g_ref['kernel'], atol=1e-4)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_full_size_parameter_counts(kind):
+    spec = priors.build_modules(kind, num_classes=1000)[2]
+    shapes = priors.abstract_variables(spec)
+    g_count, d_count = FULL_COUNTS[kind]
+    assert _count(shapes['generator']['params']) == g_count
+    assert _count(shapes['discriminator']['params']) == d_count
+    assert spec['image_size'] == 64 and spec['z_dim'] == (128 if kind == 'plgmi' else 100)
+
+
+def test_full_size_output_shapes():
+    z = jax.ShapeDtypeStruct((2, 100), jnp.float32)
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    g, d, _ = priors.build_modules('kedmi', num_classes=1000)
+    g_vars = jax.eval_shape(lambda z: g.init(jax.random.key(0), z), z)
+    assert jax.eval_shape(lambda v, z: g.apply(v, z), g_vars, z).shape == (2, 64, 64, 3)
+    d_vars = jax.eval_shape(lambda x: d.init(jax.random.key(0), x), x)
+    feat, logits = jax.eval_shape(lambda v, x: d.apply(v, x), d_vars, x)
+    assert feat.shape == (2, 4096) and logits.shape == (2, 1000)
+    assert d_vars['params']['mbd']['T'].shape == (4096, 64, 50)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_tiny_prior_outputs(tiny, kind):
+    prior = tiny[kind]
+    z = jax.random.normal(jax.random.key(2), (3, prior.z_dim))
+    y = jnp.array([0, 1, 3])
+    images = jax.jit(prior.generate)(prior.variables['generator'], z, y)
+    assert images.shape == (3, 32, 32, 3)
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+    out = jax.jit(prior.discriminate)(prior.variables['discriminator'], images, y)
+    if kind == 'kedmi':
+        feat, logits = out
+        assert feat.shape == (3, 8 * 4 * 2 * 2) and logits.shape == (3, NUM_CLASSES)
+    else:
+        assert out.shape == (3,)
+    assert prior.num_classes == (0 if kind == 'gmi' else NUM_CLASSES)
+    assert json.loads(json.dumps(prior.spec)) == prior.spec
+
+
+def test_plgmi_generator_is_conditional_and_needs_labels(tiny):
+    prior = tiny['plgmi']
+    z = jnp.tile(jax.random.normal(jax.random.key(3), (1, prior.z_dim)), (2, 1))
+    g_vars = prior.variables['generator']
+    # Class-conditional BN: change one class's scale and only that class's image changes.
+    scale = g_vars['params']['block2']['b1']['scale']['embedding']
+    edited = jax.tree.map(lambda a: a, g_vars)
+    edited['params']['block2']['b1']['scale']['embedding'] = scale.at[1].multiply(3.0)
+    generate = jax.jit(prior.generate)
+    before = generate(g_vars, z, jnp.array([0, 1]))
+    after = generate(edited, z, jnp.array([0, 1]))
+    np.testing.assert_array_equal(before[0], after[0])
+    assert not np.allclose(before[1], after[1])
+    with pytest.raises(ValueError, match='labels'):
+        prior.generate(g_vars, z)
+
+
+def test_generator_train_mode_updates_batch_stats(tiny):
+    prior = tiny['gmi']
+    z = jax.random.normal(jax.random.key(4), (4, prior.z_dim))
+    apply = jax.jit(lambda v, z: prior.generator.apply(v, z, train=True, mutable=['batch_stats']))
+    _, new = apply(prior.variables['generator'], z)
+    old = prior.variables['generator']['batch_stats']
+    assert not np.allclose(new['batch_stats']['l1_bn']['mean'], old['l1_bn']['mean'])
+
+
+def test_spectral_norm_power_iteration():
+    w = jax.random.normal(jax.random.key(5), (6, 9))
+    sigma_true = np.linalg.svd(np.asarray(w), compute_uv=False)[0]
+    x = jnp.ones((1, 9))
+    dense = layers.SNDense(6)
+    variables = dense.init(jax.random.key(6), x, train=False)
+    variables = {'params': {'kernel': w.T, 'bias': jnp.zeros(6)}, 'spectral': variables['spectral']}
+    out, state = dense.apply(variables, x, train=False, mutable=['spectral'])
+    chex.assert_trees_all_equal(state['spectral'], variables['spectral'])  # No iteration.
+    for _ in range(50):
+        out, state = dense.apply(
+            {'params': variables['params'], **state}, x, train=True, mutable=['spectral']
+        )
+    np.testing.assert_allclose(out, x @ w.T / sigma_true, rtol=1e-4)
+
+
+def test_small_layers_match_reference_formulas():
+    x = jax.random.normal(jax.random.key(7), (2, 6, 4, 3))
+    up = layers.upsample2x_bilinear(x)
+    np.testing.assert_allclose(up, jax.image.resize(x, (2, 12, 8, 3), 'bilinear'), atol=1e-6)
+    np.testing.assert_allclose(
+        layers.avg_pool2x(x), nn.avg_pool(x, (2, 2), strides=(2, 2)), atol=1e-6
+    )
+    norm = layers.InstanceNorm()
+    y = norm.apply(norm.init(jax.random.key(0), x), x)
+    np.testing.assert_allclose(jnp.mean(y, axis=(1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.var(y, axis=(1, 2)), 1.0, atol=1e-3)
+    assert layers.flatten_nchw(x)[0, 1] == x[0, 0, 1, 0]  # Channel-major, then rows.
+
+    mbd = layers.MinibatchDiscrimination(5, 3)
+    feats = jax.random.normal(jax.random.key(8), (4, 7))
+    params = mbd.init(jax.random.key(9), feats)
+    t = np.asarray(params['params']['T'])
+    m = np.einsum('na,abc->nbc', np.asarray(feats), t)
+    expected = np.array(
+        [[sum(np.exp(-np.abs(m[i, b] - m[j, b]).sum()) for j in range(4) if j != i)
+          for b in range(5)] for i in range(4)]
+    )  # fmt: skip
+    out = mbd.apply(params, feats)
+    np.testing.assert_allclose(out[:, :7], feats)
+    np.testing.assert_allclose(out[:, 7:], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_max_margin_loss_and_augment():
+    logits = jnp.array([[1.0, 5.0, 2.0], [4.0, 0.0, 3.0]])
+    labels = jnp.array([1, 2])
+    # (-5 + 2) / 2 + (-3 + 4) / 2.
+    np.testing.assert_allclose(plgmi.max_margin_loss(logits, labels), -1.0)
+    images = jax.random.uniform(jax.random.key(10), (3, 16, 16, 3))
+    out = plgmi.augment(jax.random.key(11), images)
+    assert out.shape == images.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
+    grad = jax.grad(lambda x: jnp.sum(plgmi.augment(jax.random.key(11), x)))(images)
+    assert float(jnp.abs(grad).sum()) > 0
+    np.testing.assert_array_equal(out, plgmi.augment(jax.random.key(11), images))
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_save_load_round_trip(tiny, kind, tmp_path):
+    prior = tiny[kind]
+    priors.save_prior(str(tmp_path / 'prior'), prior)
+    # A train_gan workdir (holding prior/) is accepted too.
+    loaded = priors.load_prior(str(tmp_path))
+    assert loaded.spec == prior.spec and loaded.kind == kind
+    z = jax.random.normal(jax.random.key(12), (2, prior.z_dim))
+    y = jnp.array([2, 3])
+    generate, discriminate = jax.jit(prior.generate), jax.jit(prior.discriminate)
+    np.testing.assert_array_equal(
+        generate(loaded.variables['generator'], z, y),
+        generate(prior.variables['generator'], z, y),
+    )
+    x = jax.random.uniform(jax.random.key(13), (2, 32, 32, 3))
+    chex.assert_trees_all_equal(
+        discriminate(loaded.variables['discriminator'], x, y),
+        discriminate(prior.variables['discriminator'], x, y),
+    )
+
+
+def test_load_prior_errors(tiny, tmp_path):
+    missing = str(tmp_path / 'nowhere')
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        priors.load_prior(missing)
+    with pytest.raises(ValueError, match=r'not a prior: no prior\.json'):
+        priors.load_prior(str(tmp_path))
+    path = str(tmp_path / 'p')
+    priors.save_prior(path, tiny['gmi'])
+    spec = dict(tiny['gmi'].spec, g_dim=16)
+    with open(os.path.join(path, 'prior.json'), 'w') as f:
+        json.dump(spec, f)
+    with pytest.raises(ValueError, match='does not fit.*shape mismatches'):
+        priors.load_prior(path)
+    with open(os.path.join(path, 'prior.json'), 'w') as f:
+        f.write('{"kind": "gmi"')
+    with pytest.raises(ValueError, match='not a valid prior spec'):
+        priors.load_prior(path)
+
+
+def test_make_prior_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown prior kind 'stylegan'"):
+        priors.make_prior('stylegan')
+    with pytest.raises(ValueError, match='no option'):
+        priors.build_modules('gmi', width=3)
+    with pytest.raises(ValueError, match='num_classes'):
+        priors.build_modules('kedmi', num_classes=0)
+    with pytest.raises(ValueError, match='image_size'):
+        priors.build_modules('gmi', image_size=48)

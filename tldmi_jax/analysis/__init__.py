@@ -1,0 +1,1 @@
+"""Analyses of trained targets: per-layer empirical Fisher information (`fisher.py`)."""

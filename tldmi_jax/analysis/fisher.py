@@ -1,0 +1,302 @@
+"""Per-layer empirical Fisher information for the classification task and the MI task.
+
+TL-DMI (Sec. 4.2) compares which layers of a conventionally trained target matter for
+classification and which for model inversion. The estimator (as in the authors' earlier
+AdAM code, `estimate_fisher`) is the empirical diagonal Fisher of the cross-entropy:
+
+    F_j  = (1/N) sum_n (d CE(f(x_n; theta), y_n) / d theta_j)^2
+    FI_l = (1/|theta_l|) sum_{j in layer l} F_j
+
+Per-example gradients come from `jax.vmap(jax.grad(loss))` over a chunk of examples; their
+squares are summed into a running total (one compiled step per chunk, the last chunk
+padded and masked), so memory is O(chunk_size x parameters) for any number of examples.
+BatchNorm runs in inference mode (running statistics) and dropout is off, so the examples
+do not interact. Layers are the model's `layer_groups` (the names freezing uses), each
+parameter counted in the first group whose regex matches its '/'-joined path.
+
+The two tasks differ only in their data:
+
+* classification: private training images with their true labels;
+* MI: the reconstructions of an attack on the same target, labelled with the identity
+  each was optimised for.
+
+`analyze(config, workdir)` writes `fisher.json` (per group: parameter count, FI of both
+tasks, and both normalised by their task's maximum over groups, so that each curve peaks at
+1 and the two shapes can share an axis), `fisher.csv` and `fisher.png`.
+"""
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import traverse_util
+
+from tldmi_jax import config_lib, data
+from tldmi_jax.attacks import outputs
+from tldmi_jax.data import pipeline, preprocess
+from tldmi_jax.evaluation import features, report, runlocal
+from tldmi_jax.utils import metrics
+
+LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+TASKS = ('classification', 'mi')
+
+
+def classifier_loss(model: nn.Module, batch_stats: Any) -> LossFn:
+    """`loss(params, x [H, W, C], y []) -> CE` of one example, BatchNorm in inference mode."""
+
+    def loss(params, x, y):
+        variables = {'params': params, 'batch_stats': batch_stats}
+        _, logits = model.apply(variables, x[None], train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y[None])[0]
+
+    return loss
+
+
+class FisherEstimator:
+    """Accumulates squared per-example gradients over chunks of examples.
+
+    Args:
+      loss_fn: `loss(params, x, y) -> scalar` for one example (no batch axis).
+      chunk_size: examples per `vmap`; bounds memory at chunk_size x parameters.
+    """
+
+    def __init__(self, loss_fn: LossFn, chunk_size: int):
+        if chunk_size < 1:
+            raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
+        self.chunk_size = chunk_size
+        per_example = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))
+
+        def step(total, params, xs, ys, mask):
+            grads = per_example(params, xs, ys)
+
+            def add(t, g):
+                # Elementwise, not a dot product: no reduced-precision (TF32) matmul on GPUs.
+                m = mask.reshape((-1,) + (1,) * (g.ndim - 1))
+                return t + jnp.sum(m * g * g, axis=0)
+
+            return jax.tree.map(add, total, grads)
+
+        self._step = jax.jit(step, donate_argnums=0)
+
+    def _chunks(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple]:
+        size = self.chunk_size
+        for xs, ys in batches:
+            for start in range(0, len(xs), size):
+                x, y = np.asarray(xs[start : start + size]), np.asarray(ys[start : start + size])
+                real = len(x)
+                mask = np.zeros(size, np.float32)
+                mask[:real] = 1.0
+                if real < size:
+                    x = np.concatenate([x, np.zeros((size - real, *x.shape[1:]), x.dtype)])
+                    y = np.concatenate([y, np.zeros(size - real, y.dtype)])
+                yield x, y.astype(np.int32), mask, real
+
+    def run(self, params: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, int]:
+        """Mean squared per-example gradient of every parameter.
+
+        Args:
+          params: the parameters (pytree).
+          batches: iterable of `(inputs [B, ...], int labels [B])`, any B.
+
+        Returns:
+          `(fisher, n)`: a pytree like `params` and the number of examples.
+        """
+        total = jax.tree.map(jnp.zeros_like, params)
+        n = 0
+        for x, y, mask, real in self._chunks(batches):
+            total = self._step(total, params, x, y, mask)
+            n += real
+        if n == 0:
+            raise ValueError('No examples for the Fisher information.')
+        return jax.tree.map(lambda t: np.asarray(t, np.float64) / n, total), n
+
+
+def group_means(fisher: Any, layer_groups: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
+    """Averages a per-parameter tree over each layer group's parameters.
+
+    Args:
+      fisher: pytree of per-parameter values.
+      layer_groups: ordered `(name, regex over '/'-joined paths)`; a parameter belongs to
+        the first group that fully matches it.
+
+    Returns:
+      One `{'group', 'num_params', 'value'}` per group in order, plus '(ungrouped)' for
+      parameters no group matches.
+    """
+    flat = {
+        k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(fisher, sep='/').items()
+    }
+    rows, seen = [], set()
+    for name, regex in layer_groups:
+        pattern = re.compile(regex)
+        keys = [k for k in flat if k not in seen and pattern.fullmatch(k)]
+        seen.update(keys)
+        count = sum(flat[k].size for k in keys)
+        total = sum(float(flat[k].sum()) for k in keys)
+        rows.append({'group': name, 'num_params': count, 'value': total / count if count else 0.0})
+    rest = [k for k in flat if k not in seen]
+    if rest:
+        count = sum(flat[k].size for k in rest)
+        total = sum(float(flat[k].sum()) for k in rest)
+        rows.append({'group': '(ungrouped)', 'num_params': count, 'value': total / count})
+    return rows
+
+
+def normalise(values: list[float]) -> list[float]:
+    """Divides by the maximum (all zeros stay zeros)."""
+    top = max(values) if values else 0.0
+    return [v / top if top > 0 else 0.0 for v in values]
+
+
+def plot(path: str, groups: list[str], curves: dict[str, list[float]], title: str) -> str:
+    """Line plot of normalised FI per layer group, one line per task; returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 0.22 * len(groups) + 2.0), 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    for (label, values), marker in zip(curves.items(), ('o', 's', '^'), strict=False):
+        ax.plot(x, values, marker=marker, markersize=3, label=label)
+    ax.set_xticks(x, groups, rotation=90, fontsize=7)
+    ax.set_xlabel('layer group (input -> output)')
+    ax.set_ylabel('FI / max over layers')
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _resized_batches(images, labels, size, chunk) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(images), chunk):
+        x = jnp.asarray(images[start : start + chunk], jnp.float32)
+        yield np.asarray(features.resize(x, size)), labels[start : start + chunk]
+
+
+def _subsample(indices: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    if cap and len(indices) > cap:
+        return np.sort(np.random.default_rng(seed).choice(indices, cap, replace=False))
+    return indices
+
+
+def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Computes and writes the per-layer Fisher information of both tasks.
+
+    Args:
+      config: see `configs/fisher_celeba.py`.
+      workdir: output directory.
+
+    Returns:
+      The contents of `fisher.json`.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    metrics.quiet_libraries()
+    if config.runlocal:
+        config = runlocal.fill_in(config, workdir)
+    if not config.target.checkpoint or not config.attack_dir:
+        raise ValueError('Set --config.target.checkpoint and --config.attack_dir.')
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+
+    recon, meta = outputs.load(config.attack_dir)
+    recorded = meta.get('target', {}) or {}
+    model, variables, size = features.load_classifier_block(
+        config.target, fallback_arch=recorded.get('arch'), fallback_size=meta.get('image_size')
+    )
+    if not hasattr(model, 'layer_groups'):
+        raise ValueError(f'{type(model).__name__} has no layer_groups.')
+    estimator = FisherEstimator(
+        classifier_loss(model, variables['batch_stats']), config.fisher.chunk_size
+    )
+    cap, chunk = int(config.fisher.max_examples or 0), config.fisher.chunk_size
+
+    dc = config.data
+    source = data.get_source(
+        dc.name, dc.split, root=dc.root, data_dir=dc.data_dir, **dict(dc.get('kwargs') or {})
+    )
+    labels = np.asarray(source.labels)
+    identities = np.unique(recon['identity'])
+    if config.fisher.classification_identities == 'attacked':
+        indices = np.flatnonzero(np.isin(labels, identities))
+    elif config.fisher.classification_identities == 'all':
+        indices = np.arange(len(source))
+    else:
+        raise ValueError("fisher.classification_identities must be 'all' or 'attacked'.")
+    indices = _subsample(indices, cap, config.seed)
+    batches = (
+        (b['image'], b['label'])
+        for b in pipeline.epoch_batches(
+            source,
+            indices,
+            chunk,
+            preprocess=preprocess.get_preprocess(dc.name, size),
+            seed=0,
+            epoch=0,
+            shuffle=False,
+            drop_remainder=False,
+        )
+    )
+    fisher_cls, n_cls = estimator.run(variables['params'], batches)
+    logging.info('Fisher (classification): %d private images', n_cls)
+
+    keep = _subsample(np.arange(len(recon['identity'])), cap, config.seed)
+    mi_batches = _resized_batches(
+        recon['images'][keep], recon['identity'][keep].astype(np.int32), size, chunk
+    )
+    fisher_mi, n_mi = estimator.run(variables['params'], mi_batches)
+    logging.info('Fisher (MI): %d reconstructions', n_mi)
+
+    rows_cls = group_means(fisher_cls, model.layer_groups)
+    rows_mi = group_means(fisher_mi, model.layer_groups)
+    norm_cls = normalise([r['value'] for r in rows_cls])
+    norm_mi = normalise([r['value'] for r in rows_mi])
+    groups = [
+        {
+            'group': a['group'],
+            'num_params': a['num_params'],
+            'classification': a['value'],
+            'mi': b['value'],
+            'classification_normalised': na,
+            'mi_normalised': nb,
+        }
+        for a, b, na, nb in zip(rows_cls, rows_mi, norm_cls, norm_mi, strict=True)
+    ]
+    result = {
+        'groups': groups,
+        'num_examples': {'classification': n_cls, 'mi': n_mi},
+        'normalisation': 'each task divided by its maximum over layer groups',
+        'estimator': 'empirical diagonal Fisher of CE, mean over examples and group params',
+        'target': config.target.checkpoint,
+        'attack_dir': config.attack_dir,
+        'protocol_hash': config_lib.protocol_hash(
+            {
+                'identities': identities.tolist(),
+                'seeds': np.unique(recon['seed']).tolist(),
+                'target': features.variables_hash(variables),
+                'data': features.split_fingerprint(dc.name, dc.split, source, dc.get('kwargs')),
+                'classification_identities': config.fisher.classification_identities,
+                'max_examples': cap,
+            }
+        ),
+    }
+    report.write_json(os.path.join(workdir, 'fisher.json'), result)
+    report.write_csv(os.path.join(workdir, 'fisher.csv'), groups)
+    names = [g['group'] for g in groups]
+    plot(
+        os.path.join(workdir, 'fisher.png'),
+        names,
+        {'classification (private data)': norm_cls, 'MI (reconstructions)': norm_mi},
+        f'Empirical Fisher information per layer ({type(model).__name__})',
+    )
+    logging.info('Fisher information written to %s', workdir)
+    return result

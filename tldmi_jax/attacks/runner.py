@@ -1,0 +1,263 @@
+"""`run(config, workdir)`: load target, prior and helpers, attack identity batches, save.
+
+The attack module (`tldmi_jax.attacks.<name>`) supplies the problem; this file only loads
+and checks inputs, iterates over identity batches with `LatentSearch`, and writes
+`reconstructions.npz`, one PNG grid per batch and `attack.json`. All inputs are checked
+before anything is written, so a bad input leaves no partial workdir.
+"""
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from tldmi_jax import config_lib, data, priors
+from tldmi_jax.attacks import common, latent_search, lomma, outputs
+from tldmi_jax.data import pipeline, preprocess
+from tldmi_jax.reporting import grids
+from tldmi_jax.train import classifier
+from tldmi_jax.utils import metrics
+
+ATTACKS = ('gmi', 'kedmi', 'lomma_gmi', 'lomma_kedmi', 'plgmi')
+
+
+def _module_and_base(name: str):
+    if name not in ATTACKS:
+        raise ValueError(f'Unknown attack {name!r}; use one of {", ".join(ATTACKS)}.')
+    base = name.split('_', 1)[1] if name.startswith('lomma_') else name
+    return importlib.import_module(f'tldmi_jax.attacks.{base}'), base
+
+
+def resolve_attack_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The attack's hyperparameters: module DEFAULTS, then every non-None config field."""
+    module, _ = _module_and_base(config.attack.name)
+    cfg = dict(module.DEFAULTS)
+    if config.attack.name.startswith('lomma_'):
+        cfg.update(lomma.DEFAULTS)
+    for key, value in config.attack.items():
+        if value is not None:
+            cfg[key] = value
+    cfg.setdefault('reference_batch', 60)
+    return ml_collections.ConfigDict(cfg)
+
+
+def fingerprint(tree: Any) -> str:
+    """A short hash of every array in a pytree (identifies weights, not paths)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def identity_batches(config: ml_collections.ConfigDict, num_classes: int) -> list[np.ndarray]:
+    """The attacked identities, in batches (original: 0..299 in 5 batches of 60)."""
+    ids = np.arange(config.identities.first, config.identities.first + config.identities.count)
+    if len(ids) == 0:
+        raise ValueError('No identities to attack (identities.count is 0).')
+    bad = ids[(ids < 0) | (ids >= num_classes)]
+    if len(bad):
+        raise ValueError(
+            f'Identities {bad.min()}..{bad.max()} are outside the target classes 0..'
+            f'{num_classes - 1}.'
+        )
+    size = config.identities.batch_size
+    return [ids[i : i + size].astype(np.int32) for i in range(0, len(ids), size)]
+
+
+@dataclasses.dataclass
+class _Inputs:
+    ctx: common.AttackContext
+    target_meta: dict
+    prior_meta: dict
+    batches: list
+    cfg: ml_collections.ConfigDict
+
+
+def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
+    """Loads and checks every input; raises ValueError before anything is written."""
+    module, base = _module_and_base(config.attack.name)
+    cfg = resolve_attack_config(config)
+    target_path = config.target.checkpoint
+    if not target_path:
+        raise ValueError('Set --config.target.checkpoint (a trainer workdir or model dir).')
+    model, variables = classifier.load_classifier(target_path, arch=config.target.get('arch'))
+    num_classes = model.num_classes
+    target_size = input_size(target_path, config)
+    if not config.prior.checkpoint:
+        raise ValueError('Set --config.prior.checkpoint (a train_gan workdir or prior dir).')
+    prior = priors.load_prior(config.prior.checkpoint)
+    if prior.kind != module.PRIOR_KIND:
+        raise ValueError(
+            f'Attack {config.attack.name} needs a {module.PRIOR_KIND} prior; '
+            f'{config.prior.checkpoint} holds a {prior.kind} prior.'
+        )
+    if prior.kind == 'plgmi' and prior.num_classes != num_classes:
+        raise ValueError(
+            f'The PLG-MI generator has {prior.num_classes} classes but the target has '
+            f'{num_classes}.'
+        )
+    batches = identity_batches(config, num_classes)
+    target = common.classifier_fn(model, variables)
+    augmented = []
+    if cfg.get('use_augmented') or (
+        config.attack.name.startswith('lomma_') and lomma.VARIANTS[cfg.variant]['use_augmented']
+    ):
+        paths = [p for p in (config.augmented.checkpoints or '').split(',') if p]
+        if not paths:
+            raise ValueError('This LOMMA variant needs --config.augmented.checkpoints=DIR,DIR,...')
+        for path in paths:
+            aug_model, aug_vars = classifier.load_classifier(path)
+            if aug_model.num_classes != num_classes:
+                raise ValueError(
+                    f'Augmented model {path} has {aug_model.num_classes} classes; '
+                    f'the target has {num_classes}.'
+                )
+            augmented.append(common.classifier_fn(aug_model, aug_vars))
+    p_reg = None
+    if config.attack.name.startswith('lomma_') and lomma.VARIANTS[cfg.variant]['reg']:
+        p_reg = _p_reg(config, cfg, target, target_size, workdir)
+    ctx = common.AttackContext(
+        prior=prior,
+        target=target,
+        augmented=tuple(augmented),
+        num_classes=num_classes,
+        image_size=target_size,
+        p_reg=p_reg,
+    )
+    target_meta = {
+        'arch': type(model).__name__,
+        'checkpoint': target_path,
+        'num_classes': num_classes,
+        'image_size': target_size,
+        'fingerprint': fingerprint(variables),
+    }
+    prior_meta = {
+        'kind': prior.kind,
+        'checkpoint': config.prior.checkpoint,
+        'fingerprint': fingerprint(prior.variables),
+    }
+    del base
+    return _Inputs(ctx, target_meta, prior_meta, batches, cfg)
+
+
+def input_size(target_path: str, config: ml_collections.ConfigDict) -> int:
+    """The target's input size: its trainer config.json, else `config.data.image_size`."""
+    cfg_path = os.path.join(target_path, 'config.json')
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            return int(json.load(f).get('data', {}).get('image_size', config.data.image_size))
+    return int(config.data.image_size)
+
+
+def _p_reg(config, cfg, target, image_size: int, workdir: str) -> np.ndarray:
+    """LOMMA's p_reg on up to `p_reg_samples` public images (cached in the workdir)."""
+    path = os.path.join(workdir, 'p_reg.npy')
+    if os.path.exists(path):
+        return np.load(path)
+    dc = config.data
+    source = data.get_source(
+        dc.name, 'public', root=dc.root, data_dir=dc.data_dir, **(dc.get('kwargs') or {})
+    )
+    n = min(len(source), int(cfg.p_reg_samples))
+    batch = pipeline.load_all(source, np.arange(n), preprocess.get_preprocess(dc.name, image_size))
+    value = common.public_feature_mean(target, np.asarray(batch['image'], np.float32))
+    os.makedirs(workdir, exist_ok=True)
+    np.save(path, value)
+    return value
+
+
+def _batch_path(workdir: str, index: int) -> str:
+    return os.path.join(workdir, 'batches', f'batch_{index:03d}.npz')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) the attack of `config` in `workdir`; returns the attack summary."""
+    metrics.quiet_libraries()
+    if config.get('runlocal') and not (config.target.checkpoint and config.prior.checkpoint):
+        from tldmi_jax.attacks import runlocal  # Builds tiny upstream artefacts.
+
+        config = runlocal.prepare(config, workdir)
+    inputs = _load_inputs(config, workdir)
+    cfg = inputs.cfg
+    module, base = _module_and_base(config.attack.name)
+    if config.attack.name.startswith('lomma_'):
+        problem = lomma.make_problem(inputs.ctx, cfg, base)
+    else:
+        problem = module.make_problem(inputs.ctx, cfg)
+    os.makedirs(os.path.join(workdir, 'batches'), exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+    search = latent_search.LatentSearch(
+        problem,
+        num_seeds=cfg.num_seeds,
+        key=jax.random.fold_in(jax.random.key(config.seed), 7),
+        checkpoint_every=config.checkpoint_every_steps,
+    )
+    writer = metrics.MetricWriter(workdir, tensorboard=False)
+    tic = time.perf_counter()
+    steps_run = 0
+    for index, ids in enumerate(inputs.batches):
+        path = _batch_path(workdir, index)
+        if os.path.exists(path):
+            logging.info('Identity batch %d already finished.', index)
+            continue
+        _, images, aux = search.run_batch(
+            ids,
+            cfg.steps,
+            ckpt_dir=os.path.join(workdir, 'checkpoints', f'batch_{index:03d}'),
+            progress=f'{config.attack.name} batch {index + 1}/{len(inputs.batches)}',
+        )
+        steps_run += cfg.steps
+        b, s, k = images.shape[:3]
+        flat = images.reshape(b * s * k, *images.shape[3:])
+        identity = np.repeat(ids, s * k)
+        seed = np.tile(np.arange(s * k), b)
+        np.savez(path + '.tmp.npz', images=flat, identity=identity, seed=seed)
+        os.replace(path + '.tmp.npz', path)
+        grids.save_grid(
+            os.path.join(workdir, 'grids', f'batch_{index:03d}.png'),
+            flat,
+            ncol=s * k,
+            captions=[str(i) for i in identity],
+        )
+        writer.write(index, {f'attack/final_{k_}': v for k_, v in aux.items()})
+    wall = time.perf_counter() - tic
+    arrays = [np.load(_batch_path(workdir, i)) for i in range(len(inputs.batches))]
+    images = np.concatenate([a['images'] for a in arrays])
+    identity = np.concatenate([a['identity'] for a in arrays])
+    seed = np.concatenate([a['seed'] for a in arrays])
+    batch = np.concatenate([np.full(len(a['identity']), i) for i, a in enumerate(arrays)])
+    ids = [int(i) for b in inputs.batches for i in b]
+    protocol = {
+        'attack': config.attack.name,
+        'hyperparameters': cfg.to_dict(),
+        'identities': ids,
+        'seed': config.seed,
+        'target': inputs.target_meta['fingerprint'],
+        'prior': inputs.prior_meta['fingerprint'],
+    }
+    summary = {
+        'attack': config.attack.name,
+        'hyperparameters': cfg.to_dict(),
+        'target': inputs.target_meta,
+        'prior': inputs.prior_meta,
+        'identities': ids,
+        'num_seeds': int(cfg.num_seeds),
+        'samples': int(cfg.get('samples', 1)),
+        'image_size': int(images.shape[1]),
+        'num_reconstructions': int(len(images)),
+        'protocol_hash': config_lib.protocol_hash(protocol),
+        'wall_seconds_this_run': wall,
+        'iterations_per_second': steps_run / wall if steps_run else None,
+    }
+    outputs.save(workdir, images, identity, seed, batch, summary)
+    writer.close()
+    return summary

@@ -1,0 +1,344 @@
+"""`evaluate(config, workdir)`: every metric of the MI protocol for one attack output.
+
+Inputs: the reconstructions of an attack workdir (`config.attack_dir`,
+`tldmi_jax.attacks.outputs`), the evaluation model (`config.eval_model.checkpoint`, the
+112 px FaceNet/IR-50 trained with `configs/eval_celeba.py`), the private data
+(`config.data`), the target (`config.target.checkpoint`, else the one `attack.json`
+names) and, for FID/KID/PRDC, converted FID Inception weights
+(`config.fid.inception_checkpoint`).
+
+Outputs in `workdir`: `metrics.json` (`attack/acc@1`, `attack/acc@1_std`, `attack/acc@5`,
+`attack/acc@5_std`, `attack/knn_dist`, `attack/fid`, `attack/kid`, `attack/precision`,
+`attack/recall`, `attack/density`, `attack/coverage`, `target/natural_acc`,
+`protocol_hash`, ...; null where skipped), `metrics.jsonl`, `per_identity.csv`,
+`groups.csv`, `pairs.png`, `report.md`, `config.json` and `feature_cache/`.
+
+Reconstructions are resized bilinearly to the evaluation model's input (64 -> 112 in the
+real protocol; see `features`). Without Inception weights (and outside runlocal) FID, KID
+and PRDC are skipped with a warning naming `config.fid.inception_checkpoint`; nothing is
+ever downloaded. With `config.runlocal`, missing upstream artefacts are made by
+`tldmi_jax.evaluation.runlocal` and the tiny Inception runs with random weights.
+"""
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from tldmi_jax import config_lib, data
+from tldmi_jax.attacks import outputs
+from tldmi_jax.data import pipeline, preprocess
+from tldmi_jax.evaluation import attack_acc, features, fid, knn, report, runlocal
+from tldmi_jax.models import inception
+from tldmi_jax.train import classifier
+from tldmi_jax.utils import checkpoint, metrics
+
+FID_FIELD = 'config.fid.inception_checkpoint'
+
+
+def _source(config: ml_collections.ConfigDict, split: str):
+    dc = config.data
+    return data.get_source(
+        dc.name, split, root=dc.root, data_dir=dc.data_dir, **dict(dc.get('kwargs') or {})
+    )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def load_inception(config: ml_collections.ConfigDict) -> tuple[Any, Any, str] | None:
+    """The FID Inception and its variables, or None (with a warning) when there are none.
+
+    Weights come only from `config.fid.inception_checkpoint` (an orbax model checkpoint,
+    converted once from pytorch-fid's `pt_inception-2015-12-05`); with `config.runlocal`
+    and no checkpoint, `config.fid.arch` runs with random weights.
+    """
+    model = inception.get_inception(config.fid.arch)
+    path = config.fid.inception_checkpoint
+    if path:
+        x = jax.ShapeDtypeStruct((1, model.IMAGE_SIZE, model.IMAGE_SIZE, 3), np.float32)
+        shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
+        tree = checkpoint.load_model(path)
+        variables = {
+            c: checkpoint.merge_params(tree[c], shapes[c], (), c) for c in ('params', 'batch_stats')
+        }
+        return model, variables, path
+    if config.runlocal:
+        logging.warning('runlocal: FID/KID/PRDC use %s with RANDOM weights.', config.fid.arch)
+        return model, inception.random_variables(model, config.seed), 'random weights'
+    logging.warning(
+        'FID, KID and PRDC skipped: no Inception weights. Set --%s=/path/to/orbax checkpoint '
+        'converted from pytorch-fid pt_inception-2015-12-05 (never downloaded).',
+        FID_FIELD,
+    )
+    return None
+
+
+def _distribution_metrics(
+    config, cache, recon, success, source, indices, split_key
+) -> tuple[dict[str, float], list[str]]:
+    """FID, KID and PRDC between successful reconstructions and private images."""
+    keys = ('attack/fid', 'attack/kid', 'attack/precision', 'attack/recall', 'attack/density')
+    result = dict.fromkeys((*keys, 'attack/coverage'), float('nan'))
+    if not config.fid.enabled:
+        return result, ['FID/KID/PRDC disabled (`config.fid.enabled=False`).']
+    loaded = load_inception(config)
+    if loaded is None:
+        return result, [f'FID/KID/PRDC skipped: set `{FID_FIELD}` to the converted weights.']
+    model, variables, origin = loaded
+    notes = [f'Inception: `{config.fid.arch}` ({origin}).']
+    mapping = bool(config.fid.original_range_mapping)
+    if mapping:
+        notes.append('FID uses the original pixel mapping (x*0.5+0.5)*255: not standard FID.')
+    fn = features.inception_fn(model, variables, original_range_mapping=mapping)
+    bs = config.fid.batch_size
+    size = recon.shape[1]
+    max_real = int(config.fid.max_real or 0)
+    if max_real and len(indices) > max_real:
+        rng = np.random.default_rng(config.seed)
+        indices = np.sort(rng.choice(indices, max_real, replace=False))
+    key = {
+        'inception': features.variables_hash(variables),
+        'arch': config.fid.arch,
+        'original_range_mapping': mapping,
+        'data': split_key,
+        'indices': features.array_hash(indices),
+        'image_size': size,
+    }
+    prep = preprocess.get_preprocess(config.data.name, size)
+    real = cache.get_or_compute(
+        'inception',
+        key,
+        lambda: {'features': features.run_on_source(fn, source, indices, prep, bs)[0][0]},
+    )['features']
+    if success.sum() < 2:
+        notes.append(f'Only {int(success.sum())} successful reconstruction(s): FID/KID/PRDC n/a.')
+        return result, notes
+    fake = features.run_batched(fn, recon[success], bs)[0]
+    result['attack/fid'] = fid.fid_score(real, fake)
+    result['attack/kid'] = fid.kid(
+        real,
+        fake,
+        num_subsets=config.fid.kid_subsets,
+        max_subset_size=config.fid.kid_subset_size,
+        seed=config.seed,
+    )
+    for k, v in fid.prdc(real, fake, k=config.fid.prdc_k).items():
+        result[f'attack/{k}'] = v
+    notes.append(f'FID/KID/PRDC: {int(success.sum())} successful vs {len(real)} private images.')
+    return result, notes
+
+
+def natural_accuracy(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> float | None:
+    """Top-1 accuracy of the target on the private test split (None if no target).
+
+    The target is `config.target.checkpoint`, else the checkpoint `attack.json` names (if
+    it exists on this machine).
+    """
+    block = config.target.copy_and_resolve_references()
+    recorded = meta.get('target', {}) or {}
+    if not block.checkpoint:
+        path = recorded.get('checkpoint')
+        if not path or not os.path.isdir(path):
+            logging.warning(
+                'target/natural_acc skipped: set --config.target.checkpoint (attack.json names '
+                '%r).',
+                path,
+            )
+            return None
+        block.checkpoint = path
+    model, variables, size = features.load_classifier_block(
+        block, fallback_arch=recorded.get('arch'), fallback_size=meta.get('image_size')
+    )
+    source = _source(config, config.data.test_split)
+    prep = preprocess.get_preprocess(config.data.name, size)
+    test = pipeline.load_all(source, np.arange(len(source)), prep)
+    predict = jax.jit(classifier.make_predict_fn(model))
+    res = classifier.evaluate(
+        predict,
+        variables['params'],
+        variables['batch_stats'],
+        test['image'],
+        test['label'],
+        config.batch_size,
+    )
+    return res['acc@1']
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Evaluates the reconstructions of `config.attack_dir`; writes the outputs in `workdir`.
+
+    Args:
+      config: see `configs/evaluate_celeba.py`.
+      workdir: output directory (the feature cache lives there too).
+
+    Returns:
+      The contents of `metrics.json` (NaN where a metric was skipped).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    metrics.quiet_libraries()
+    if config.runlocal:
+        config = runlocal.fill_in(config, workdir)
+    if not config.attack_dir or not config.eval_model.checkpoint:
+        raise ValueError('Set --config.attack_dir and --config.eval_model.checkpoint.')
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+
+    recon, meta = outputs.load(config.attack_dir)
+    images, identity = recon['images'], recon['identity'].astype(np.int64)
+    model, variables, eval_size = features.load_classifier_block(
+        config.eval_model, fallback_arch='facenet', fallback_size=112
+    )
+    eval_fn = features.classifier_fn(model, variables, eval_size)
+    recon_feats, logits = features.run_batched(eval_fn, images, config.batch_size)
+    if identity.min() < 0 or identity.max() >= logits.shape[1]:
+        raise ValueError(
+            f'Identities {identity.min()}..{identity.max()} are outside the evaluation '
+            f"model's {logits.shape[1]} classes."
+        )
+    acc = attack_acc.attack_accuracy(
+        logits,
+        identity,
+        recon['seed'],
+        recon['batch'],
+        reproduce_top5_bug=config.reproduce_top5_bug,
+    )
+    confidence = _softmax(logits.astype(np.float64))[np.arange(len(identity)), identity]
+
+    source = _source(config, config.data.train_split)
+    split_key = features.split_fingerprint(
+        config.data.name, config.data.train_split, source, config.data.get('kwargs')
+    )
+    ids = np.unique(identity)
+    indices = np.flatnonzero(np.isin(np.asarray(source.labels), ids))
+    cache = features.FeatureCache(os.path.join(workdir, 'feature_cache'))
+    eval_hash = features.variables_hash(variables)
+    prep = preprocess.get_preprocess(config.data.name, eval_size)
+
+    def private_features():
+        (feats, _), labels = features.run_on_source(
+            eval_fn, source, indices, prep, config.batch_size
+        )
+        return {'features': feats, 'labels': labels, 'indices': indices}
+
+    key = {'model': eval_hash, 'image_size': eval_size, 'data': split_key}
+    key['indices'] = features.array_hash(indices)
+    private = cache.get_or_compute('eval', key, private_features)
+    dist, nearest = knn.knn_distances(
+        recon_feats,
+        identity,
+        private['features'],
+        private['labels'],
+        chunk_size=config.knn.chunk_size,
+    )
+
+    dist_metrics, notes = _distribution_metrics(
+        config, cache, images, acc.correct1, source, indices, split_key
+    )
+    natural = natural_accuracy(config, meta)
+    if natural is None:
+        notes.append('Target natural accuracy skipped: set `config.target.checkpoint`.')
+    if config.reproduce_top5_bug:
+        notes.append('acc@5 reproduces the original code (last seed per batch), not the mean.')
+
+    result = {
+        **acc.metrics,
+        'attack/knn_dist': float(np.mean(dist)),
+        **dist_metrics,
+        'target/natural_acc': float('nan') if natural is None else natural,
+        'attack/num_reconstructions': len(identity),
+        'attack/num_successful': int(acc.correct1.sum()),
+        'attack/num_identities': len(ids),
+        'attack_protocol_hash': meta.get('protocol_hash'),
+        'protocol_hash': config_lib.protocol_hash(
+            {
+                'identities': ids.tolist(),
+                'seeds': np.unique(recon['seed']).tolist(),
+                'eval_model': eval_hash,
+                'data': split_key,
+            }
+        ),
+    }
+    _write_outputs(
+        config,
+        workdir,
+        result,
+        recon=recon,
+        meta=meta,
+        acc=acc,
+        confidence=confidence,
+        dist=dist,
+        nearest=nearest,
+        notes=notes,
+        source=source,
+        private_indices=private['indices'],
+        eval_desc=f'`{config.eval_model.checkpoint}` ({eval_size} px, params hash {eval_hash})',
+    )
+    return result
+
+
+def _write_outputs(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    result: dict[str, Any],
+    *,
+    recon: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    acc: attack_acc.AttackAccuracy,
+    confidence: np.ndarray,
+    dist: np.ndarray,
+    nearest: np.ndarray,
+    notes: list[str],
+    source: Any,
+    private_indices: np.ndarray,
+    eval_desc: str,
+) -> None:
+    """Writes metrics.json/.jsonl, the CSV tables, the pairs grid and report.md."""
+    identity = recon['identity']
+    report.write_json(os.path.join(workdir, 'metrics.json'), result)
+    writer = metrics.MetricWriter(workdir, tensorboard=False)
+    scalars = {k: v for k, v in result.items() if not isinstance(v, str | None)}
+    writer.write(0, scalars, log=False)
+    writer.close()
+    rows = attack_acc.per_identity(
+        identity,
+        {'acc@1': acc.correct1, 'acc@5': acc.correct5, 'knn_dist': dist, 'confidence': confidence},
+    )
+    report.write_csv(os.path.join(workdir, 'per_identity.csv'), rows)
+    report.write_csv(os.path.join(workdir, 'groups.csv'), acc.groups)
+
+    order = np.lexsort((recon['batch'], recon['seed'], identity))[: config.report.max_pairs]
+    grid = None
+    if len(order):
+        size = recon['images'].shape[1]
+        prep = preprocess.get_preprocess(config.data.name, size)
+        near_idx = private_indices[nearest[order]]
+        near_images = pipeline.load_all(source, near_idx, prep)['image']
+        grid = report.save_pairs_grid(
+            os.path.join(workdir, 'pairs.png'),
+            recon['images'][order],
+            near_images,
+            [f'#{identity[i]} {confidence[i]:.2f}' for i in order],
+            [f'd={dist[i]:.3g}' for i in order],
+            pairs_per_row=config.report.pairs_per_row,
+        )
+    info = {
+        'attack': f'{meta.get("attack", "unknown")} (`{config.attack_dir}`)',
+        'reconstructions': (
+            f'{len(identity)} images of {len(np.unique(identity))} identities, '
+            f'{len(np.unique(recon["seed"]))} seeds, {len(np.unique(recon["batch"]))} batches'
+        ),
+        'evaluation model': eval_desc,
+        'data': f'{config.data.name} / {config.data.train_split}',
+        'protocol hash': result['protocol_hash'],
+    }
+    report.write_report(
+        os.path.join(workdir, 'report.md'), result, info=info, notes=notes, grid=grid
+    )
+    logging.info('Evaluation written to %s\n%s', workdir, report.format_table(result))

@@ -1,0 +1,279 @@
+"""Feature extraction in fixed-size batches, and an on-disk cache keyed by model and data.
+
+A *feature function* maps a float32 [B, h, w, C] batch in [0, 1] to a tuple of arrays with
+leading dimension B. `classifier_fn` builds one for a classifier (resized to its input
+size, inference-mode BatchNorm, returning `(features, logits)`); `inception_fn` one for the
+FID Inception (returning `(pool3,)`). `run_batched` applies it to in-memory arrays and
+`run_on_source` streams a dataset split through it; both pad the last batch so that one
+compiled shape serves every batch, and neither holds more than a few batches of images.
+
+Resizing is bilinear with `jax.image.resize(..., antialias=True)`, which equals PIL's
+`Image.BILINEAR` on float images in both directions (tested to 1e-5). The original's
+`low2high` (64 -> 112 for the evaluation model) goes through PIL on uint8 images
+(`ToPILImage` truncates `x * 255` to uint8 first), so it differs from this by the uint8
+quantisation only (at most 1/255 per pixel).
+
+`FeatureCache` keeps features of private images under `workdir/feature_cache/`, keyed by a
+hash of the model's variables (`variables_hash`) and of the data split (`split_fingerprint`:
+dataset, split, size, labels, the selected records and the preprocessing), so a rerun with
+the same evaluation model and data reuses them and any change recomputes.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+from tldmi_jax import config_lib, models
+from tldmi_jax.data import pipeline
+from tldmi_jax.train import classifier
+
+FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
+
+
+def variables_hash(variables: Any) -> str:
+    """A short hash of every leaf's path, dtype, shape and bytes (model identity)."""
+    digest = hashlib.sha256()
+    flat = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
+    for name in sorted(flat):
+        leaf = np.ascontiguousarray(flat[name])
+        digest.update(f'{name}:{leaf.dtype}:{leaf.shape};'.encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def array_hash(array: np.ndarray) -> str:
+    """A short hash of an array's dtype, shape and contents."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f'{array.dtype}:{array.shape};'.encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def split_fingerprint(name: str, split: str, source: Any, kwargs: dict | None = None) -> dict:
+    """Identifies a dataset split by name, options, size and labels (no image decoding)."""
+    return {
+        'dataset': name,
+        'split': split,
+        'kwargs': dict(kwargs or {}),
+        'size': len(source),
+        'labels': array_hash(np.asarray(source.labels, np.int64)),
+    }
+
+
+def load_classifier_block(
+    block: Any, *, fallback_arch: str | None = None, fallback_size: int | None = None
+) -> tuple[nn.Module, Any, int]:
+    """Loads the classifier a config block names (`checkpoint`, `arch`, `num_classes`, ...).
+
+    Empty fields fall back to the trainer workdir's `config.json` (when `checkpoint` is a
+    workdir of `launch/train.py`), then to `fallback_arch` / `fallback_size`, then (size
+    only) to the architecture's default input size.
+
+    Args:
+      block: a ConfigDict with `checkpoint` and optional `arch`, `num_classes`,
+        `image_size` (''/0 mean unset).
+      fallback_arch: arch used when neither the block nor config.json names one.
+      fallback_size: input size used when neither names one.
+
+    Returns:
+      `(model, variables, image_size)`.
+    """
+    path = block.checkpoint
+    saved = {}
+    if os.path.exists(os.path.join(path, 'config.json')):
+        with open(os.path.join(path, 'config.json')) as f:
+            saved = json.load(f)
+    arch = block.get('arch') or saved.get('model', {}).get('arch') or fallback_arch
+    if not arch:
+        raise ValueError(f'{path}: set the architecture (no config.json names it).')
+    size = (
+        block.get('image_size')
+        or saved.get('data', {}).get('image_size')
+        or fallback_size
+        or models.default_image_size(arch)
+    )
+    model, variables = classifier.load_classifier(
+        path, arch=arch, num_classes=block.get('num_classes') or None, image_size=int(size)
+    )
+    return model, variables, int(size)
+
+
+def resize(images: jax.Array, size: int) -> jax.Array:
+    """Bilinear resize of [B, h, w, C] to [B, size, size, C] (PIL-equal; a no-op if equal)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    shape = (images.shape[0], size, size, images.shape[3])
+    return jax.image.resize(images, shape, method='bilinear', antialias=True)
+
+
+def classifier_fn(model: nn.Module, variables: Any, image_size: int) -> FeatureFn:
+    """`images [B, h, w, C] in [0, 1] -> (features, logits)`, resized to `image_size`.
+
+    Args:
+      model: a classifier returning `(features, logits)`.
+      variables: `{'params', 'batch_stats'}`.
+      image_size: the model's input side (e.g. 112 for the evaluation FaceNet).
+
+    Returns:
+      A jitted function returning numpy-convertible `(features [B, D], logits [B, K])`.
+    """
+
+    @jax.jit
+    def apply(variables, images):
+        return model.apply(variables, resize(images, image_size), train=False)
+
+    return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
+
+
+def inception_fn(
+    model: nn.Module, variables: Any, *, original_range_mapping: bool = False
+) -> FeatureFn:
+    """`images [B, h, w, 3 or 1] in [0, 1] -> (pool3 [B, D],)`, as pytorch-fid computes them.
+
+    The images are resized (bilinear) to the network's input side and mapped to [-1, 1]
+    with `2 * x - 1`. With `original_range_mapping` they are first mapped as the original
+    TL-DMI code does: `uint8((x * 0.5 + 0.5) * 255)`, which assumes inputs in [-1, 1]
+    while the images are in [0, 1], so they land in [0.5, 1] (the top half of the
+    detector's range). That is not standard FID; it only reproduces the original numbers.
+    The resize equals pytorch-fid's `F.interpolate(bilinear)` when upsampling (64 -> 299);
+    for inputs above 299 px it antialiases (as PIL) where pytorch-fid does not.
+
+    Args:
+      model: an `FIDInceptionV3`.
+      variables: its `{'params', 'batch_stats'}`.
+      original_range_mapping: reproduce the original's pixel-range mapping.
+
+    Returns:
+      A jitted function returning a 1-tuple of pool3 features.
+    """
+    size = model.IMAGE_SIZE
+
+    @jax.jit
+    def apply(variables, images):
+        if original_range_mapping:
+            images = jnp.floor((images * 0.5 + 0.5) * 255.0) / 255.0
+        if images.shape[-1] == 1:  # Greyscale data (e.g. Fashion-MNIST): replicate.
+            images = jnp.repeat(images, 3, axis=-1)
+        x = resize(images, size) * 2.0 - 1.0
+        features, _ = model.apply(variables, x, train=False)
+        return (features,)
+
+    return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
+
+
+def _pad_to(images: np.ndarray, batch_size: int) -> np.ndarray:
+    real = len(images)
+    if real == batch_size:
+        return images
+    pad = np.zeros((batch_size - real, *images.shape[1:]), images.dtype)
+    return np.concatenate([images, pad])
+
+
+def _concat(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+
+
+def run_batched(fn: FeatureFn, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+    """Applies `fn` to `images` in batches of `batch_size` (last one padded).
+
+    Args:
+      fn: a feature function.
+      images: float32 [N, h, w, C] in [0, 1], N >= 1.
+      batch_size: examples per call.
+
+    Returns:
+      `fn`'s outputs concatenated over the N images (float32 numpy arrays).
+    """
+    images = np.asarray(images, np.float32)
+    if len(images) == 0:
+        raise ValueError('run_batched needs at least one image.')
+    parts = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        out = fn(_pad_to(chunk, batch_size))
+        parts.append(tuple(np.asarray(o, np.float32)[: len(chunk)] for o in out))
+    return _concat(parts)
+
+
+def run_on_source(
+    fn: FeatureFn,
+    source: Any,
+    indices: np.ndarray,
+    preprocess: pipeline.Preprocess,
+    batch_size: int,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Streams the records `indices` of a split through `fn`, in order.
+
+    Returns:
+      `(outputs, labels)`: `fn`'s outputs over the records and their int32 labels.
+    """
+    indices = np.asarray(indices, np.int64)
+    if indices.size == 0:
+        raise ValueError('run_on_source needs at least one record.')
+    parts, labels = [], []
+    batches = pipeline.epoch_batches(
+        source,
+        indices,
+        batch_size,
+        preprocess=preprocess,
+        seed=0,
+        epoch=0,
+        shuffle=False,
+        drop_remainder=False,
+    )
+    for batch in batches:
+        n = len(batch['label'])
+        out = fn(_pad_to(batch['image'], batch_size))
+        parts.append(tuple(np.asarray(o, np.float32)[:n] for o in out))
+        labels.append(batch['label'])
+    return _concat(parts), np.concatenate(labels).astype(np.int32)
+
+
+class FeatureCache:
+    """Arrays stored as `{directory}/{kind}-{hash(key)}.npz`, with the key beside as JSON."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def path(self, kind: str, key: dict) -> str:
+        return os.path.join(self.directory, f'{kind}-{config_lib.protocol_hash(key)}.npz')
+
+    def load(self, kind: str, key: dict) -> dict[str, np.ndarray] | None:
+        """The stored arrays for `key`, or None."""
+        path = self.path(kind, key)
+        if not os.path.exists(path):
+            return None
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+    def save(self, kind: str, key: dict, arrays: dict[str, np.ndarray]) -> str:
+        """Stores `arrays` atomically; returns the file path."""
+        os.makedirs(self.directory, exist_ok=True)
+        path = self.path(kind, key)
+        tmp = path + '.tmp.npz'
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        with open(path[: -len('.npz')] + '.json', 'w') as f:
+            json.dump(key, f, indent=2, sort_keys=True, default=str)
+        return path
+
+    def get_or_compute(
+        self, kind: str, key: dict, compute: Callable[[], dict[str, np.ndarray]]
+    ) -> dict[str, np.ndarray]:
+        """Loads the arrays for `key`, or computes, stores and returns them."""
+        cached = self.load(kind, key)
+        if cached is not None:
+            logging.info('Feature cache hit: %s', self.path(kind, key))
+            return cached
+        arrays = compute()
+        logging.info('Feature cache stored: %s', self.save(kind, key, arrays))
+        return arrays

@@ -1,0 +1,242 @@
+"""Generative priors of the MI attacks: GMI, KEDMI and PLG-MI GANs, behind one interface.
+
+A `Prior` bundles a generator, a discriminator, their variables and the JSON spec that
+rebuilds them. `make_prior` builds one with fresh variables, `save_prior`/`load_prior`
+write and read it (orbax tree + `prior.json`), and `tldmi_jax.train.gan` trains one.
+
+Example::
+
+    from tldmi_jax import priors
+    prior = priors.load_prior('workdirs/gan_gmi')           # a train_gan workdir or prior dir
+    z = jax.random.normal(key, (8, prior.z_dim))
+    images = prior.generate(prior.variables['generator'], z)  # [8, 64, 64, 3] in [0, 1]
+    scores = prior.discriminate(prior.variables['discriminator'], images)  # [8]
+"""
+
+import dataclasses
+import json
+import os
+from types import ModuleType
+from typing import Any
+
+import flax.linen as nn
+import jax
+import orbax.checkpoint as ocp
+
+from tldmi_jax.priors import gmi, kedmi, plgmi
+from tldmi_jax.utils import checkpoint
+
+FAMILIES: dict[str, ModuleType] = {'gmi': gmi, 'kedmi': kedmi, 'plgmi': plgmi}
+PRIOR_DIR = 'prior'  # Where a train_gan workdir keeps its final prior.
+SPEC_FILE = 'prior.json'
+_TREE_DIR = 'variables'
+
+
+@dataclasses.dataclass
+class Prior:
+    """A GAN prior.
+
+    Attributes:
+      kind: 'gmi' | 'kedmi' | 'plgmi'.
+      generator: gmi/kedmi: `(z, train) -> images [B, H, W, 3] in [0, 1]`;
+        plgmi: `(z, y, train) -> images`.
+      discriminator: gmi: `(x) -> scores [B]`; kedmi: `(x) -> (features [B, F], logits
+        [B, K])`; plgmi: `(x, y, train) -> scores [B]`.
+      variables: {'generator': {'params', 'batch_stats'}, 'discriminator': {'params', ...
+        ('spectral' for plgmi)}}.
+      z_dim: latent size.
+      num_classes: the target's classes (0 for gmi).
+      image_size: output side in pixels.
+      spec: JSON-able arguments of `make_prior` that rebuild the modules.
+    """
+
+    kind: str
+    generator: nn.Module
+    discriminator: nn.Module
+    variables: dict
+    z_dim: int
+    num_classes: int
+    image_size: int
+    spec: dict
+
+    def generate(self, g_vars: dict, z: jax.Array, y: jax.Array | None = None) -> jax.Array:
+        """Images from latents in eval mode (running BatchNorm statistics).
+
+        Args:
+          g_vars: generator variables, e.g. `self.variables['generator']`.
+          z: [B, z_dim] float32.
+          y: int [B] class labels (plgmi only; required there).
+
+        Returns:
+          [B, image_size, image_size, 3] in [0, 1] (raw tanh for plgmi with out_act='tanh').
+        """
+        if self.kind == 'plgmi':
+            if y is None:
+                raise ValueError('The plgmi generator is conditional: pass labels y.')
+            return self.generator.apply(g_vars, z, y, train=False)
+        return self.generator.apply(g_vars, z, train=False)
+
+    def discriminate(self, d_vars: dict, x: jax.Array, y: jax.Array | None = None) -> Any:
+        """The discriminator on images x [B, H, W, 3] in eval mode (see `discriminator`)."""
+        if self.kind == 'plgmi':
+            return self.discriminator.apply(d_vars, x, y, train=False)
+        return self.discriminator.apply(d_vars, x)
+
+
+def _family(kind: str) -> ModuleType:
+    if kind not in FAMILIES:
+        raise ValueError(f'Unknown prior kind {kind!r}; known: {", ".join(FAMILIES)}.')
+    return FAMILIES[kind]
+
+
+def build_modules(kind: str, *, num_classes: int = 0, image_size: int = 64, tiny=False, **kw):
+    """The modules and resolved spec of a prior, without variables.
+
+    Returns:
+      `(generator, discriminator, spec)`.
+
+    Raises:
+      ValueError: unknown kind or option, or sizes the family cannot build.
+    """
+    family = _family(kind)
+    options = dict(family.TINY if tiny else family.DEFAULTS)
+    unknown = sorted(set(kw) - set(options))
+    if unknown:
+        raise ValueError(f'{kind} prior has no option(s) {unknown}; known: {sorted(options)}.')
+    options.update(kw)
+    num_classes = 0 if kind == 'gmi' else int(num_classes)
+    g, d = family.build(num_classes, int(image_size), **options)
+    spec = dict(kind=kind, num_classes=num_classes, image_size=int(image_size), **options)
+    return g, d, spec
+
+
+def make_prior(
+    kind: str, *, num_classes: int = 0, image_size: int = 64, tiny: bool = False, seed=0, **kw
+) -> Prior:
+    """Builds a prior with freshly initialised variables.
+
+    Args:
+      kind: 'gmi' | 'kedmi' | 'plgmi'.
+      num_classes: the target's classes (kedmi, plgmi); ignored for gmi.
+      image_size: output side, 4 * 2**n (64 in the originals; tiny tests use 16 or 32).
+      tiny: start from the family's tiny widths (tests, runlocal) instead of the originals.
+      seed: initialisation seed.
+      **kw: family options: z_dim, g_dim, d_dim; kedmi mbd_features, mbd_kernel_dims;
+        plgmi bottom_width, out_act ('unit' | 'tanh').
+
+    Returns:
+      A `Prior`.
+
+    Raises:
+      ValueError: unknown kind or option, bad sizes.
+    """
+    g, d, spec = build_modules(
+        kind, num_classes=num_classes, image_size=image_size, tiny=tiny, **kw
+    )
+    family = _family(kind)
+    init = jax.jit(
+        lambda key: family.init(
+            g,
+            d,
+            key,
+            z_dim=spec['z_dim'],
+            image_size=spec['image_size'],
+            num_classes=spec['num_classes'],
+        )
+    )
+    variables = init(jax.random.key(seed))
+    return _prior(g, d, spec, variables)
+
+
+def _prior(g: nn.Module, d: nn.Module, spec: dict, variables: dict) -> Prior:
+    return Prior(
+        kind=spec['kind'],
+        generator=g,
+        discriminator=d,
+        variables=variables,
+        z_dim=spec['z_dim'],
+        num_classes=spec['num_classes'],
+        image_size=spec['image_size'],
+        spec=dict(spec),
+    )
+
+
+def abstract_variables(spec: dict) -> dict:
+    """Shapes and dtypes of a prior's variables (no computation)."""
+    kw = {k: v for k, v in spec.items() if k not in ('kind', 'num_classes', 'image_size')}
+    g, d, spec = build_modules(
+        spec['kind'], num_classes=spec['num_classes'], image_size=spec['image_size'], **kw
+    )
+    family = _family(spec['kind'])
+    return jax.eval_shape(
+        lambda key: family.init(
+            g,
+            d,
+            key,
+            z_dim=spec['z_dim'],
+            image_size=spec['image_size'],
+            num_classes=spec['num_classes'],
+        ),
+        jax.random.key(0),
+    )
+
+
+def save_prior(path: str, prior: Prior) -> None:
+    """Writes `prior` to the directory `path` (replacing it): variables + `prior.json`."""
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(path, _TREE_DIR), jax.device_get(prior.variables), force=True)
+    ckptr.wait_until_finished()
+    with open(os.path.join(path, SPEC_FILE), 'w') as f:
+        json.dump(prior.spec, f, indent=2, sort_keys=True)
+
+
+def find_prior_dir(path: str) -> str:
+    """The prior directory of `path`: the path itself or a train_gan workdir's `prior/`.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: neither `path` nor `path/prior` holds a `prior.json`.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'Prior not found: {path} does not exist.')
+    for candidate in (path, os.path.join(path, PRIOR_DIR)):
+        if os.path.isfile(os.path.join(candidate, SPEC_FILE)):
+            return candidate
+    raise ValueError(
+        f'{path} is not a prior: no {SPEC_FILE} in it or in {os.path.join(path, PRIOR_DIR)} '
+        '(write one with save_prior or launch/train_gan.py).'
+    )
+
+
+def load_prior(path: str) -> Prior:
+    """Reads a prior written by `save_prior` (or the `prior/` of a train_gan workdir).
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: `path` is not a prior, or its variables do not fit its spec (the message
+        names the file and every mismatched leaf).
+    """
+    prior_dir = find_prior_dir(path)
+    spec_path = os.path.join(prior_dir, SPEC_FILE)
+    try:
+        with open(spec_path) as f:
+            spec = json.load(f)
+        kw = {k: v for k, v in spec.items() if k not in ('kind', 'num_classes', 'image_size')}
+        g, d, spec = build_modules(
+            spec['kind'], num_classes=spec['num_classes'], image_size=spec['image_size'], **kw
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{spec_path} is not a valid prior spec: {e!r}') from e
+    tree_path = os.path.join(prior_dir, _TREE_DIR)
+    try:
+        raw = ocp.StandardCheckpointer().restore(tree_path)
+    except Exception as e:  # orbax raises several types for a missing or foreign dir
+        raise ValueError(f'{tree_path} is not a readable prior checkpoint: {e}') from e
+    shapes = abstract_variables(spec)
+    try:
+        variables = checkpoint.merge_params(raw, shapes, (), 'prior variables')
+    except ValueError as e:
+        raise ValueError(f'{tree_path} does not fit {spec_path}: {e}') from e
+    return _prior(g, d, spec, jax.device_put(variables))

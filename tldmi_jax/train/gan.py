@@ -1,0 +1,418 @@
+"""GAN training of the priors: GMI (WGAN-GP), KEDMI (per target) and PLG-MI (per target).
+
+`train_and_evaluate(config, workdir)` trains `config.prior.kind` on the public split of
+`config.data.name` and writes `workdir/prior` (`tldmi_jax.priors.load_prior` reads it).
+G and D live in one `GanState` with two Adam states; the D step runs every step and the G
+step every `n_critic` steps (after the D step as in GMI/KEDMI, before it as in PLG-MI).
+Latents, interpolates, noise and augmentations use keys derived from (seed, step), and the
+data order from (seed, epoch), so a resumed run equals an uninterrupted one.
+
+KEDMI and PLG-MI need the target (`config.target.checkpoint`, a classifier workdir or
+model dir); under `runlocal` without one, a tiny target is trained into `workdir/target`.
+PLG-MI first pseudo-labels the public set: for each class the `top_n` images to which the
+target gives the highest softmax probability (cached in `workdir/pseudo_labels.npz`).
+"""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from tldmi_jax import config_lib, data, priors
+from tldmi_jax.data import pipeline, preprocess
+from tldmi_jax.reporting import grids
+from tldmi_jax.train import classifier, gan_losses
+from tldmi_jax.utils import checkpoint, metrics, sharding
+
+KINDS = tuple(priors.FAMILIES)
+_NOT_OPTIONS = ('kind', 'num_classes')
+
+
+class GanState(flax.struct.PyTreeNode):
+    """Everything a resumed run needs; `step` counts D steps (data order follows it)."""
+
+    step: jax.Array
+    g_params: Any
+    g_state: Any  # Non-parameter collections of G ('batch_stats').
+    d_params: Any
+    d_state: Any  # Non-parameter collections of D ('spectral' for plgmi, else empty).
+    g_opt_state: Any
+    d_opt_state: Any
+
+
+def step_key(seed: int, step: jax.Array, tag: int) -> jax.Array:
+    """The PRNG key of step `step` (tag 0: D step, 1: G step, 2: fixed sample latents)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), tag)
+
+
+def make_d_step(d_loss, tx: optax.GradientTransformation, seed: int):
+    """`(state, batch, target_vars) -> (state, metrics)`: one D update, `step += 1`."""
+
+    def d_step(state: GanState, batch: dict, target_vars: Any):
+        key = step_key(seed, state.step, 0)
+        grad_fn = jax.value_and_grad(d_loss, has_aux=True)
+        (_, (m, d_state, g_state)), grads = grad_fn(
+            state.d_params, state.d_state, state.g_params, state.g_state, batch, target_vars, key
+        )
+        updates, opt_state = tx.update(grads, state.d_opt_state, state.d_params)
+        m = {**m, 'd/grad_norm': optax.tree.norm(grads)}
+        return state.replace(
+            step=state.step + 1,
+            d_params=optax.apply_updates(state.d_params, updates),
+            d_opt_state=opt_state,
+            d_state=d_state,
+            g_state=g_state,
+        ), m
+
+    return d_step
+
+
+def make_g_step(g_loss, tx: optax.GradientTransformation, seed: int):
+    """`(state, batch, target_vars) -> (state, metrics)`: one G update (`step` unchanged)."""
+
+    def g_step(state: GanState, batch: dict, target_vars: Any):
+        key = step_key(seed, state.step, 1)
+        grad_fn = jax.value_and_grad(g_loss, has_aux=True)
+        (_, (m, g_state, d_state)), grads = grad_fn(
+            state.g_params, state.g_state, state.d_params, state.d_state, batch, target_vars, key
+        )
+        updates, opt_state = tx.update(grads, state.g_opt_state, state.g_params)
+        m = {**m, 'g/grad_norm': optax.tree.norm(grads)}
+        return state.replace(
+            g_params=optax.apply_updates(state.g_params, updates),
+            g_opt_state=opt_state,
+            g_state=g_state,
+            d_state=d_state,
+        ), m
+
+    return g_step
+
+
+def _split(variables: dict) -> tuple[Any, dict]:
+    return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+
+def prior_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The family options of `config.prior` (z_dim, g_dim, d_dim, ...)."""
+    return {k: v for k, v in config.prior.to_dict().items() if k not in _NOT_OPTIONS}
+
+
+class Relabelled:
+    """A view of `base` records `indices` with new labels (the pseudo-labelled set)."""
+
+    def __init__(self, base: data.Source, indices: np.ndarray, labels: np.ndarray):
+        self._base, self._indices = base, np.asarray(indices, np.int64)
+        self._labels = np.asarray(labels, np.int64)
+        self.num_classes = int(self._labels.max()) + 1 if len(self._labels) else 0
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            'image': self._base[int(self._indices[index])]['image'],
+            'label': int(self._labels[index]),
+        }
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+
+def top_n_selection(probs: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """PLG-MI's top-n pseudo-labels: per class, the `top_n` records it is most probable for.
+
+    Args:
+      probs: [N, K] target softmax probabilities of the public records.
+      top_n: records per class (a record may be chosen by several classes).
+
+    Returns:
+      `(indices int64 [K * top_n], labels int64 [K * top_n])`, class-major, each class's
+      records in decreasing probability.
+    """
+    n, k = probs.shape
+    if not 0 < top_n <= n:
+        raise ValueError(f'top_n must be in 1..{n} (the public set size), got {top_n}.')
+    order = np.argsort(-probs, axis=0, kind='stable')[:top_n]  # [top_n, K]
+    return order.T.reshape(-1).astype(np.int64), np.repeat(np.arange(k, dtype=np.int64), top_n)
+
+
+def _target_probs(target, target_vars, source, prep, batch_size: int) -> np.ndarray:
+    """Softmax of the target on every record of `source`, in jitted padded batches."""
+    predict = jax.jit(lambda v, x: jax.nn.softmax(target.apply(v, x, train=False)[1], -1))
+    out = []
+    for batch in pipeline.epoch_batches(
+        source,
+        np.arange(len(source)),
+        batch_size,
+        preprocess=prep,
+        seed=0,
+        epoch=0,
+        shuffle=False,
+        drop_remainder=False,
+    ):
+        images = batch['image']
+        real = len(images)
+        if real < batch_size:
+            pad = np.zeros((batch_size - real, *images.shape[1:]), images.dtype)
+            images = np.concatenate([images, pad])
+        out.append(np.asarray(predict(target_vars, images))[:real])
+    return np.concatenate(out)
+
+
+def pseudo_labels(config, workdir, target_path, target, target_vars, source, prep):
+    """Top-n pseudo-labels of the public set, cached in `workdir/pseudo_labels.npz`.
+
+    The cache is reused only for the same target checkpoint, top_n and public-set size.
+    """
+    path = os.path.join(workdir, 'pseudo_labels.npz')
+    key = dict(top_n=int(config.plgmi.top_n), num_public=len(source), target=target_path)
+    if os.path.exists(path):
+        with np.load(path) as cached:
+            if all(k in cached.files and cached[k].item() == v for k, v in key.items()):
+                return cached['indices'], cached['labels']
+    probs = _target_probs(target, target_vars, source, prep, config.batch_size)
+    indices, labels = top_n_selection(probs, key['top_n'])
+    tmp = path + '.tmp.npz'  # Written whole, then renamed: a killed run leaves no torn file.
+    np.savez(tmp, indices=indices, labels=labels, **key)
+    os.replace(tmp, path)
+    logging.info(
+        'Pseudo-labelled %d of %d public images (top %d per class).',
+        len(np.unique(indices)),
+        key['num_public'],
+        key['top_n'],
+    )
+    return indices, labels
+
+
+def load_target(config: ml_collections.ConfigDict, workdir: str):
+    """The target `(model, variables, num_classes, path)` for kedmi/plgmi; Nones for gmi."""
+    kind = config.prior.kind
+    if kind == 'gmi':
+        return None, None, 0, None
+    ckpt = config.target.get('checkpoint')
+    if not ckpt:
+        if not config.get('runlocal', False):
+            raise ValueError(
+                f'The {kind} prior is trained against a target: set '
+                '--config.target.checkpoint=<classifier workdir or model dir>.'
+            )
+        dc = config.data
+        ckpt = classifier.runlocal_target(
+            os.path.join(workdir, 'target'),
+            dataset=dc.name,
+            data_kwargs=dict(dc.get('kwargs') or {}),
+            root=dc.root,
+            data_dir=dc.data_dir,
+            image_size=dc.image_size,
+            arch=config.target.arch,
+            seed=config.seed,
+            steps=config.target.runlocal_steps,
+        )
+    model, variables = classifier.load_classifier(ckpt)
+    size = config.data.image_size
+    dummy = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    _, logits = jax.eval_shape(lambda x: model.apply(variables, x, train=False), dummy)
+    num_classes = int(logits.shape[-1])
+    wanted = int(config.prior.num_classes or 0)
+    if wanted and wanted != num_classes:
+        raise ValueError(
+            f'The target {ckpt} has {num_classes} classes but config.prior.num_classes is '
+            f"{wanted}; they must match (0 takes the target's)."
+        )
+    return model, variables, num_classes, os.path.abspath(ckpt)
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    """Independent data orders for KEDMI's labelled and two unlabelled loaders."""
+    if stream == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def _epoch_batches(kind, config, source, indices, prep, epoch, start_batch):
+    """The batches of one epoch: a dict per D step with the arrays that kind needs."""
+    streams = 3 if kind == 'kedmi' else 1
+    iters = [
+        pipeline.epoch_batches(
+            source,
+            indices,
+            config.batch_size,
+            preprocess=prep,
+            seed=_stream_seed(config.seed, s),
+            epoch=epoch,
+            shuffle=True,
+            drop_remainder=True,
+            start_batch=start_batch,
+        )
+        for s in range(streams)
+    ]
+    for parts in zip(*iters, strict=True):
+        batch = {'image': parts[0]['image']}
+        if kind == 'kedmi':
+            batch['unlabeled'], batch['unlabeled2'] = parts[1]['image'], parts[2]['image']
+        if kind == 'plgmi':
+            batch['label'] = parts[0]['label']
+        yield batch
+
+
+def _variables(state: GanState) -> dict:
+    return {
+        'generator': {'params': state.g_params, **state.g_state},
+        'discriminator': {'params': state.d_params, **state.d_state},
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the GAN prior `config.prior.kind` in `workdir`.
+
+    Writes `config.json`, `metrics.jsonl` (+ TensorBoard), `checkpoints/`,
+    `samples/step_{N}.png` and finally `prior/` (see `tldmi_jax.priors.save_prior`).
+
+    Returns:
+      A summary: steps, G steps, the prior directory and the last logged losses.
+
+    Raises:
+      ValueError: unknown prior kind; kedmi/plgmi without a target checkpoint (outside
+        runlocal); a target whose class count differs from `config.prior.num_classes`.
+    """
+    kind = config.prior.kind
+    if kind not in KINDS:
+        raise ValueError(f'Unknown prior kind {kind!r}; known: {", ".join(KINDS)}.')
+    os.makedirs(workdir, exist_ok=True)
+    metrics.quiet_libraries()
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+
+    target, target_vars, num_classes, target_path = load_target(config, workdir)
+    dc = config.data
+    source = data.get_source(
+        dc.name,
+        dc.get('split', 'public'),
+        root=dc.root,
+        data_dir=dc.data_dir,
+        **dict(dc.get('kwargs') or {}),
+    )
+    prep = preprocess.get_preprocess(dc.name, dc.image_size)
+    indices = np.arange(len(source))
+    if kind == 'plgmi':
+        idx, labels = pseudo_labels(config, workdir, target_path, target, target_vars, source, prep)
+        source, indices = Relabelled(source, idx, labels), np.arange(len(idx))
+
+    prior = priors.make_prior(
+        kind,
+        num_classes=num_classes,
+        image_size=dc.image_size,
+        seed=config.seed,
+        **prior_options(config),
+    )
+    g_params, g_state = _split(prior.variables['generator'])
+    d_params, d_state = _split(prior.variables['discriminator'])
+    g_tx, d_tx = gan_losses.adam(config.optim), gan_losses.adam(config.optim)
+    state = GanState(
+        step=jnp.asarray(0, jnp.int32),
+        g_params=g_params,
+        g_state=g_state,
+        d_params=d_params,
+        d_state=d_state,
+        g_opt_state=g_tx.init(g_params),
+        d_opt_state=d_tx.init(d_params),
+    )
+    mngr = checkpoint.manager(
+        os.path.join(workdir, 'checkpoints'), config.get('keep_checkpoints', 2)
+    )
+    state, restored = checkpoint.restore_latest(mngr, state)
+    if restored is not None:
+        logging.info('Resuming from step %d', restored)
+        metrics.truncate(workdir, restored)
+
+    bs = config.batch_size
+    steps_per_epoch = len(indices) // bs
+    if steps_per_epoch == 0:
+        raise ValueError(f'Batch size {bs} exceeds the {len(indices)} training images.')
+    total_steps = config.get('total_steps') or config.epochs * steps_per_epoch
+    n_critic = config.n_critic
+    g_first = kind == 'plgmi'  # PLG-MI updates G at the start of each n_dis cycle.
+    log_every = config.get('log_every_steps') or 100
+    ckpt_every = config.get('checkpoint_every_steps') or steps_per_epoch
+    sample_every = config.get('sample_every_steps') or steps_per_epoch
+
+    d_loss, g_loss = gan_losses.make_loss_fns(prior, config, target)
+    d_step = jax.jit(make_d_step(d_loss, d_tx, config.seed), donate_argnums=0)
+    g_step = jax.jit(make_g_step(g_loss, g_tx, config.seed), donate_argnums=0)
+    n_samples = config.get('num_samples', 32)
+    z_fixed = jax.random.normal(step_key(config.seed, 0, 2), (n_samples, prior.z_dim))
+    y_fixed = jnp.arange(n_samples) % max(num_classes, 1)
+    sample = jax.jit(lambda gv: prior.generate(gv, z_fixed, y_fixed))
+
+    def save_samples(step):
+        images = np.asarray(sample({'params': state.g_params, **state.g_state}))
+        grids.save_grid(os.path.join(workdir, 'samples', f'step_{step}.png'), images, ncol=8)
+
+    mesh = sharding.data_mesh(bs)
+    logging.info('Data parallel over %d device(s).', mesh.size)
+    state = sharding.replicate(state, mesh)
+    target_vars = sharding.replicate(target_vars, mesh) if target_vars is not None else {}
+    writer = metrics.MetricWriter(workdir)
+    step = int(state.step)
+    acc: dict[str, list] = {}
+    last: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc=f'gan/{kind}', dynamic_ncols=True)
+    tic, seen = time.perf_counter(), 0
+    while step < total_steps:
+        epoch, start_batch = divmod(step, steps_per_epoch)
+        for batch in _epoch_batches(kind, config, source, indices, prep, epoch, start_batch):
+            batch = sharding.shard_batch(batch, mesh)
+            ms = []
+            if g_first and step % n_critic == 0:
+                state, m = g_step(state, batch, target_vars)
+                ms.append(m)
+            state, m = d_step(state, batch, target_vars)
+            ms.append(m)
+            if not g_first and (step + 1) % n_critic == 0:
+                state, m = g_step(state, batch, target_vars)
+                ms.append(m)
+            step += 1
+            seen += bs
+            for m in ms:
+                for k, v in m.items():
+                    acc.setdefault(k, []).append(v)
+            bar.update(1)
+            if step % log_every == 0 or step == total_steps:
+                last = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
+                last['train/images_per_sec'] = seen / max(time.perf_counter() - tic, 1e-9)
+                last['train/epoch'] = step / steps_per_epoch
+                writer.write(step, last, log=False)  # Shown in the progress bar.
+                bar.set_postfix({k: f'{v:.3f}' for k, v in last.items() if k.endswith('/loss')})
+                acc, tic, seen = {}, time.perf_counter(), 0
+            if step % sample_every == 0 or step == total_steps:
+                save_samples(step)
+            if step % ckpt_every == 0 or step == total_steps:
+                checkpoint.save_state(mngr, step, state)
+            if step >= total_steps:
+                break
+    bar.close()
+    mngr.wait_until_finished()
+    mngr.close()
+
+    prior = dataclasses.replace(prior, variables=jax.device_get(_variables(state)))
+    prior_dir = os.path.join(workdir, priors.PRIOR_DIR)
+    priors.save_prior(prior_dir, prior)
+    g_steps = -(-step // n_critic) if g_first else step // n_critic
+    summary = {'steps': step, 'g_steps': g_steps, 'prior_dir': prior_dir, **last}
+    summary.pop('train/images_per_sec', None)
+    writer.close()
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    logging.info('Saved the %s prior to %s', kind, prior_dir)
+    return summary
