@@ -6,6 +6,7 @@ the colon in `--config=configs/celeba.py:arch=vgg16,defense=tldmi,runlocal`.
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -122,13 +123,30 @@ def classifier_config(
 
     # --- freeze (defense) ---
     config.defense = ml_collections.ConfigDict()
-    config.defense.name = defense  # none | tldmi.
+    config.defense.name = defense  # none|tldmi|mid|bido|negls|dpsgd, or '+'-joined: tldmi+bido.
     config.defense.freeze_layers = -1  # Original index k (-1: the arch's official one).
     config.defense.fine_tune_from = ''  # Named cut point, e.g. 'stage4' or 'conv4_2'.
     config.defense.theta_c = 0.0  # Trainable-parameter budget (0: unused).
     config.defense.rules = ''  # 'regex:frozen;.*:trainable' rules (first match wins).
     config.defense.freeze_stem = False  # True freezes the IR stem as the paper intends.
     config.defense.bn_policy = 'update'  # update (original) | freeze.
+    # Used only when `name` contains the defense (see tldmi_jax/defenses/).
+    config.defense.mid_beta = 0.003  # MID: KL weight (mi-defense's default; 0.01, 0.02 stronger).
+    config.defense.mid_k = 0  # MID: bottleneck size (0: half the feature size, as the original).
+    config.defense.bido_measure = 'hsic'  # BiDO: hsic (normalised, original) | coco | hsic_biased.
+    config.defense.bido_lambda_x = 0.05  # BiDO: weight of dep(input, hidden), minimised.
+    config.defense.bido_lambda_y = 0.5  # BiDO: weight of dep(hidden, label), maximised.
+    config.defense.bido_sigma = 5.0  # BiDO: Gaussian kernel width (variance 2 sigma^2 dim).
+    config.defense.bido_label_kernel = 'linear'  # BiDO: kernel on one-hot labels: linear|gaussian.
+    config.defense.bido_layers = ''  # BiDO: comma-separated modules ('': each stage's last unit).
+    config.defense.ls_alpha = -0.05  # negls: smoothing factor (< 0: with warm-up; > 0: constant).
+    config.defense.ls_start_epoch = 50  # negls: alpha = 0 before this epoch (PPA).
+    config.defense.ls_end_epoch = 75  # negls: alpha reached at this epoch (PPA).
+    config.defense.ls_original_ramp = False  # negls: PPA's slope 1/(epochs - start) (jumps at end).
+    config.defense.dp_clip_norm = 1.0  # dpsgd: per-example L2 clipping bound C.
+    config.defense.dp_noise_multiplier = 1.0  # dpsgd: noise std / C (sigma).
+    config.defense.dp_delta = 1e-5  # dpsgd: delta at which epsilon is reported.
+    config.defense.dp_accountant = 'rdp'  # dpsgd: rdp | pld (dp_accounting).
 
     # --- optim ---
     config.optim = ml_collections.ConfigDict()
@@ -222,3 +240,28 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
         config.data.kwargs = ml_collections.ConfigDict(dict(num_classes=4, image_size=32))
         config.data.image_size = 32
     return config
+
+
+def load_config_file(spec: str, base_dir: str = '') -> ml_collections.ConfigDict:
+    """Loads `get_config(arg)` from a config file given as 'path.py[:arg]'.
+
+    Args:
+      spec: e.g. 'gan_celeba.py:prior=kedmi,runlocal'; a relative path is looked up in
+        `base_dir`, then in the current directory.
+      base_dir: directory of the config files (e.g. the sweep config's `configs_dir`).
+
+    Raises:
+      FileNotFoundError: naming every path tried.
+    """
+    import importlib.util
+
+    path, _, arg = spec.partition(':')
+    candidates = [path] if os.path.isabs(path) else [os.path.join(base_dir, path), path]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            name = f'_tldmi_config_{os.path.splitext(os.path.basename(candidate))[0]}'
+            module_spec = importlib.util.spec_from_file_location(name, candidate)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            return module.get_config(arg or None)
+    raise FileNotFoundError(f'Config file {path!r} not found (tried {candidates}).')

@@ -50,3 +50,10 @@ def test_describe_launcher_prints_table_and_json():
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
     assert rows['body_46'][1] == '0' and rows['body_47'][0] == rows['body_47'][1]
     assert rows['stem'] == ['1,920', '1,920']  # trainable, as the original's typo leaves it
+
+
+def test_describe_includes_the_mid_head():
+    plan = transfer.describe(celeba.get_config('arch=vgg16,defense=tldmi+mid'))
+    rows = {r.group: r for r in plan.table}
+    assert 'vib' in rows and rows['vib'].trainable == rows['vib'].params > 0
+    assert rows['conv1_1'].trainable == 0

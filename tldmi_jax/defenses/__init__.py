@@ -1,0 +1,328 @@
+"""Defenses: options of the one classifier trainer, selected by `config.defense.name`.
+
+`name` is one of `none | tldmi | mid | bido | negls | dpsgd` or a '+'-joined combination
+(`tldmi+bido`, `tldmi+mid+negls`, ...):
+
+* `tldmi` freezes the first layers (`transfer.py`; resolved by the trainer for any name
+  containing it);
+* `mid` wraps the model with a VIB head and adds `beta * KL` (`mid.py`);
+* `bido` adds HSIC/COCO dependency terms over hidden layers (`bido.py`);
+* `negls` trains on smoothed labels, negative with a warm-up or positive (`label_smoothing.py`);
+* `dpsgd` replaces the gradient by the clipped, noised per-example mean and reports
+  epsilon (`dpsgd.py`). BiDO's terms are batch statistics with no per-example form, so
+  `bido+dpsgd` is rejected.
+
+`wrap_model` applies the model change (MID) and `build` returns the `Objective` that the
+trainer's step uses instead of plain cross-entropy, or None for `none`/`tldmi`, whose
+training step stays exactly the plain one.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import traverse_util
+
+from tldmi_jax.defenses import bido, dpsgd, label_smoothing, mid, transfer
+
+NAMES = ('none', 'tldmi', 'mid', 'bido', 'negls', 'dpsgd')
+_LOSS_DEFENSES = ('mid', 'bido', 'negls', 'dpsgd')
+
+
+def parse(name: str | None) -> tuple[str, ...]:
+    """Splits a defense name on '+' and checks it.
+
+    Returns:
+      The parts in the given order (`('none',)` for an empty name).
+
+    Raises:
+      ValueError: for an unknown or repeated part, `none` in a combination, or
+        `bido+dpsgd`.
+    """
+    text = str(name or 'none').strip()
+    parts = tuple(p.strip() for p in text.split('+'))
+    unknown = [p for p in parts if p not in NAMES]
+    if unknown:
+        raise ValueError(
+            f'Unknown defense {unknown[0]!r} in {text!r}; valid: {", ".join(NAMES)}, '
+            "or a '+'-joined combination such as 'tldmi+bido'."
+        )
+    if len(set(parts)) != len(parts):
+        raise ValueError(f'Defense {text!r} repeats a part.')
+    if 'none' in parts and len(parts) > 1:
+        raise ValueError(f"Defense {text!r}: 'none' cannot be combined.")
+    if 'bido' in parts and 'dpsgd' in parts:
+        raise ValueError(
+            'bido+dpsgd is not supported: the HSIC/COCO terms depend on the whole batch, '
+            'so per-example clipping cannot bound one example.'
+        )
+    return parts
+
+
+def wrap_model(model: nn.Module, spec: ml_collections.ConfigDict | None) -> nn.Module:
+    """The model a defense trains (MID adds its VIB head); unchanged otherwise."""
+    spec = spec or {}
+    if 'mid' in parse(spec.get('name')):
+        return mid.wrap(model, k=int(spec.get('mid_k', 0) or 0))
+    return model
+
+
+def wrap_for_checkpoint(model: nn.Module, params: Any) -> nn.Module:
+    """Rebuilds the trained model's wrapping from its parameters (a VIB head -> MID)."""
+    return mid.wrap_for_checkpoint(model, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The loss and gradient of a defended classifier (see `build`)."""
+
+    model: nn.Module
+    parts: tuple[str, ...]
+    num_classes: int
+    steps_per_epoch: int
+    num_epochs: float
+    mask: Any
+    interceptor: Callable[..., Any] | None
+    layers: tuple[str, ...]
+    pool: bool
+    sample_rate: float
+    hp: dict[str, Any]
+
+    def _alpha(self, step: jax.Array) -> jax.Array:
+        return label_smoothing.alpha_at(
+            step // self.steps_per_epoch,
+            self.hp['ls_alpha'],
+            start_epoch=self.hp['ls_start_epoch'],
+            end_epoch=self.hp['ls_end_epoch'],
+            num_epochs=self.num_epochs,
+            original_ramp=self.hp['ls_original_ramp'],
+        )
+
+    def _per_example(self, logits, labels, inter, step):
+        """Per-example loss terms [B] (CE, smoothed CE, beta * KL) and their metrics."""
+        metrics = {}
+        if 'negls' in self.parts:
+            alpha = self._alpha(step)
+            ce = label_smoothing.cross_entropy(logits, labels, alpha)
+            metrics['train/ls_alpha'] = alpha
+        else:
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        metrics['train/ce'] = ce.mean()
+        loss = ce
+        if 'mid' in self.parts:
+            kl = mid.kl_divergence(*mid.statistics(inter))
+            metrics['train/vib_kl'] = kl.mean()
+            loss = loss + self.hp['mid_beta'] * kl
+        return loss, metrics
+
+    def _bido(self, images, labels, features, inter):
+        """BiDO's batch term `sum_l lambda_x dep(X, Z_l) - lambda_y dep(Z_l, Y)`."""
+        onehot = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+        hiddens = bido.hidden_representations(inter, self.layers, features, self.pool)
+        kw = dict(
+            measure=self.hp['bido_measure'],
+            sigma=self.hp['bido_sigma'],
+            label_kernel=self.hp['bido_label_kernel'],
+        )
+        deps = [bido.dependencies(h, images, onehot, **kw) for h in hiddens]
+        hx, hy = jnp.stack([d[0] for d in deps]), jnp.stack([d[1] for d in deps])
+        term = self.hp['bido_lambda_x'] * hx.sum() - self.hp['bido_lambda_y'] * hy.sum()
+        return term, {'train/hsic_xz': hx.mean(), 'train/hsic_yz': hy.mean()}
+
+    def _capture(self):
+        return bido.capture_filter(self.layers) if 'bido' in self.parts else False
+
+    def loss_and_grads(self, params, batch_stats, images, labels, rng, step):
+        """One step's loss, gradient and metrics.
+
+        Args:
+          params, batch_stats: the model's variables.
+          images: [B, H, W, C] float32 (already augmented).
+          labels: [B] int32.
+          rng: PRNG key for dropout, the VIB sample and the DP noise.
+          step: the (traced) global step, for schedules.
+
+        Returns:
+          `(loss, logits, new_batch_stats, grads, metrics)`.
+        """
+        if 'dpsgd' in self.parts:
+            return self._private(params, batch_stats, images, labels, rng, step)
+
+        def loss_fn(p):
+            variables = {'params': p, 'batch_stats': batch_stats}
+
+            def run():
+                return self.model.apply(
+                    variables,
+                    images,
+                    train=True,
+                    rngs={'dropout': rng},
+                    mutable=['batch_stats', 'intermediates'],
+                    capture_intermediates=self._capture(),
+                )
+
+            if self.interceptor is None:
+                (features, logits), state = run()
+            else:
+                with nn.intercept_methods(self.interceptor):
+                    (features, logits), state = run()
+            inter = state.get('intermediates', {})
+            per_example, metrics = self._per_example(logits, labels, inter, step)
+            loss = per_example.mean()
+            if 'bido' in self.parts:
+                term, more = self._bido(images, labels, features, inter)
+                loss, metrics = loss + term, {**metrics, **more}
+            return loss, (logits, state.get('batch_stats', batch_stats), metrics)
+
+        (loss, (logits, new_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params
+        )
+        return loss, logits, new_stats, grads, metrics
+
+    def _private(self, params, batch_stats, images, labels, rng, step):
+        """DP-SGD: per-example gradients of the trainable leaves, clipped and noised."""
+        flat = traverse_util.flatten_dict(params)
+        flat_mask = traverse_util.flatten_dict(self.mask)
+        trainable = {k: v for k, v in flat.items() if flat_mask[k]}
+        frozen = {k: v for k, v in flat.items() if not flat_mask[k]}
+
+        def one(train_p, image, label, key):
+            p = traverse_util.unflatten_dict(
+                {**frozen, **dict(zip(trainable, train_p, strict=True))}
+            )
+            (_, logits), state = dpsgd.apply_one(self.model, p, batch_stats, image, key)
+            inter = state.get('intermediates', {})
+            loss, metrics = self._per_example(logits, label[None], inter, step)
+            return loss[0], (logits[0], loss[0], metrics)
+
+        train_p = list(trainable.values())  # A list keeps the leaf order of `trainable`.
+        dropout_key, noise_key = jax.random.split(rng)
+        keys = jax.random.split(dropout_key, images.shape[0])
+        per_ex, (logits, losses, metrics) = dpsgd.per_example_grads(
+            one, train_p, images, labels, keys
+        )
+        private, dp_metrics = dpsgd.privatize(
+            per_ex,
+            clip_norm=self.hp['dp_clip_norm'],
+            noise_multiplier=self.hp['dp_noise_multiplier'],
+            key=noise_key,
+        )
+        grads = {k: jnp.zeros_like(v) for k, v in frozen.items()}
+        grads.update(zip(trainable, private, strict=True))
+        metrics = {k: v.mean() for k, v in metrics.items()}
+        return (
+            losses.mean(),
+            logits,
+            batch_stats,
+            traverse_util.unflatten_dict(grads),
+            {**metrics, **dp_metrics},
+        )
+
+    def host_metrics(self, step: int) -> dict[str, float]:
+        """Metrics computed on the host at a log step (DP-SGD: epsilon at delta)."""
+        if 'dpsgd' not in self.parts:
+            return {}
+        eps = dpsgd.epsilon(
+            noise_multiplier=self.hp['dp_noise_multiplier'],
+            sample_rate=self.sample_rate,
+            steps=step,
+            delta=self.hp['dp_delta'],
+            accountant=self.hp['dp_accountant'],
+        )
+        return {
+            'privacy/epsilon': eps if math.isfinite(eps) else 'inf',
+            'privacy/delta': self.hp['dp_delta'],
+            'privacy/sample_rate': self.sample_rate,
+        }
+
+
+def _hyperparameters(spec: ml_collections.ConfigDict) -> dict[str, Any]:
+    g = spec.get
+    return dict(
+        mid_beta=float(g('mid_beta', 0.003)),
+        bido_measure=str(g('bido_measure', 'hsic')),
+        bido_lambda_x=float(g('bido_lambda_x', 0.05)),
+        bido_lambda_y=float(g('bido_lambda_y', 0.5)),
+        bido_sigma=float(g('bido_sigma', 5.0)),
+        bido_label_kernel=str(g('bido_label_kernel', 'linear')),
+        ls_alpha=float(g('ls_alpha', -0.05)),
+        ls_start_epoch=int(g('ls_start_epoch', 50)),
+        ls_end_epoch=int(g('ls_end_epoch', 75)),
+        ls_original_ramp=bool(g('ls_original_ramp', False)),
+        dp_clip_norm=float(g('dp_clip_norm', 1.0)),
+        dp_noise_multiplier=float(g('dp_noise_multiplier', 1.0)),
+        dp_delta=float(g('dp_delta', 1e-5)),
+        dp_accountant=str(g('dp_accountant', 'rdp')),
+    )
+
+
+def build(
+    spec: ml_collections.ConfigDict,
+    model: nn.Module,
+    params: Any,
+    plan: transfer.FreezePlan,
+    *,
+    num_classes: int,
+    train_size: int,
+    batch_size: int,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> Objective | None:
+    """The training objective of `spec` for a (wrapped) model, or None for plain CE.
+
+    Args:
+      spec: `config.defense`.
+      model: the model from `wrap_model`.
+      params: its parameters (for BiDO's layer names).
+      plan: the resolved freeze plan (trainable leaves, BatchNorm policy).
+      num_classes: number of logits.
+      train_size: N, the training examples (DP-SGD's sampling rate is batch_size / N).
+      batch_size: examples per step.
+      steps_per_epoch: steps per epoch (label-smoothing schedule).
+      total_steps: the run's length (the original label-smoothing ramp).
+
+    Raises:
+      ValueError: for a bad name or hyperparameter.
+    """
+    parts = parse(spec.get('name'))
+    if not any(p in _LOSS_DEFENSES for p in parts):
+        return None
+    hp = _hyperparameters(spec)
+    if 'mid' in parts and hp['mid_beta'] < 0:
+        raise ValueError(f'defense.mid_beta must be >= 0, got {hp["mid_beta"]}.')
+    if 'bido' in parts:
+        bido.check(
+            hp['bido_measure'],
+            hp['bido_label_kernel'],
+            hp['bido_sigma'],
+            hp['bido_lambda_x'],
+            hp['bido_lambda_y'],
+        )
+    if 'negls' in parts:
+        label_smoothing.check(hp['ls_alpha'], hp['ls_start_epoch'], hp['ls_end_epoch'])
+    if 'dpsgd' in parts:
+        dpsgd.check(
+            hp['dp_clip_norm'], hp['dp_noise_multiplier'], hp['dp_delta'], hp['dp_accountant']
+        )
+    layers = ()
+    if 'bido' in parts:
+        layers = bido.resolve_layers(model, params, spec.get('bido_layers', '') or '')
+    return Objective(
+        model=model,
+        parts=parts,
+        num_classes=num_classes,
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=total_steps / steps_per_epoch,
+        mask=transfer.trainable_mask(plan.labels),
+        interceptor=transfer.bn_policy_interceptor(plan),
+        layers=layers,
+        pool=bido.pools_blocks(model),
+        sample_rate=min(1.0, batch_size / max(train_size, 1)),
+        hp=hp,
+    )

@@ -348,10 +348,11 @@ def describe(config: ml_collections.ConfigDict) -> FreezePlan:
 
     Parameters come from `jax.eval_shape(model.init, ...)`, so full-size models are free.
     """
-    from tldmi_jax import models  # Local import: models import this module's layers.
+    from tldmi_jax import defenses, models  # Local: both import this module's neighbours.
 
     num_classes = config.model.get('num_classes') or 10
     model = models.get_model(config.model.arch, num_classes, **(config.model.get('kwargs') or {}))
+    model = defenses.wrap_model(model, config.defense)  # MID adds its VIB head.
     size = config.data.image_size
     dummy = jax.ShapeDtypeStruct((1, size, size, config.data.get('channels', 3)), jax.numpy.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)

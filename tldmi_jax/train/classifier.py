@@ -6,7 +6,9 @@ original), applies the freeze spec of `config.defense` (TL-DMI), selects the bes
 a validation split carved from the private training set (or on the test split with
 `select_on='test'`, as the original code does), and reports natural accuracy on the
 private test split. Rerunning the same command resumes from the last checkpoint and ends
-with the same parameters as an uninterrupted run.
+with the same parameters as an uninterrupted run. The other defenses (MID, BiDO, label
+smoothing, DP-SGD, alone or with TL-DMI) change the model and the step's loss or gradient
+through `tldmi_jax.defenses` (`wrap_model`, `build`).
 """
 
 import functools
@@ -25,7 +27,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from tldmi_jax import config_lib, data, models
+from tldmi_jax import config_lib, data, defenses, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.defenses import transfer
 from tldmi_jax.utils import checkpoint, metrics, sharding
@@ -79,8 +81,12 @@ def _apply(model, params, batch_stats, images, *, train, rng=None, interceptor=N
         return run()
 
 
-def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bool):
-    """Builds the pure train step `(state, batch) -> (state, metrics)`."""
+def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bool, objective=None):
+    """Builds the pure train step `(state, batch) -> (state, metrics)`.
+
+    `objective` (a `defenses.Objective`) supplies the loss and gradient of a defended
+    model; None trains with plain cross-entropy.
+    """
     interceptor = transfer.bn_policy_interceptor(plan)
     mask = transfer.trainable_mask(plan.labels)
     base_key = jax.random.fold_in(jax.random.key(seed), 1)
@@ -104,9 +110,15 @@ def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bo
             )
             return cross_entropy(logits, batch['label']), (logits, updates['batch_stats'])
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
+        if objective is None:
+            (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params
+            )
+            extra = {}
+        else:
+            loss, logits, batch_stats, grads, extra = objective.loss_and_grads(
+                state.params, state.batch_stats, images, batch['label'], dropout_key, state.step
+            )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         trainable_grads = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, mask)
@@ -114,6 +126,7 @@ def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bo
             'train/loss': loss,
             'train/acc@1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
             'train/grad_norm': optax.tree.norm(trainable_grads),
+            **extra,
         }
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
@@ -197,6 +210,7 @@ def _as_arrays(batch) -> tuple[np.ndarray, np.ndarray]:
 def init_model(config: ml_collections.ConfigDict, num_classes: int, channels: int):
     """Builds the model and its (optionally pretrained) variables."""
     model = models.get_model(config.model.arch, num_classes, **(config.model.get('kwargs') or {}))
+    model = defenses.wrap_model(model, config.get('defense'))
     size = config.data.image_size
     dummy = jnp.zeros((1, size, size, channels), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(
@@ -265,8 +279,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         int(state.step),
         {'params/total': plan.total_params, 'params/trainable': plan.trainable_params},
     )
+    objective = defenses.build(
+        config.defense,
+        model,
+        params,
+        plan,
+        num_classes=num_classes,
+        train_size=len(train_idx),
+        batch_size=bs,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
+    host_metrics = objective.host_metrics if objective else lambda step: {}
     train_step = jax.jit(
-        make_train_step(model, tx, plan, seed=config.seed, flip=config.data.flip),
+        make_train_step(
+            model, tx, plan, seed=config.seed, flip=config.data.flip, objective=objective
+        ),
         donate_argnums=0,
     )
     predict = jax.jit(make_predict_fn(model))
@@ -305,6 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 rate = seen / max(time.perf_counter() - tic, 1e-9)
                 summary['train/images_per_sec'] = rate
                 summary['train/epoch'] = step / steps_per_epoch
+                summary.update(host_metrics(step))
                 writer.write(step, summary, log=False)  # Shown in the progress bar.
                 bar.set_postfix(
                     loss=f'{summary["train/loss"]:.3f}',
@@ -346,6 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         'params/trainable': plan.trainable_params,
         'best_step': int(state.best_step),
         'steps': step,
+        **host_metrics(step),
     }
     writer.write(step, final)
     writer.close()
@@ -394,6 +424,7 @@ def load_classifier(
     )
     channels = saved.get('data', {}).get('channels', 3)
     model = models.get_model(arch, num_classes, **(saved.get('model', {}).get('kwargs') or {}))
+    model = defenses.wrap_for_checkpoint(model, tree['params'])  # A MID model's VIB head.
     dummy = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
     try:

@@ -1,0 +1,63 @@
+"""Sweep tables, the plot, config-file loading and nested overrides."""
+
+import csv
+
+import ml_collections
+import pytest
+
+from configs import sweep_celeba
+from tldmi_jax import config_lib
+from tldmi_jax.reporting import sweep, tables
+
+
+def test_rows_and_files(tmp_path):
+    done = {
+        'status': 'done',
+        'metrics': {
+            'attack/acc@1': 0.5,
+            'attack/acc@1_std': 0.1,
+            'attack/fid': float('nan'),
+            'protocol_hash': 'abc',
+        },
+    }
+    failed = {'status': 'failed', 'error': 'ValueError: a|b'}
+    rows = [
+        {
+            'target': 'none',
+            'defense': 'no defense',
+            'trainable_params': 16_774_184,
+            'target/natural_acc': 0.9,
+            'attack': 'gmi',
+            **tables.row(done),
+        },
+        {'target': 'bad', 'defense': 'x', 'attack': 'gmi', **tables.row(failed)},
+    ]
+    tables.write(str(tmp_path), rows)
+    md = (tmp_path / 'results.md').read_text()
+    assert (
+        '| none | no defense | 16.77 M | 0.9000 | gmi | 0.5000 ± 0.1000 | - | - | - | abc | done |'
+        in md
+    )
+    assert 'failed: ValueError: a/b' in md
+    with open(tmp_path / 'results.csv') as f:
+        read = list(csv.DictReader(f))
+    assert read[0]['attack/acc@1'] == '0.5' and read[1]['status'] == 'failed'
+    assert (tmp_path / 'utility_privacy.png').stat().st_size > 1000
+
+
+def test_nested_overrides_and_unknown_field():
+    config = ml_collections.ConfigDict({'defense': {'freeze_layers': -1, 'name': 'tldmi'}})
+    sweep._apply(config, {'defense': {'freeze_layers': 26}})
+    assert config.defense.freeze_layers == 26 and config.defense.name == 'tldmi'
+    with pytest.raises(ValueError, match="Unknown config field 'defense.depth'"):
+        sweep._apply(config, {'defense': {'depth': 3}})
+
+
+def test_load_config_file_and_sweep_config(tmp_path):
+    config = config_lib.load_config_file('celeba.py:arch=ir152,defense=tldmi', 'configs')
+    assert config.model.arch == 'ir152' and config.defense.name == 'tldmi'
+    with pytest.raises(FileNotFoundError, match='nope.py'):
+        config_lib.load_config_file('nope.py', str(tmp_path))
+    full = sweep_celeba.get_config()
+    assert set(full.targets) == {'none', 'tldmi', 'tldmi_k33', 'tldmi_k36', 'tldmi_k39'}
+    assert full.attacks == ['gmi', 'kedmi', 'lomma_kedmi', 'plgmi']

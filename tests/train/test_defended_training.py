@@ -1,0 +1,178 @@
+"""Every defense (and TL-DMI + each) trains a tiny model through the one trainer."""
+
+import json
+import math
+import os
+
+import dp_accounting
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from configs import celeba
+from tldmi_jax import data, defenses
+from tldmi_jax.defenses import mid
+from tldmi_jax.train import classifier
+from tldmi_jax.utils import checkpoint, metrics
+
+STEPS = 3
+DEFENSES = (
+    'mid',
+    'bido',
+    'negls',
+    'dpsgd',
+    'tldmi+mid',
+    'tldmi+bido',
+    'tldmi+negls',
+    'tldmi+dpsgd',
+)
+_BUILD_KW = ('num_classes', 'train_size', 'batch_size', 'steps_per_epoch', 'total_steps')
+EXTRA_METRICS = {
+    'mid': ('train/vib_kl',),
+    'bido': ('train/hsic_xz', 'train/hsic_yz'),
+    'negls': ('train/ls_alpha',),
+    'dpsgd': ('train/dp_clipped', 'privacy/epsilon'),
+}
+
+
+def _config(defense):
+    config = celeba.get_config(f'arch=vgg16,defense={defense},runlocal')
+    config.total_steps = STEPS
+    config.eval_every_steps = config.checkpoint_every_steps = STEPS
+    config.log_every_steps = 1
+    config.data.val_fraction = 0.0  # N = 128 exactly (DP-SGD's sampling rate 8 / 128).
+    config.defense.ls_start_epoch, config.defense.ls_end_epoch = 0, 2
+    return config
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    cache = {}
+
+    def run(defense):
+        if defense not in cache:
+            workdir = str(tmp_path_factory.mktemp(defense.replace('+', '_')))
+            final = classifier.train_and_evaluate(_config(defense), workdir)
+            cache[defense] = (workdir, final)
+        return cache[defense]
+
+    return run
+
+
+@pytest.mark.parametrize('defense', DEFENSES)
+def test_trains_and_writes_results(runs, defense):
+    workdir, final = runs(defense)
+    assert os.path.exists(os.path.join(workdir, 'results.json'))
+    records = [r for r in metrics.read_metrics(workdir) if 'train/loss' in r]
+    assert [r['step'] for r in records] == list(range(1, STEPS + 1))
+    for r in records:
+        assert math.isfinite(r['train/loss']), r
+        for part in defense.split('+'):
+            for name in EXTRA_METRICS.get(part, ()):
+                assert math.isfinite(r[name]), (name, r)
+    assert 0.0 <= final['target/natural_acc'] <= 1.0
+
+
+@pytest.mark.parametrize('defense', [d for d in DEFENSES if d.startswith('tldmi+')])
+def test_tldmi_combinations_keep_frozen_layers(runs, defense):
+    workdir, final = runs(defense)
+    config = _config(defense)
+    _, init_params, _ = classifier.init_model(config, 4, 3)
+    before = traverse_util.flatten_dict(init_params, sep='/')
+    after = traverse_util.flatten_dict(
+        checkpoint.load_model(os.path.join(workdir, 'model_final'))['params'], sep='/'
+    )
+    assert set(before) == set(after)
+    frozen = [k for k in before if k.split('/')[0] < 'conv4_2']  # conv1_1 .. conv4_1.
+    assert len(frozen) == 8 * 4 and final['params/trainable'] < final['params/total']
+    for k in frozen:
+        np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+    assert any(not np.array_equal(before[k], after[k]) for k in before if k not in frozen)
+    if 'mid' in defense:  # The VIB head is part of the trained head.
+        assert not np.array_equal(before['vib/kernel'], after['vib/kernel'])
+
+
+def test_negative_smoothing_schedule_in_training(runs):
+    workdir, _ = runs('negls')
+    alphas = [r['train/ls_alpha'] for r in metrics.read_metrics(workdir) if 'train/loss' in r]
+    # ls window [0, 2) epochs, 16 steps per epoch: all three steps are in epoch 0.
+    np.testing.assert_allclose(alphas, [-0.025] * STEPS, rtol=1e-6)
+
+
+@pytest.mark.parametrize('defense', ['dpsgd', 'tldmi+dpsgd'])
+def test_dpsgd_reports_the_accountant_epsilon(runs, defense):
+    workdir, final = runs(defense)
+    n = len(data.get_source('synthetic', 'private_train', num_classes=4, image_size=32))
+    assert n == 128
+    spec = _config(defense).defense
+
+    def expected(steps):
+        event = dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(
+                8 / n, dp_accounting.GaussianDpEvent(spec.dp_noise_multiplier)
+            ),
+            steps,
+        )
+        acc = dp_accounting.rdp.RdpAccountant()
+        acc.compose(event)
+        return acc.get_epsilon(spec.dp_delta)
+
+    records = [r for r in metrics.read_metrics(workdir) if 'train/loss' in r]
+    for r in records:
+        np.testing.assert_allclose(r['privacy/epsilon'], expected(r['step']), rtol=1e-12)
+        assert r['privacy/delta'] == spec.dp_delta
+    saved = json.load(open(os.path.join(workdir, 'results.json')))
+    np.testing.assert_allclose(saved['privacy/epsilon'], expected(STEPS), rtol=1e-12)
+    assert final['privacy/epsilon'] == saved['privacy/epsilon']
+
+
+def test_load_classifier_rebuilds_mid(runs):
+    workdir, _ = runs('mid')
+    model, variables = classifier.load_classifier(workdir)
+    assert isinstance(model, mid.VIB)
+    assert 'vib' in variables['params']
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    features, logits = model.apply(variables, x)
+    assert logits.shape == (2, 4) and model.k == features.shape[-1] // 2  # Read from vib/.
+    assert variables['params']['fc']['kernel'].shape == (model.k, 4)
+    np.testing.assert_array_equal(logits, model.apply(variables, x)[1])  # Deterministic.
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_parse_names():
+    assert defenses.parse('tldmi+bido') == ('tldmi', 'bido')
+    assert defenses.parse('') == ('none',)
+    with pytest.raises(ValueError, match='valid: none, tldmi, mid, bido, negls, dpsgd'):
+        defenses.parse('tldmi+foo')
+    with pytest.raises(ValueError, match='cannot be combined'):
+        defenses.parse('none+mid')
+    with pytest.raises(ValueError, match='repeats'):
+        defenses.parse('mid+mid')
+    with pytest.raises(ValueError, match='bido\\+dpsgd is not supported'):
+        defenses.parse('tldmi+bido+dpsgd')
+
+
+@pytest.mark.parametrize('name', ['none', 'tldmi'])
+def test_plain_defenses_keep_the_plain_step(name):
+    spec = ml_collections.ConfigDict(dict(name=name))
+    assert defenses.build(spec, None, None, None, **dict.fromkeys(_BUILD_KW, 1)) is None
+
+
+@pytest.mark.parametrize(
+    'defense, field, value, match',
+    [
+        ('tldmi+foo', None, None, 'Unknown defense'),
+        ('bido', 'bido_measure', 'mi', 'bido_measure must be one of'),
+        ('dpsgd', 'dp_clip_norm', 0.0, 'dp_clip_norm must be > 0'),
+        ('negls', 'ls_alpha', 1.5, 'ls_alpha must be < 1'),
+        ('mid', 'mid_beta', -1.0, 'mid_beta must be >= 0'),
+    ],
+)
+def test_bad_defense_configs(tmp_path, defense, field, value, match):
+    config = _config(defense)
+    if field:
+        config.defense[field] = value
+    with pytest.raises(ValueError, match=match):
+        classifier.train_and_evaluate(config, str(tmp_path))

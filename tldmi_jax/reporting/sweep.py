@@ -1,0 +1,228 @@
+"""The defense x attack matrix: train or load targets, priors, attacks, evaluations.
+
+`run(config, workdir)` walks every (defended target, attack) cell:
+
+* the target is trained with `launch/train.py`'s config file plus the target's overrides
+  (`workdir/targets/<name>`), or loaded when `checkpoint` is given;
+* priors: the GMI prior is trained once on public data (`workdir/priors/gmi`); the KEDMI GAN,
+  the PLG-MI cGAN and LOMMA's augmented models depend on the target and are retrained per
+  target (`workdir/targets/<name>/priors/...`);
+* the attack runs and is evaluated (`workdir/cells/<target>__<attack>/{attack,eval}`).
+
+Every stage resumes from its own workdir, each finished cell is recorded in `cell.json`, and a
+rerun skips finished cells and resumes the unfinished one. A failing cell is recorded with its
+error and the sweep goes on. The results table (`results.csv`, `results.md`) and the
+utility-vs-privacy plot are rewritten after every cell.
+
+Each stage's config comes from its own config file (e.g. `gan_celeba.py:prior=kedmi`), so the
+sweep never duplicates a stage's defaults; `data.root`/`data.data_dir` go to every stage,
+`stage_overrides` set nested fields of a stage, and each target's `overrides` set its training
+fields.
+"""
+
+import json
+import os
+import time
+import traceback
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from tldmi_jax import config_lib
+from tldmi_jax.reporting import tables
+from tldmi_jax.utils import metrics
+
+# Which prior (or helper models) each attack needs, and whether it depends on the target.
+_NEEDS = {
+    'gmi': ('gmi',),
+    'kedmi': ('kedmi',),
+    'lomma_gmi': ('gmi', 'students'),
+    'lomma_kedmi': ('kedmi', 'students'),
+    'plgmi': ('plgmi',),
+}
+
+
+def _apply(config: ml_collections.ConfigDict, overrides: Any, prefix: str = '') -> None:
+    """Sets nested `overrides` ({'defense': {'freeze_layers': 26}}) on `config`.
+
+    Raises:
+      ValueError: naming a field that the stage's config does not have.
+    """
+    for key, value in dict(overrides or {}).items():
+        if key not in config:
+            raise ValueError(f"Unknown config field '{prefix}{key}'.")
+        if isinstance(value, dict | ml_collections.ConfigDict) and isinstance(
+            config[key], ml_collections.ConfigDict
+        ):
+            _apply(config[key], value, f'{prefix}{key}.')
+        else:
+            config[key] = value
+
+
+def _stage_config(sweep: ml_collections.ConfigDict, spec: str, stage: str):
+    """Loads a stage's config file, sets the sweep's data paths and the stage overrides."""
+    config = config_lib.load_config_file(spec, sweep.configs_dir)
+    for field in ('root', 'data_dir'):
+        value = sweep.data.get(field)
+        if value and 'data' in config and field in config.data:
+            config.data[field] = value
+    _apply(config, sweep.stage_overrides.get(stage, {}))
+    return config
+
+
+def _with_arg(spec: str, extra: str) -> str:
+    """Appends 'key=value' to a 'file.py[:args]' spec."""
+    return f'{spec},{extra}' if ':' in spec else f'{spec}:{extra}'
+
+
+def _done(path: str) -> bool:
+    return os.path.exists(os.path.join(path, 'results.json'))
+
+
+class _Sweep:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = config
+        self.workdir = workdir
+
+    def target(self, name: str) -> str:
+        spec = self.config.targets[name]
+        if spec.get('checkpoint'):
+            return spec.checkpoint
+        path = os.path.join(self.workdir, 'targets', name)
+        if not _done(path):
+            from tldmi_jax.train import classifier
+
+            config = _stage_config(self.config, spec.train, 'train')
+            _apply(config, spec.get('overrides', {}))
+            logging.info('sweep: training target %s in %s', name, path)
+            classifier.train_and_evaluate(config, path)
+        return path
+
+    def prior(self, kind: str, target_name: str, target: str) -> str:
+        from tldmi_jax.train import gan
+
+        if kind == 'gmi':
+            path = os.path.join(self.workdir, 'priors', 'gmi')
+        else:
+            path = os.path.join(self.workdir, 'targets', target_name, 'priors', kind)
+        if not _done(path):
+            config = _stage_config(
+                self.config, _with_arg(self.config.stages.gan, f'prior={kind}'), 'gan'
+            )
+            if kind != 'gmi':
+                config.target.checkpoint = target
+            logging.info('sweep: training the %s prior in %s', kind, path)
+            gan.train_and_evaluate(config, path)
+        return path
+
+    def students(self, target_name: str, target: str) -> str:
+        from tldmi_jax.train import distill
+
+        path = os.path.join(self.workdir, 'targets', target_name, 'augmented')
+        config = _stage_config(self.config, self.config.stages.distill, 'distill')
+        config.target.checkpoint = target
+        summary = distill.train_and_evaluate(config, path)
+        return ','.join(s['dir'] for s in summary['students'])
+
+    def eval_model(self) -> str | None:
+        """The evaluation model; with runlocal and none given, one tiny model for all cells."""
+        if self.config.eval_model.get('checkpoint'):
+            return self.config.eval_model.checkpoint
+        if not self.config.get('runlocal', False):
+            return None
+        from tldmi_jax.evaluation import runlocal as eval_runlocal
+        from tldmi_jax.train import classifier
+
+        return classifier.runlocal_target(
+            os.path.join(self.workdir, 'eval_model'),
+            arch=eval_runlocal.EVAL_ARCH,
+            image_size=eval_runlocal.EVAL_SIZE,
+            seed=1,
+            steps=eval_runlocal.TRAIN_STEPS,
+        )
+
+    def cell(self, target_name: str, attack: str) -> dict[str, Any]:
+        from tldmi_jax.attacks import runner
+        from tldmi_jax.evaluation import evaluate
+
+        cell_dir = os.path.join(self.workdir, 'cells', f'{target_name}__{attack}')
+        target = self.target(target_name)
+        needs = _NEEDS[attack]
+        acfg = _stage_config(
+            self.config, _with_arg(self.config.stages.attack, f'attack={attack}'), 'attack'
+        )
+        acfg.target.checkpoint = target
+        acfg.prior.checkpoint = self.prior(needs[0], target_name, target)
+        if 'students' in needs:
+            acfg.augmented.checkpoints = self.students(target_name, target)
+        attack_dir = os.path.join(cell_dir, 'attack')
+        runner.run(acfg, attack_dir)
+        ecfg = _stage_config(self.config, self.config.stages.evaluate, 'evaluate')
+        ecfg.attack_dir = attack_dir
+        ecfg.target.checkpoint = target
+        if self.eval_model():
+            ecfg.eval_model.checkpoint = self.eval_model()
+        elif not ecfg.get('runlocal', False):
+            raise ValueError('Set --config.eval_model.checkpoint (the evaluation model).')
+        return evaluate.evaluate(ecfg, os.path.join(cell_dir, 'eval'))
+
+
+def _target_info(sweep: _Sweep, name: str) -> dict[str, Any]:
+    """Defense description and parameter counts of a trained target (from its results)."""
+    spec = sweep.config.targets[name]
+    info = {'target': name, 'defense': spec.get('label') or spec.train.split(':', 1)[-1]}
+    path = spec.get('checkpoint') or os.path.join(sweep.workdir, 'targets', name)
+    results = os.path.join(path, 'results.json')
+    if os.path.exists(results):
+        with open(results) as f:
+            res = json.load(f)
+        info['trainable_params'] = res.get('params/trainable')
+        info['target/natural_acc'] = res.get('target/natural_acc')
+    return info
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+    """Runs (or resumes) the sweep; returns one row per cell (see `tables.COLUMNS`)."""
+    metrics.quiet_libraries()
+    unknown = [a for a in config.attacks if a not in _NEEDS]
+    if unknown:
+        raise ValueError(f'Unknown attacks {unknown}; use some of {sorted(_NEEDS)}.')
+    if not config.targets:
+        raise ValueError('No targets in config.targets.')
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+    sweep = _Sweep(config, workdir)
+    rows = []
+    cells = [(t, a) for t in config.targets for a in config.attacks]
+    for index, (target_name, attack) in enumerate(cells):
+        cell_dir = os.path.join(workdir, 'cells', f'{target_name}__{attack}')
+        record_path = os.path.join(cell_dir, 'cell.json')
+        record = None
+        if os.path.exists(record_path):
+            with open(record_path) as f:
+                record = json.load(f)
+            if record.get('status') != 'done':
+                record = None  # Failed before: try again.
+        if record is None:
+            logging.info('sweep: cell %d/%d: %s x %s', index + 1, len(cells), target_name, attack)
+            tic = time.perf_counter()
+            try:
+                result = sweep.cell(target_name, attack)
+                record = {'status': 'done', 'metrics': result}
+            except Exception as e:  # A failing cell must not stop the others.
+                logging.error('sweep: cell %s x %s failed: %s', target_name, attack, e)
+                record = {
+                    'status': 'failed',
+                    'error': f'{type(e).__name__}: {e}',
+                    'traceback': traceback.format_exc(),
+                }
+            record['seconds'] = time.perf_counter() - tic
+            os.makedirs(cell_dir, exist_ok=True)
+            with open(record_path + '.tmp', 'w') as f:
+                json.dump(record, f, indent=2, default=str)
+            os.replace(record_path + '.tmp', record_path)
+        rows.append({**_target_info(sweep, target_name), 'attack': attack, **tables.row(record)})
+        tables.write(workdir, rows)
+    return rows

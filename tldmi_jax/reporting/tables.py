@@ -1,0 +1,136 @@
+"""Results tables (CSV, Markdown) and the utility-vs-privacy plot of a sweep."""
+
+import csv
+import math
+import os
+from typing import Any
+
+COLUMNS = (
+    'target',
+    'defense',
+    'trainable_params',
+    'target/natural_acc',
+    'attack',
+    'attack/acc@1',
+    'attack/acc@1_std',
+    'attack/acc@5',
+    'attack/acc@5_std',
+    'attack/knn_dist',
+    'attack/fid',
+    'protocol_hash',
+    'status',
+    'error',
+)
+_METRICS = (
+    'attack/acc@1',
+    'attack/acc@1_std',
+    'attack/acc@5',
+    'attack/acc@5_std',
+    'attack/knn_dist',
+    'attack/fid',
+    'protocol_hash',
+)
+
+
+def row(record: dict[str, Any]) -> dict[str, Any]:
+    """The table fields of one cell record (`{'status', 'metrics'|'error'}`)."""
+    out = {'status': record.get('status', ''), 'error': record.get('error', '')}
+    found = record.get('metrics') or {}
+    for key in _METRICS:
+        out[key] = found.get(key)
+    if found.get('target/natural_acc') is not None:
+        out['target/natural_acc'] = found['target/natural_acc']
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '-'
+    if isinstance(value, float):
+        return f'{value:.4f}'
+    if isinstance(value, int) and value > 10_000:
+        return f'{value / 1e6:.2f} M'
+    return str(value)
+
+
+def _pm(mean: Any, std: Any) -> str:
+    if mean is None:
+        return '-'
+    return f'{_fmt(mean)} ± {_fmt(std)}' if std is not None else _fmt(mean)
+
+
+def write(workdir: str, rows: list[dict[str, Any]]) -> None:
+    """Writes results.csv, results.md and utility_privacy.png for the rows so far."""
+    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k) for k in COLUMNS})
+    header = (
+        '| target | defense | trainable | natural acc | attack | acc@1 | acc@5 | KNN dist | FID '
+        '| protocol | status |'
+    )
+    lines = ['# Defense x attack results', '', header, '|' + '---|' * 11]
+    for r in rows:
+        status = r.get('status', '')
+        if r.get('error'):
+            status = f'{status}: {r["error"]}'.replace('|', '/').replace('\n', ' ')
+        lines.append(
+            '| '
+            + ' | '.join(
+                [
+                    str(r.get('target', '')),
+                    str(r.get('defense', '')),
+                    _fmt(r.get('trainable_params')),
+                    _fmt(r.get('target/natural_acc')),
+                    str(r.get('attack', '')),
+                    _pm(r.get('attack/acc@1'), r.get('attack/acc@1_std')),
+                    _pm(r.get('attack/acc@5'), r.get('attack/acc@5_std')),
+                    _fmt(r.get('attack/knn_dist')),
+                    _fmt(r.get('attack/fid')),
+                    _fmt(r.get('protocol_hash')),
+                    status,
+                ]
+            )
+            + ' |'
+        )
+    lines += ['', '![utility vs privacy](utility_privacy.png)', '']
+    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+        f.write('\n'.join(lines))
+    plot(os.path.join(workdir, 'utility_privacy.png'), rows)
+
+
+def plot(path: str, rows: list[dict[str, Any]]) -> None:
+    """Natural accuracy (utility) against attack top-1 (privacy leak), one point per cell."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    markers = 'osD^vP*X'
+    attacks = sorted({r.get('attack', '') for r in rows})
+    for i, attack in enumerate(attacks):
+        pts = [
+            r
+            for r in rows
+            if r.get('attack') == attack
+            and r.get('attack/acc@1') is not None
+            and r.get('target/natural_acc') is not None
+        ]
+        if not pts:
+            continue
+        xs = [r['attack/acc@1'] for r in pts]
+        ys = [r['target/natural_acc'] for r in pts]
+        ax.scatter(xs, ys, marker=markers[i % len(markers)], label=attack)
+        for r, x, y in zip(pts, xs, ys, strict=True):
+            ax.annotate(r.get('target', ''), (x, y), textcoords='offset points', xytext=(4, 4))
+    ax.set_xlabel('attack accuracy top-1 (lower = more private)')
+    ax.set_ylabel('natural accuracy (higher = more useful)')
+    ax.set_title('Utility vs privacy')
+    ax.grid(alpha=0.3)
+    if attacks:
+        ax.legend(title='attack', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
