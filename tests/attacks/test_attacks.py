@@ -37,6 +37,7 @@ def test_attack_end_to_end(attack, per_identity, target, tmp_path):
     summary = runner.run(_config(attack, target), str(tmp_path))
     arrays, meta = outputs.load(str(tmp_path))
     assert meta['attack'] == attack and summary['protocol_hash'] == meta['protocol_hash']
+    assert len(meta['final_losses']) == 2 and np.isfinite(meta['final_losses'][1]['loss'])
     assert arrays['images'].shape == (4 * per_identity, 32, 32, 3)
     assert 0.0 <= arrays['images'].min() and arrays['images'].max() <= 1.0
     assert sorted(set(arrays['identity'].tolist())) == [0, 1, 2, 3]

@@ -220,7 +220,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         flat = images.reshape(b * s * k, *images.shape[3:])
         identity = np.repeat(ids, s * k)
         seed = np.tile(np.arange(s * k), b)
-        np.savez(path + '.tmp.npz', images=flat, identity=identity, seed=seed)
+        losses = json.dumps(aux)
+        np.savez(path + '.tmp.npz', images=flat, identity=identity, seed=seed, losses=losses)
         os.replace(path + '.tmp.npz', path)
         grids.save_grid(
             os.path.join(workdir, 'grids', f'batch_{index:03d}.png'),
@@ -235,6 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     identity = np.concatenate([a['identity'] for a in arrays])
     seed = np.concatenate([a['seed'] for a in arrays])
     batch = np.concatenate([np.full(len(a['identity']), i) for i, a in enumerate(arrays)])
+    final_losses = [json.loads(str(a['losses'])) if 'losses' in a else {} for a in arrays]
     ids = [int(i) for b in inputs.batches for i in b]
     protocol = {
         'attack': config.attack.name,
@@ -254,6 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'samples': int(cfg.get('samples', 1)),
         'image_size': int(images.shape[1]),
         'num_reconstructions': int(len(images)),
+        'final_losses': final_losses,
         'protocol_hash': config_lib.protocol_hash(protocol),
         'wall_seconds_this_run': wall,
         'iterations_per_second': steps_run / wall if steps_run else None,
