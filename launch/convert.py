@@ -1,13 +1,22 @@
-r"""Converts a PyTorch checkpoint (.pth/.tar) to a tldmi_jax model checkpoint.
+r"""Converts a PyTorch checkpoint (.pth/.tar) to a tldmi_jax model checkpoint or GAN prior.
 
   python launch/convert.py --kind=vgg16 --src=VGG16_88.26.tar --dst=converted/vgg16
   python launch/convert.py --kind=evolve_ir152 \
     --src=Backbone_IR_152_Epoch_112_Batch_2547328_Time_2019-07-13-02-59_checkpoint.pth \
     --dst=converted/ir152_ms1m
+  python launch/convert.py --kind=fid_inception \
+    --src=pt_inception-2015-12-05-6726825d.pth --dst=converted/fid_inception
 
-The checkpoint is read with PyTorch's restricted unpickler (tensors only; one that needs
-arbitrary code is refused). Kinds: see `tldmi_jax.interop.convert.KINDS`. The last line
-printed is the conversion report as JSON.
+A GAN prior (--kind=gmi|kedmi|plgmi) is assembled from the generator (--src) and the
+discriminator (--src_d), the two files the originals save; the result is a prior directory
+(`tldmi_jax.priors.load_prior`, `--config.prior.checkpoint` of the attacks):
+
+  python launch/convert.py --kind=kedmi --src=celeba_G.tar --src_d=celeba_D.tar \
+    --dst=converted/kedmi_celeba
+
+Checkpoints are read with PyTorch's restricted unpickler (tensors only; one that needs
+arbitrary code is refused). Kinds: see `tldmi_jax.interop.convert.KINDS` and
+`tldmi_jax.interop.gans.PRIORS`. The last line printed is the conversion report as JSON.
 """
 
 import json
@@ -15,45 +24,93 @@ import sys
 
 from absl import app, flags
 
-from tldmi_jax.interop import convert
+from tldmi_jax.interop import convert, gans
 
+_PRIOR_HELP = {
+    'gmi': 'GMI prior: DCGAN generator (--src) + DGWGAN critic (--src_d)',
+    'kedmi': 'KEDMI prior: generator (--src) + MinibatchDiscriminator (--src_d)',
+    'plgmi': 'PLG-MI prior: ResNetGenerator (--src) + SN projection discriminator (--src_d)',
+}
 _KIND = flags.DEFINE_enum(
     'kind',
     None,
-    list(convert.KINDS),
-    'Checkpoint kind: ' + '; '.join(f'{k.name}: {k.description}' for k in convert.KINDS.values()),
+    [*convert.KINDS, *gans.PRIORS],
+    'Checkpoint kind: '
+    + '; '.join(f'{k.name}: {k.description}' for k in convert.KINDS.values())
+    + '; '
+    + '; '.join(f'{name}: {text}' for name, text in _PRIOR_HELP.items()),
 )
-_SRC = flags.DEFINE_string('src', None, 'PyTorch checkpoint file.')
+_SRC = flags.DEFINE_string('src', None, 'PyTorch checkpoint file (a GAN prior: the generator).')
+_SRC_D = flags.DEFINE_string(
+    'src_d', None, 'GAN priors only (--kind=gmi|kedmi|plgmi): the discriminator checkpoint.'
+)
 _DST = flags.DEFINE_string('dst', None, 'Output directory (replaced).')
 _SRC_KEY = flags.DEFINE_string(
     'src_key', None, "'/'-path of the state dict inside the checkpoint (default: found)."
 )
-_ARCH = flags.DEFINE_string('arch', None, "Target arch instead of the kind's (e.g. vgg16_tiny).")
+_SRC_D_KEY = flags.DEFINE_string(
+    'src_d_key', None, "'/'-path of the state dict inside --src_d (default: found)."
+)
+_ARCH = flags.DEFINE_string(
+    'arch', None, "Target arch instead of the kind's (e.g. vgg16_tiny, gmi_tiny)."
+)
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', None, 'Classes (default: from the fc).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, "Input size (default: the arch's).")
 flags.mark_flags_as_required(['kind', 'src', 'dst'])
 
 
-def main(argv):
-    del argv
-    try:
-        conversion = convert.convert_checkpoint(
-            _KIND.value,
-            _SRC.value,
-            _DST.value,
-            src_key=_SRC_KEY.value,
-            arch=_ARCH.value,
-            num_classes=_NUM_CLASSES.value,
-            image_size=_IMAGE_SIZE.value,
+def _convert_prior():
+    if not _SRC_D.value:
+        sys.exit(
+            f'error: --kind={_KIND.value} assembles a prior from two files: the generator as '
+            '--src and the discriminator as --src_d.'
         )
-    except (FileNotFoundError, ValueError) as e:  # unsafe, unreadable or unmappable input
-        sys.exit(f'error: {e}')
-    report = conversion.report
+    _, report = gans.convert_prior(
+        _KIND.value,
+        _SRC.value,
+        _SRC_D.value,
+        _DST.value,
+        g_key=_SRC_KEY.value,
+        d_key=_SRC_D_KEY.value,
+        arch=_ARCH.value,
+        num_classes=_NUM_CLASSES.value,
+        image_size=_IMAGE_SIZE.value,
+    )
+    spec = report['spec']
+    mapped = report['generator']['mapped'] + report['discriminator']['mapped']
+    print(
+        f'{_KIND.value} prior: {mapped} tensors -> {_DST.value} ({spec["image_size"]} px, '
+        f'z_dim {spec["z_dim"]}, {spec["num_classes"]} classes)'
+    )
+    return report
+
+
+def _convert_model():
+    if _SRC_D.value or _SRC_D_KEY.value:
+        sys.exit('error: --src_d/--src_d_key are for GAN priors (--kind=gmi|kedmi|plgmi) only.')
+    report = convert.convert_checkpoint(
+        _KIND.value,
+        _SRC.value,
+        _DST.value,
+        src_key=_SRC_KEY.value,
+        arch=_ARCH.value,
+        num_classes=_NUM_CLASSES.value,
+        image_size=_IMAGE_SIZE.value,
+    ).report
     print(
         f'{report["kind"]}: {report["mapped"]} tensors -> {_DST.value} ({report["arch"]} at '
         f'{report["image_size"]} px); {len(report["ignored"])} source keys ignored, '
         f'{len(report["left_fresh"])} model variables left fresh'
     )
+    return report
+
+
+def main(argv):
+    del argv
+    try:
+        report = _convert_prior() if _KIND.value in gans.PRIORS else _convert_model()
+    except (FileNotFoundError, ValueError) as e:  # unsafe, unreadable or unmappable input
+        sys.exit(f'error: {e}')
     print(json.dumps(report))
 
 

@@ -17,6 +17,8 @@ import pytest
 from flax import traverse_util
 
 from configs import celeba
+from tests.interop import test_convert_gans as gan_refs
+from tests.interop import test_convert_inception as inception_refs
 from tldmi_jax import models
 from tldmi_jax.interop import convert, torch_load
 from tldmi_jax.utils import checkpoint
@@ -495,6 +497,15 @@ FULL_SIZE = {
     'vgg16_bn': lambda: TorchTorchvisionVGG(**FULL_VGG),
     'resnet18': lambda: TorchResNet(TorchBasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64, 1000),
     'resnet152': lambda: TorchResNet(TorchBottleneck, (3, 8, 36, 3), (64, 128, 256, 512), 64, 1000),
+    # The real file has 1008 classes (test_convert_inception checks that layout); 1000 here
+    # for the class-count assertion of test_full_size_mapping.
+    'fid_inception': lambda: inception_refs.TorchFIDInception(num_classes=1000),
+    'gmi_generator': lambda: gan_refs.TorchDCGANGenerator(),
+    'gmi_critic': lambda: gan_refs.TorchDGWGAN(),
+    'kedmi_generator': lambda: gan_refs.TorchDCGANGenerator(),
+    'kedmi_discriminator': lambda: gan_refs.TorchMinibatchDiscriminator(1000),
+    'plgmi_generator': lambda: gan_refs.TorchResNetGenerator(1000),
+    'plgmi_discriminator': lambda: gan_refs.TorchSNProjectionDiscriminator(1000),
 }
 FULL_COUNTS = {  # torch parameter counts of the released models (cf. tests/launch)
     'vgg16': 16_774_184,  # without the frozen BN1d bias, which our head_bn does not have

@@ -16,7 +16,10 @@ missing key, a shape that differs) fails with one `ConversionError` listing all 
 
 The output directory is a model checkpoint (`tldmi_jax.utils.checkpoint.save_model`) with
 `conversion.json` (the report) and, for complete classifiers, the `config.json` that
-`load_classifier` reads.
+`load_classifier` reads. The FID Inception (`fid_inception`) is a model checkpoint for
+`config.fid.inception_checkpoint`. The GAN kinds are the two halves of a prior (generator,
+discriminator); they convert in pairs into a prior directory with
+`tldmi_jax.interop.gans.convert_prior`.
 """
 
 import dataclasses
@@ -33,7 +36,8 @@ import numpy as np
 from flax import traverse_util
 
 from tldmi_jax import models
-from tldmi_jax.interop import classifiers, torch_load
+from tldmi_jax.interop import classifiers, gans, torch_load
+from tldmi_jax.interop import inception as inception_map
 from tldmi_jax.interop.mapping import Rule
 from tldmi_jax.utils import checkpoint
 
@@ -72,8 +76,16 @@ class Kind:
       checks: extra checks of the source values.
       image_size: input size the checkpoint was trained at (None: the arch's default).
       make_model: `(arch, num_classes, **kwargs) -> module`; targets outside
-        `tldmi_jax.models` (e.g. generators) supply their own.
+        `tldmi_jax.models` (e.g. the FID Inception) supply their own.
       example_inputs: `(image_size, channels) -> inputs of model.init` (shapes only).
+      build: `(arch, num_classes, image_size, **model_kwargs) -> (module, abstract
+        variables)`, replacing `make_model` and `example_inputs` for models whose variables
+        are not `model.init(key, *inputs, train=False)` (the GAN halves: one half of a
+        prior's variables, 'spectral' collection included).
+      classifier: a `tldmi_jax.models` classifier; a complete one gets the `config.json`
+        that `load_classifier` reads.
+      prior: for a GAN half, its `tldmi_jax.priors` family; such a kind converts only
+        together with the other half (`gans.convert_prior`).
     """
 
     name: str
@@ -90,6 +102,9 @@ class Kind:
     example_inputs: Callable[[int, int], tuple[Any, ...]] = lambda size, channels: (
         jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32),
     )
+    build: Callable[..., tuple[nn.Module, dict]] | None = None
+    classifier: bool = True
+    prior: str | None = None
 
     @property
     def full_model(self) -> bool:
@@ -116,6 +131,28 @@ def zero_bias_check(key: str, tol: float = ZERO_BIAS_TOL) -> Check:
         return [], [f'{key}: frozen-zero BatchNorm1d bias, max |bias| = {worst:.3g}; dropped']
 
     return check
+
+
+def _gan_half(
+    name: str,
+    family: str,
+    half: str,
+    rules: Callable[[nn.Module], list[Rule]],
+    description: str,
+    num_classes_key: str | None = None,
+) -> Kind:
+    """One half of a GAN prior: its model and shapes come from `tldmi_jax.priors`."""
+    return Kind(
+        name,
+        family,  # arch: the family's original widths; `f'{family}_tiny'` the tiny ones.
+        rules,
+        description,
+        num_classes_key=num_classes_key,
+        image_size=64,
+        build=gans.half_builder(family, half),
+        classifier=False,
+        prior=family,
+    )
 
 
 _EVOLVE_HEAD = (
@@ -197,6 +234,63 @@ KINDS: dict[str, Kind] = {
             'torchvision resnet152 (ImageNet or fine-tuned, any class count)',
             num_classes_key='fc.weight',
         ),
+        Kind(
+            'fid_inception',
+            'fid_inception',
+            inception_map.fid_inception,
+            "pytorch-fid's FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth), for "
+            'config.fid.inception_checkpoint',
+            num_classes_key='fc.weight',
+            image_size=299,
+            make_model=inception_map.make_model,
+            classifier=False,
+        ),
+        _gan_half(
+            'gmi_generator',
+            'gmi',
+            'generator',
+            gans.dcgan_generator,
+            'GMI/TL-DMI DCGAN generator (G.tar); pairs with gmi_critic',
+        ),
+        _gan_half(
+            'gmi_critic',
+            'gmi',
+            'discriminator',
+            gans.dgwgan,
+            'GMI/TL-DMI WGAN-GP critic DGWGAN (D.tar)',
+        ),
+        _gan_half(
+            'kedmi_generator',
+            'kedmi',
+            'generator',
+            gans.dcgan_generator,
+            "KEDMI/LOMMA generator (GMI's DCGAN, G.tar); pairs with kedmi_discriminator",
+        ),
+        _gan_half(
+            'kedmi_discriminator',
+            'kedmi',
+            'discriminator',
+            gans.minibatch_discriminator,
+            "KEDMI MinibatchDiscriminator (D.tar); its classes are the target's",
+            num_classes_key='fc_layer.weight',
+        ),
+        _gan_half(
+            'plgmi_generator',
+            'plgmi',
+            'generator',
+            gans.resnet_generator,
+            'PLG-MI conditional ResNetGenerator (gen_latest.pth.tar); pairs with '
+            'plgmi_discriminator',
+            num_classes_key='block2.b1.weights.weight',
+        ),
+        _gan_half(
+            'plgmi_discriminator',
+            'plgmi',
+            'discriminator',
+            gans.snresnet_discriminator,
+            'PLG-MI spectral-norm ResNet projection discriminator (dis_latest.pth.tar)',
+            num_classes_key='l_y.weight_orig',
+        ),
     )
 }
 
@@ -212,7 +306,11 @@ def get_kind(kind: str | Kind) -> Kind:
 
 @dataclasses.dataclass
 class Conversion:
-    """A converted model: variables, the model they belong to, and the report."""
+    """A converted model: variables, the model they belong to, and the report.
+
+    `other_collections` holds variable collections besides params and batch_stats (the
+    'spectral' vectors of a PLG-MI discriminator).
+    """
 
     params: dict[str, Any]
     batch_stats: dict[str, Any]
@@ -223,10 +321,11 @@ class Conversion:
     channels: int
     model_kwargs: dict[str, Any]
     report: dict[str, Any]
+    other_collections: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def variables(self) -> dict[str, Any]:
-        return {'params': self.params, 'batch_stats': self.batch_stats}
+        return {'params': self.params, 'batch_stats': self.batch_stats, **self.other_collections}
 
     def config(self) -> dict[str, Any]:
         """The `config.json` content `train.classifier.load_classifier` reads."""
@@ -240,12 +339,23 @@ class Conversion:
         }
 
 
-def _target_leaves(kind: Kind, model: nn.Module, image_size: int, channels: int) -> dict:
-    """`{'collection/path': ShapeDtypeStruct}` of the model's variables (no computation)."""
-    inputs = kind.example_inputs(image_size, channels)
-    init = lambda *xs: model.init(jax.random.key(0), *xs, train=False)
-    shapes = jax.eval_shape(init, *inputs)
-    return {'/'.join(k): v for k, v in traverse_util.flatten_dict(shapes).items()}
+def _model_and_targets(
+    kind: Kind,
+    arch: str,
+    num_classes: int,
+    image_size: int,
+    channels: int,
+    model_kwargs: Mapping[str, Any],
+) -> tuple[nn.Module, dict]:
+    """The model and `{'collection/path': ShapeDtypeStruct}` of its variables (shapes only)."""
+    if kind.build is not None:
+        model, shapes = kind.build(arch, num_classes, image_size, **model_kwargs)
+    else:
+        model = kind.make_model(arch, num_classes, **model_kwargs)
+        inputs = kind.example_inputs(image_size, channels)
+        init = lambda *xs: model.init(jax.random.key(0), *xs, train=False)
+        shapes = jax.eval_shape(init, *inputs)
+    return model, {'/'.join(k): v for k, v in traverse_util.flatten_dict(shapes).items()}
 
 
 def _apply_rules(
@@ -336,17 +446,18 @@ def convert_state_dict(
     model_kwargs: Mapping[str, Any] | None = None,
     source: str = 'state dict',
 ) -> Conversion:
-    """Maps a flat PyTorch state dict (numpy arrays) onto a `tldmi_jax.models` classifier.
+    """Maps a flat PyTorch state dict (numpy arrays) onto the kind's model.
 
     Args:
       kind: a `KINDS` name or a `Kind`.
       state: `{torch key: array}`; a `module.` prefix is dropped.
-      arch: target arch instead of the kind's (e.g. `vgg16_tiny`).
+      arch: target arch instead of the kind's (e.g. `vgg16_tiny`, `gmi_tiny`).
       num_classes: class count; None reads it from the kind's `num_classes_key`.
       image_size: input size (sets the flatten width of VGG/IR heads); None uses the kind's
         or the arch's default.
       channels: input channels.
-      model_kwargs: extra module attributes for `models.get_model`.
+      model_kwargs: extra module attributes for `models.get_model` (the prior options,
+        e.g. `g_dim`, for the GAN halves).
       source: name of the source used in messages.
 
     Returns:
@@ -365,8 +476,7 @@ def convert_state_dict(
         key = kind.num_classes_key
         num_classes = int(np.shape(state[key])[0]) if key and key in state else 1000
     image_size = image_size or kind.image_size or models.default_image_size(arch)
-    model = kind.make_model(arch, num_classes, **model_kwargs)
-    targets = _target_leaves(kind, model, image_size, channels)
+    model, targets = _model_and_targets(kind, arch, num_classes, image_size, channels, model_kwargs)
 
     skip = [re.compile(p) for p in kind.skip_targets]
     left_fresh = sorted(p for p in targets if any(s.fullmatch(p.split('/', 1)[1]) for s in skip))
@@ -412,8 +522,8 @@ def convert_state_dict(
         'notes': notes,
     }
     return Conversion(
-        params=tree.get('params', {}),
-        batch_stats=tree.get('batch_stats', {}),
+        params=tree.pop('params', {}),
+        batch_stats=tree.pop('batch_stats', {}),
         model=model,
         arch=arch,
         num_classes=num_classes,
@@ -421,6 +531,7 @@ def convert_state_dict(
         channels=channels,
         model_kwargs=model_kwargs,
         report=report,
+        other_collections=tree,
     )
 
 
@@ -442,7 +553,8 @@ def convert_checkpoint(
       kind: a `KINDS` name or a `Kind`.
       src: the `.pth`/`.tar` file.
       dst: output directory (replaced): an orbax model checkpoint plus `conversion.json`
-        and, for complete classifiers, `config.json` (so `load_classifier(dst)` works).
+        and, for complete classifiers, `config.json` (so `load_classifier(dst)` works);
+        `fid_inception` writes what `evaluation.evaluate.load_inception` reads.
       src_key: '/'-path of the state dict inside the checkpoint; None finds it.
       arch, num_classes, image_size, channels, model_kwargs: see `convert_state_dict`.
 
@@ -453,7 +565,15 @@ def convert_checkpoint(
       FileNotFoundError: naming `src` if it is missing.
       torch_load.UnsafeCheckpointError: if `src` would need arbitrary code to load.
       ConversionError: see `convert_state_dict`.
+      ValueError: for one half of a GAN prior (use `gans.convert_prior`).
     """
+    kind = get_kind(kind)
+    if kind.prior:
+        raise ValueError(
+            f'{kind.name} is one half of a {kind.prior} prior; convert it together with the '
+            f'other half: launch/convert.py --kind={kind.prior} --src=GENERATOR '
+            '--src_d=DISCRIMINATOR --dst=DIR (gans.convert_prior).'
+        )
     state = torch_load.load_state_dict(src, key=src_key)
     conversion = convert_state_dict(
         kind,
@@ -467,7 +587,7 @@ def convert_checkpoint(
     )
     checkpoint.save_model(dst, conversion.params, conversion.batch_stats)
     files = {'conversion.json': conversion.report}
-    if get_kind(kind).full_model:
+    if kind.full_model and kind.classifier:
         files['config.json'] = conversion.config()
     for name, content in files.items():
         with open(os.path.join(dst, name), 'w') as f:
