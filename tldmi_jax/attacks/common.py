@@ -124,6 +124,22 @@ def identity_loss(
     return total, aux
 
 
+def prior_plus_identity(
+    ctx: AttackContext, cfg, prior_fn, images: jax.Array, label: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """GMI/KEDMI's per-instance loss (prior + lam * identity) / reference_batch, and aux."""
+    prior = prior_fn(ctx, images, label)
+    iden, aux = identity_loss(
+        ctx,
+        images,
+        label,
+        loss=cfg.iden_loss,
+        use_augmented=cfg.use_augmented,
+        reg_weight=cfg.reg_weight,
+    )
+    return (prior + cfg.lam * iden) / cfg.reference_batch, {'prior': prior, **aux}
+
+
 def public_feature_mean(
     target: ClassifierFn, images: np.ndarray, batch_size: int = 100
 ) -> np.ndarray:

@@ -40,7 +40,6 @@ def point_problem(ctx, cfg, prior_fn, tx) -> Problem:
     """A point latent z ~ N(0, I), clamped; the loss is prior + lam * identity, scaled."""
     z_dim = ctx.prior.z_dim
     g_vars = ctx.prior.variables['generator']
-    scale = 1.0 / cfg.reference_batch
 
     def init(key):
         return jax.random.normal(key, (z_dim,))  # Unclamped, as the original's first step.
@@ -48,16 +47,7 @@ def point_problem(ctx, cfg, prior_fn, tx) -> Problem:
     def loss(z, label, key):
         del key
         images = ctx.prior.generate(g_vars, z[None])
-        prior = prior_fn(ctx, images, label)
-        iden, aux = common.identity_loss(
-            ctx,
-            images,
-            label,
-            loss=cfg.iden_loss,
-            use_augmented=cfg.use_augmented,
-            reg_weight=cfg.reg_weight,
-        )
-        return scale * (prior + cfg.lam * iden), {'prior': prior, **aux}
+        return common.prior_plus_identity(ctx, cfg, prior_fn, images, label)
 
     def project(z):
         return jnp.clip(z, -cfg.clip, cfg.clip)

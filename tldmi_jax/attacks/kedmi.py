@@ -45,7 +45,6 @@ def gaussian_problem(ctx, cfg, prior_fn, tx) -> Problem:
     """A Gaussian latent per instance, sampled with the reparameterisation trick."""
     z_dim = ctx.prior.z_dim
     g_vars = ctx.prior.variables['generator']
-    scale = 1.0 / cfg.reference_batch
 
     def sample(latent, key, n):
         eps = jax.random.normal(key, (n, z_dim))
@@ -58,16 +57,7 @@ def gaussian_problem(ctx, cfg, prior_fn, tx) -> Problem:
 
     def loss(latent, label, key):
         images = ctx.prior.generate(g_vars, sample(latent, key, 1))
-        prior = prior_fn(ctx, images, label)
-        iden, aux = common.identity_loss(
-            ctx,
-            images,
-            label,
-            loss=cfg.iden_loss,
-            use_augmented=cfg.use_augmented,
-            reg_weight=cfg.reg_weight,
-        )
-        return scale * (prior + cfg.lam * iden), {'prior': prior, **aux}
+        return common.prior_plus_identity(ctx, cfg, prior_fn, images, label)
 
     def render(latent, label, key):
         del label

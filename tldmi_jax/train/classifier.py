@@ -257,13 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         best_val=jnp.asarray(-1.0, jnp.float32),
         best_step=jnp.asarray(-1, jnp.int32),
     )
-    mngr = checkpoint.manager(
-        os.path.join(workdir, 'checkpoints'), config.get('keep_checkpoints', 2)
-    )
-    state, restored = checkpoint.restore_latest(mngr, state)
-    if restored is not None:
-        logging.info('Resuming from step %d', restored)
-        metrics.truncate(workdir, restored)
+    mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
 
     bs = config.batch_size
     steps_per_epoch = len(train_idx) // bs

@@ -321,11 +321,7 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
     state = StudentState(
         step=jnp.asarray(0, jnp.int32), params=params, batch_stats=stats, opt_state=tx.init(params)
     )
-    mngr = checkpoint.manager(os.path.join(out_dir, 'checkpoints'), config.keep_checkpoints)
-    state, restored = checkpoint.restore_latest(mngr, state)
-    if restored is not None:
-        logging.info('%s: resuming from step %d', arch, restored)
-        metrics.truncate(out_dir, restored)
+    mngr, state, _ = checkpoint.resume(out_dir, state, config.keep_checkpoints)
 
     writer = metrics.MetricWriter(out_dir)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 200), index)

@@ -328,13 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         g_opt_state=g_tx.init(g_params),
         d_opt_state=d_tx.init(d_params),
     )
-    mngr = checkpoint.manager(
-        os.path.join(workdir, 'checkpoints'), config.get('keep_checkpoints', 2)
-    )
-    state, restored = checkpoint.restore_latest(mngr, state)
-    if restored is not None:
-        logging.info('Resuming from step %d', restored)
-        metrics.truncate(workdir, restored)
+    mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
 
     bs = config.batch_size
     steps_per_epoch = len(indices) // bs

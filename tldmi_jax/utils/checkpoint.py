@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import traverse_util
 
 MODEL_DIRS = ('model_best', 'model_final')
@@ -33,6 +34,27 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int |
         return target, None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), step
+
+
+def resume(
+    workdir: str, state: Any, keep: int = 2
+) -> tuple[ocp.CheckpointManager, Any, int | None]:
+    """Opens `workdir/checkpoints` and restores its latest state into `state`'s structure.
+
+    When a checkpoint is found, `workdir/metrics.jsonl` is trimmed to its step, so a resumed
+    run logs every step once.
+
+    Returns:
+      `(manager, state, restored_step or None)`.
+    """
+    from tldmi_jax.utils import metrics  # Local: metrics has no need of orbax.
+
+    mngr = manager(os.path.join(workdir, 'checkpoints'), keep)
+    state, restored = restore_latest(mngr, state)
+    if restored is not None:
+        logging.info('Resuming %s from step %d', workdir, restored)
+        metrics.truncate(workdir, restored)
+    return mngr, state, restored
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
