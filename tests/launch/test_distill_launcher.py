@@ -15,11 +15,7 @@ STUDENTS = ('student_0_efficientnet_b0_tiny', 'student_1_small_tiny')
 
 
 def _run(workdir):
-    env = dict(os.environ)
-    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
-    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-    env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'  # Compiling dominates at these sizes.
+    env = dict(os.environ)  # Compile settings: tests/conftest.py.
     cmd = [
         sys.executable,
         os.path.join(ROOT, 'launch', 'distill.py'),

@@ -26,11 +26,7 @@ KEYS = [
 
 
 def _run(workdir, *overrides):
-    env = dict(os.environ)
-    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
-    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-    env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'  # As tests/conftest.py: faster compiles.
+    env = dict(os.environ)  # Compile settings: tests/conftest.py.
     cmd = [
         sys.executable,
         os.path.join(ROOT, 'launch', 'evaluate.py'),

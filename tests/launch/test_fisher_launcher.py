@@ -12,11 +12,7 @@ CONFIG = os.path.join(ROOT, 'configs', 'fisher_celeba.py') + ':runlocal'
 
 def test_runlocal_writes_json_csv_and_plot(tmp_path):
     workdir = str(tmp_path / 'fisher')
-    env = dict(os.environ)
-    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
-    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-    env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'  # As tests/conftest.py: faster compiles.
+    env = dict(os.environ)  # Compile settings: tests/conftest.py.
     cmd = [
         sys.executable,
         os.path.join(ROOT, 'launch', 'fisher.py'),

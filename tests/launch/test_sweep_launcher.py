@@ -33,10 +33,7 @@ def _cmd(config, workdir):
 
 
 def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
-    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+    env = dict(os.environ, PYTHONPATH=ROOT)  # Compile settings: tests/conftest.py.
     return env
 
 

@@ -15,11 +15,7 @@ CONFIG = os.path.join(ROOT, 'configs', 'gan_celeba.py') + ':prior=gmi,runlocal'
 
 
 def _env():
-    env = dict(os.environ)
-    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
-    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-    env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'  # As the in-process tests (shared cache).
+    env = dict(os.environ)  # Compile settings: tests/conftest.py.
     return env
 
 

@@ -29,10 +29,7 @@ def _cmd(workdir):
 
 
 def _env():
-    env = dict(os.environ)
-    env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.jax_cache'))
-    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-    env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+    env = dict(os.environ)  # Compile settings: tests/conftest.py.
     return env
 
 
