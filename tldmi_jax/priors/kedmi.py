@@ -15,7 +15,6 @@ target on public data), see `tldmi_jax.train.gan`.
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from tldmi_jax.priors import gmi, layers
 
@@ -69,12 +68,5 @@ def build(num_classes: int, image_size: int, **kw) -> tuple[nn.Module, nn.Module
     return g, d
 
 
-def init(
-    g: nn.Module, d: nn.Module, key: jax.Array, *, z_dim: int, image_size: int, num_classes: int
-) -> dict:
-    """Fresh variables {'generator': ..., 'discriminator': ...}."""
-    del num_classes
-    kg, kd = jax.random.split(key)
-    z = jnp.zeros((2, z_dim), jnp.float32)
-    x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
-    return {'generator': g.init(kg, z, train=False), 'discriminator': d.init(kd, x)}
+# Same signature and shapes as GMI: an unconditional generator and an image-only D.
+init = gmi.init

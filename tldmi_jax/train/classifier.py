@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tldmi_jax import config_lib, data, defenses, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.defenses import transfer
-from tldmi_jax.utils import checkpoint, metrics, sharding
+from tldmi_jax.utils import checkpoint, loop, metrics, sharding
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -260,13 +260,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
 
     bs = config.batch_size
-    steps_per_epoch = len(train_idx) // bs
-    if steps_per_epoch == 0:
-        raise ValueError(f'Batch size {bs} exceeds the {len(train_idx)} training images.')
-    total_steps = config.get('total_steps') or config.epochs * steps_per_epoch
-    ckpt_every = config.get('checkpoint_every_steps') or steps_per_epoch
+    sched = loop.make_schedule(
+        len(train_idx), bs, config.epochs, config.get('total_steps'), 'training images'
+    )
+    steps_per_epoch, total_steps = sched.steps_per_epoch, sched.total_steps
+    ckpt_every = sched.every(config.get('checkpoint_every_steps'))
     log_every = config.get('log_every_steps') or 50
-    eval_every = config.get('eval_every_steps') or steps_per_epoch
+    eval_every = sched.every(config.get('eval_every_steps'))
 
     writer = metrics.MetricWriter(workdir)
     writer.write(

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from tldmi_jax import config_lib, data, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.train import classifier
-from tldmi_jax.utils import checkpoint, metrics, sharding
+from tldmi_jax.utils import checkpoint, loop, metrics, sharding
 
 
 class StudentState(flax.struct.PyTreeNode):
@@ -313,10 +313,10 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
         json.dump(saved, f, indent=2)
     model, params, stats = init_student(config, arch, num_classes, index)
     bs = config.batch_size
-    steps_per_epoch = len(ds.train_idx) // bs
-    if steps_per_epoch == 0:
-        raise ValueError(f'Batch size {bs} exceeds the {len(ds.train_idx)} public images.')
-    total_steps = config.total_steps or config.epochs * steps_per_epoch
+    sched = loop.make_schedule(
+        len(ds.train_idx), bs, config.epochs, config.total_steps, 'public images'
+    )
+    steps_per_epoch, total_steps = sched.steps_per_epoch, sched.total_steps
     tx, schedule = make_optimizer(config, steps_per_epoch)
     state = StudentState(
         step=jnp.asarray(0, jnp.int32), params=params, batch_stats=stats, opt_state=tx.init(params)
@@ -336,7 +336,7 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
     train_step = jax.jit(step_fn, donate_argnums=0)
     mesh = sharding.data_mesh(bs)
     state, target_vars = sharding.replicate((state, target_vars), mesh)
-    ckpt_every = config.checkpoint_every_steps or steps_per_epoch
+    ckpt_every = sched.every(config.checkpoint_every_steps)
     log_every = config.log_every_steps or 50
     step = int(state.step)
     acc: dict[str, list[Any]] = {}

@@ -32,7 +32,7 @@ from tldmi_jax import config_lib, data, priors
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
 from tldmi_jax.train import classifier, gan_losses
-from tldmi_jax.utils import checkpoint, metrics, sharding
+from tldmi_jax.utils import checkpoint, loop, metrics, sharding
 
 KINDS = tuple(priors.FAMILIES)
 _NOT_OPTIONS = ('kind', 'num_classes')
@@ -331,15 +331,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
 
     bs = config.batch_size
-    steps_per_epoch = len(indices) // bs
-    if steps_per_epoch == 0:
-        raise ValueError(f'Batch size {bs} exceeds the {len(indices)} training images.')
-    total_steps = config.get('total_steps') or config.epochs * steps_per_epoch
+    sched = loop.make_schedule(
+        len(indices), bs, config.epochs, config.get('total_steps'), 'training images'
+    )
+    steps_per_epoch, total_steps = sched.steps_per_epoch, sched.total_steps
     n_critic = config.n_critic
     g_first = kind == 'plgmi'  # PLG-MI updates G at the start of each n_dis cycle.
     log_every = config.get('log_every_steps') or 100
-    ckpt_every = config.get('checkpoint_every_steps') or steps_per_epoch
-    sample_every = config.get('sample_every_steps') or steps_per_epoch
+    ckpt_every = sched.every(config.get('checkpoint_every_steps'))
+    sample_every = sched.every(config.get('sample_every_steps'))
 
     d_loss, g_loss = gan_losses.make_loss_fns(prior, config, target)
     d_step = jax.jit(make_d_step(d_loss, d_tx, config.seed), donate_argnums=0)
