@@ -5,8 +5,8 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _seed_torch():
+    """Torch's global RNG seeded per test and restored afterwards (default inits)."""
     torch = pytest.importorskip('torch')
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    yield
-    torch.random.set_rng_state(state)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yield

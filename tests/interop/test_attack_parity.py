@@ -53,15 +53,6 @@ SIZE = 32
 LR, MOMENTUM, LAM, CLIP = 0.02, 0.9, 100.0, 1.0
 
 
-@pytest.fixture(autouse=True)
-def seeded_torch():
-    """Torch's global RNG (default inits) seeded per test and restored afterwards, so these
-    tests and the others in the session do not depend on the order they run in."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        yield
-
-
 def he_init(module, seed):
     """He-normal weights: with PyTorch's default init the signal (and the gradient reaching
     z) shrinks ~1000x through G and the 13-conv target, and z would hardly move."""

@@ -39,15 +39,6 @@ CLASSES = 4
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(autouse=True)
-def seeded_torch():
-    """Torch's global RNG (default inits) seeded per test and restored afterwards, so these
-    tests and the others in the session do not depend on the order they run in."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        yield
-
-
 # ---------------------------------------------------------------------------------------
 # PyTorch references.
 

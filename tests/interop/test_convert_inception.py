@@ -28,15 +28,6 @@ TINY = 1.0 / 16.0
 TINY_SIZE = 75
 
 
-@pytest.fixture(autouse=True)
-def seeded_torch():
-    """Torch's global RNG (default inits) seeded per test and restored afterwards, so these
-    tests and the others in the session do not depend on the order they run in."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        yield
-
-
 def width(channels, mult):
     """Channel count at a width multiplier, rounded as `models.inception` does."""
     return channels if mult == 1.0 else max(1, int(round(channels * mult)))

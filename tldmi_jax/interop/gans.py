@@ -342,16 +342,7 @@ def convert_prior_state(
         half: {c: tree for c, tree in conv.variables.items() if tree}
         for half, conv in conversions.items()
     }
-    prior = priors.Prior(
-        kind=family,
-        generator=g,
-        discriminator=d,
-        variables=variables,
-        z_dim=spec['z_dim'],
-        num_classes=spec['num_classes'],
-        image_size=spec['image_size'],
-        spec=spec,
-    )
+    prior = priors.from_modules(g, d, spec, variables)
     notes = []
     if family == 'plgmi' and spec['out_act'] == 'tanh':
         notes.append(

@@ -19,7 +19,6 @@ import flax.linen as nn
 from tldmi_jax.interop.mapping import Rule, batch_norm, conv, linear
 from tldmi_jax.models import inception
 
-STEM = ('Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'Conv2d_3b_1x1', 'Conv2d_4a_3x3')
 _A = (
     'branch1x1',
     'branch5x5_1',
@@ -67,7 +66,7 @@ def fid_inception(model: nn.Module) -> list[Rule]:
     """pytorch-fid `fid_inception_v3()` -> `FIDInceptionV3` (any `width_mult`)."""
     del model  # Same names at every width.
     rules = []
-    for name in STEM:
+    for name in inception.STEM:
         rules += basic_conv(name, name)
     for block, branches in MIXED.items():
         for branch in branches:

@@ -226,7 +226,7 @@ class _Widths:
         return max(1, int(round(channels * self.width_mult)))
 
 
-_STEM = ('Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'Conv2d_3b_1x1', 'Conv2d_4a_3x3')
+STEM = ('Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'Conv2d_3b_1x1', 'Conv2d_4a_3x3')
 _MIXED = (
     'Mixed_5b',
     'Mixed_5c',
@@ -260,7 +260,7 @@ class FIDInceptionV3(nn.Module):
     @property
     def layer_groups(self) -> tuple[tuple[str, str], ...]:
         """Ordered `(group_name, regex over the '/'-joined parameter path)`; last is `fc`."""
-        stem = tuple((name, f'{name}/.*') for name in _STEM)
+        stem = tuple((name, f'{name}/.*') for name in STEM)
         mixed = tuple((name, f'{name}/.*') for name in _MIXED)
         return (*stem, *mixed, ('head', 'fc/.*'))
 
@@ -345,7 +345,7 @@ def torch_name_to_flax(name: str) -> tuple[str, tuple[str, ...]] | None:
         return None
     kind = modules[-1] if modules else ''
     top = modules[0] if modules else ''
-    if top not in (*_STEM, *_MIXED, 'fc') or (top == 'fc') != (modules == ['fc']):
+    if top not in (*STEM, *_MIXED, 'fc') or (top == 'fc') != (modules == ['fc']):
         raise ValueError(f'No FIDInceptionV3 counterpart for pytorch-fid key {name!r}.')
     table = {
         ('conv', 'weight'): ('params', 'kernel'),

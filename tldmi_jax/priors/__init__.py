@@ -145,10 +145,11 @@ def make_prior(
         )
     )
     variables = init(jax.random.key(seed))
-    return _prior(g, d, spec, variables)
+    return from_modules(g, d, spec, variables)
 
 
-def _prior(g: nn.Module, d: nn.Module, spec: dict, variables: dict) -> Prior:
+def from_modules(g: nn.Module, d: nn.Module, spec: dict, variables: dict) -> Prior:
+    """A `Prior` from its modules, the spec that built them and their variables."""
     return Prior(
         kind=spec['kind'],
         generator=g,
@@ -239,4 +240,4 @@ def load_prior(path: str) -> Prior:
         variables = checkpoint.merge_params(raw, shapes, (), 'prior variables')
     except ValueError as e:
         raise ValueError(f'{tree_path} does not fit {spec_path}: {e}') from e
-    return _prior(g, d, spec, jax.device_put(variables))
+    return from_modules(g, d, spec, jax.device_put(variables))
