@@ -37,7 +37,11 @@ def _module_and_base(name: str):
 
 
 def resolve_attack_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The attack's hyperparameters: module DEFAULTS, then every non-None config field."""
+    """The attack's hyperparameters: module DEFAULTS, then every non-None config field.
+
+    For LOMMA the base attack's fields are then set from `variant` (`lomma.configure`), so
+    the result drives the base module's `make_problem` directly.
+    """
     module, _ = _module_and_base(config.attack.name)
     cfg = dict(module.DEFAULTS)
     if config.attack.name.startswith('lomma_'):
@@ -46,7 +50,9 @@ def resolve_attack_config(config: ml_collections.ConfigDict) -> ml_collections.C
         if value is not None:
             cfg[key] = value
     cfg.setdefault('reference_batch', 60)
-    return ml_collections.ConfigDict(cfg)
+    cfg = ml_collections.ConfigDict(cfg)
+    # LOMMA's variant decides the identity terms (loss, augmented models, regulariser).
+    return lomma.configure(cfg) if config.attack.name.startswith('lomma_') else cfg
 
 
 def fingerprint(tree: Any) -> str:
@@ -83,7 +89,7 @@ class _Inputs:
 
 def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
     """Loads and checks every input; raises ValueError before anything is written."""
-    module, base = _module_and_base(config.attack.name)
+    module, _ = _module_and_base(config.attack.name)
     cfg = resolve_attack_config(config)
     target_path = config.target.checkpoint
     if not target_path:
@@ -107,9 +113,7 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
     batches = identity_batches(config, num_classes)
     target = common.classifier_fn(model, variables)
     augmented = []
-    if cfg.get('use_augmented') or (
-        config.attack.name.startswith('lomma_') and lomma.VARIANTS[cfg.variant]['use_augmented']
-    ):
+    if cfg.get('use_augmented'):
         paths = [p for p in (config.augmented.checkpoints or '').split(',') if p]
         if not paths:
             raise ValueError('This LOMMA variant needs --config.augmented.checkpoints=DIR,DIR,...')
@@ -122,7 +126,7 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
                 )
             augmented.append(common.classifier_fn(aug_model, aug_vars))
     p_reg = None
-    if config.attack.name.startswith('lomma_') and lomma.VARIANTS[cfg.variant]['reg']:
+    if config.attack.name.startswith('lomma_') and cfg.get('reg_weight'):
         p_reg = _p_reg(config, cfg, target, target_size, workdir)
     ctx = common.AttackContext(
         prior=prior,
@@ -144,7 +148,6 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
         'checkpoint': config.prior.checkpoint,
         'fingerprint': fingerprint(prior.variables),
     }
-    del base
     return _Inputs(ctx, target_meta, prior_meta, batches, cfg)
 
 
@@ -187,11 +190,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         config = runlocal.prepare(config, workdir)
     inputs = _load_inputs(config, workdir)
     cfg = inputs.cfg
-    module, base = _module_and_base(config.attack.name)
-    if config.attack.name.startswith('lomma_'):
-        problem = lomma.make_problem(inputs.ctx, cfg, base)
-    else:
-        problem = module.make_problem(inputs.ctx, cfg)
+    module, _ = _module_and_base(config.attack.name)
+    problem = module.make_problem(inputs.ctx, cfg)  # LOMMA: the base module, configured.
     os.makedirs(os.path.join(workdir, 'batches'), exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
         f.write(config_lib.config_to_json(config))
