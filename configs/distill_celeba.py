@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # Student init, data order, holdout split and stochastic depth.
     config.runlocal = arg.runlocal  # Without a target checkpoint, train a tiny target.
+    config.overwrite = False  # True: replace a run with another config in --workdir.
+    config.devices = 0  # Devices to train on (0: all; data parallel over the batch).
 
     # --- data ---
     config.data = ml_collections.ConfigDict()

@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # KID subsets, FID real-image subsampling, runlocal stand-ins.
     config.runlocal = False  # Make missing upstream artefacts (tiny, generated data).
+    config.overwrite = False  # True: replace a run with another config in --workdir.
 
     # --- data ---
     config.data = ml_collections.ConfigDict()

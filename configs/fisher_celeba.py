@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # Subsampling with max_examples; runlocal stand-ins.
     config.runlocal = False  # Make a missing target/attack (tiny, generated data).
+    config.overwrite = False  # True: replace a run with another config in --workdir.
 
     # --- data ---
     config.data = ml_collections.ConfigDict()

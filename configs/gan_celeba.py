@@ -43,6 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # Init, latents, interpolates and data order all derive from it.
     config.runlocal = arg.runlocal  # Lets kedmi/plgmi train a tiny target when none is given.
+    config.overwrite = False  # True: replace a run with another config in --workdir.
+    config.devices = 0  # Devices to train on (0: all; data parallel over the batch).
 
     # --- data ---
     config.data = ml_collections.ConfigDict()
@@ -61,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.prior.z_dim = recipe['z_dim']  # Latent size (100 GMI/KEDMI, 128 PLG-MI).
     config.prior.g_dim = 64  # Generator base width.
     config.prior.d_dim = 64  # Discriminator base width.
+    config.prior.channels = 3  # Image channels of the data (1: grayscale).
     if arg.prior == 'kedmi':
         config.prior.mbd_features = 64  # Minibatch-discrimination kernels.
         config.prior.mbd_kernel_dims = 50  # Dimensions per kernel.

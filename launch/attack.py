@@ -8,10 +8,11 @@ Writes reconstructions.npz, grids/batch_*.png and attack.json; rerunning resumes
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.attacks import runner
+from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (resumed if present).')
@@ -26,4 +27,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

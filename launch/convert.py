@@ -20,11 +20,11 @@ arbitrary code is refused). Kinds: see `tldmi_jax.interop.convert.KINDS` and
 """
 
 import json
-import sys
 
 from absl import app, flags
 
 from tldmi_jax.interop import convert, gans
+from tldmi_jax.utils import cli
 
 _PRIOR_HELP = {
     'gmi': 'GMI prior: DCGAN generator (--src) + DGWGAN critic (--src_d)',
@@ -61,8 +61,8 @@ flags.mark_flags_as_required(['kind', 'src', 'dst'])
 
 def _convert_prior():
     if not _SRC_D.value:
-        sys.exit(
-            f'error: --kind={_KIND.value} assembles a prior from two files: the generator as '
+        raise app.UsageError(
+            f'--kind={_KIND.value} assembles a prior from two files: the generator as '
             '--src and the discriminator as --src_d.'
         )
     _, report = gans.convert_prior(
@@ -87,7 +87,7 @@ def _convert_prior():
 
 def _convert_model():
     if _SRC_D.value or _SRC_D_KEY.value:
-        sys.exit('error: --src_d/--src_d_key are for GAN priors (--kind=gmi|kedmi|plgmi) only.')
+        raise app.UsageError('--src_d/--src_d_key are for GAN priors (--kind=gmi|kedmi|plgmi).')
     report = convert.convert_checkpoint(
         _KIND.value,
         _SRC.value,
@@ -107,12 +107,10 @@ def _convert_model():
 
 def main(argv):
     del argv
-    try:
-        report = _convert_prior() if _KIND.value in gans.PRIORS else _convert_model()
-    except (FileNotFoundError, ValueError) as e:  # unsafe, unreadable or unmappable input
-        sys.exit(f'error: {e}')
+    # Unsafe, unreadable or unmappable input raises; cli prints it as one error line.
+    report = _convert_prior() if _KIND.value in gans.PRIORS else _convert_model()
     print(json.dumps(report))
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

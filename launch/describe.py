@@ -9,10 +9,11 @@ No weights are computed (jax.eval_shape), so full-size models take seconds.
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.defenses import transfer
+from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -29,4 +30,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

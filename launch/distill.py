@@ -9,10 +9,11 @@ Rerunning the same command skips finished students and resumes the unfinished on
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.train import distill
+from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (resumed if present).')
@@ -34,4 +35,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

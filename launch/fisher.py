@@ -8,10 +8,11 @@ Writes fisher.json, fisher.csv and fisher.png in --workdir.
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.analysis import fisher
+from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
@@ -31,4 +32,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

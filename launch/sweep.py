@@ -5,10 +5,11 @@ r"""Runs the defense x attack matrix and writes results.csv/.md and a utility-pr
 Rerunning the same command skips finished cells and resumes the unfinished one.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.reporting import sweep
+from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (resumed if present).')
@@ -23,4 +24,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

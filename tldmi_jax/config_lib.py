@@ -97,6 +97,8 @@ def classifier_config(
     placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
     config.seed = 0  # Model init, data order, flips and dropout all derive from it.
+    config.overwrite = False  # True: replace a run with another config in --workdir.
+    config.devices = 0  # Devices to train on (0: all; data parallel over the batch).
 
     # --- data ---
     config.data = ml_collections.ConfigDict()
@@ -104,6 +106,8 @@ def classifier_config(
     config.data.root = placeholder(str)  # Manual dir with the raw files.
     config.data.data_dir = placeholder(str)  # Where prepared array_record files go.
     config.data.kwargs = ml_collections.ConfigDict()  # Extra builder arguments (synthetic).
+    config.data.train_split = 'private_train'  # Training (and validation) images.
+    config.data.test_split = 'private_test'  # Natural accuracy.
     config.data.image_size = image_size  # Model input size after the dataset's crop.
     config.data.channels = channels  # Image channels fed to the model.
     config.data.flip = True  # Random horizontal flip in training (original).
@@ -190,6 +194,8 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
     config = ml_collections.ConfigDict()
     config.seed = 0  # Every (identity, seed) key derives from it.
     config.runlocal = runlocal  # Make tiny target/prior/augmented models if not given.
+    config.overwrite = False  # True: replace a run with another config in --workdir.
+    config.devices = 0  # Devices the identities are sharded over (0: all).
 
     # --- attack (None: the attack module's default) ---
     config.attack = ml_collections.ConfigDict()

@@ -104,6 +104,20 @@ def test_chunked_equals_unchunked():
         np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_same_inputs_give_identical_fisher():
+    """Determinism: a second estimator on the same model and data, bit for bit (1 vs 4
+    devices: tests/utils/test_sharding.py)."""
+    model = _Logistic(hidden=True)
+    params = _params(model)
+    x, y = _data(seed=5)
+    runs = [
+        fisher.FisherEstimator(fisher.classifier_loss(model, {}), 4).run(params, [(x, y)])[0]
+        for _ in range(2)
+    ]
+    for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_group_means_normalise_and_plot(tmp_path):
     tree = {'a': {'w': np.array([1.0, 3.0])}, 'b': {'w': np.array([4.0])}, 'c': {'w': np.ones(2)}}
     rows = fisher.group_means(tree, (('first', 'a/.*'), ('second', '(a|b)/.*')))

@@ -1,5 +1,7 @@
 """Feature extraction: PIL-equal resizing, padded batches, streaming, cache, range mapping."""
 
+import os
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +67,24 @@ def test_cache_and_hashes(tmp_path):
     changed = {'params': {'w': np.array([1, 1, 2], np.float32)}}
     assert features.variables_hash(params) == features.variables_hash(params)
     assert features.variables_hash(params) != features.variables_hash(changed)
+
+
+def test_cache_after_a_kill_mid_write(tmp_path):
+    """A killed write leaves only a temporary file, never read; a damaged file is recomputed."""
+    cache = features.FeatureCache(str(tmp_path))
+    key = {'model': 'a'}
+    path = cache.path('eval', key)
+    # What a kill inside `np.savez` leaves: a partial temporary file beside the cache entry.
+    with open(os.path.join(tmp_path, f'.{os.path.basename(path)}.x1.tmp.npz'), 'wb') as f:
+        f.write(b'PK\x03\x04 partial')
+    assert cache.load('eval', key) is None
+    cache.save('eval', key, {'features': np.arange(4.0)})
+    with open(path, 'r+b') as f:  # Damaged outside the library (e.g. a full disk).
+        f.truncate(20)
+    calls = []
+    out = cache.get_or_compute('eval', key, lambda: calls.append(1) or {'features': np.ones(2)})
+    assert calls == [1] and out['features'].tolist() == [1.0, 1.0]
+    assert cache.load('eval', key)['features'].tolist() == [1.0, 1.0]
 
 
 class _Probe(nn.Module):

@@ -8,21 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from tldmi_jax.interop import convert, torch_load
+from tests.payloads import Payload
+from tldmi_jax.interop import convert, gans, torch_load
 
 torch = pytest.importorskip('torch')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class Payload:
-    """Pickles as a call to `os.system` that would create `marker` when unpickled."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
 
 
 def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path):
@@ -40,6 +31,27 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path):
         convert.convert_checkpoint('vgg16', str(path), str(tmp_path / 'out'))
     assert not marker.exists()
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('kind', sorted(convert.KINDS))
+def test_every_converter_refuses_a_malicious_checkpoint(kind, tmp_path):
+    """Each entry point of launch/convert.py, classifier kinds and GAN priors alike."""
+    marker = tmp_path / 'marker'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'x': Payload(marker)}, evil)
+    benign = tmp_path / 'benign.pth'
+    torch.save({'w': torch.zeros(1)}, benign)
+    dst = tmp_path / 'out'
+    family = convert.KINDS[kind].prior
+    if family:  # A GAN half: converted with the other half; either file may be the bad one.
+        for g_src, d_src in ((evil, benign), (benign, evil)):
+            with pytest.raises(torch_load.UnsafeCheckpointError):
+                gans.convert_prior(family, str(g_src), str(d_src), str(dst))
+    else:
+        with pytest.raises(torch_load.UnsafeCheckpointError):
+            convert.convert_checkpoint(kind, str(evil), str(dst))
+    assert not marker.exists()
+    assert not dst.exists()
 
 
 def test_plain_malicious_pickle_is_refused(tmp_path):

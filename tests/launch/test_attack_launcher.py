@@ -1,69 +1,63 @@
-"""launch/attack.py killed part way (SIGKILL) and rerun ends with the clean run's output."""
+"""launch/attack.py SIGKILLed at a seeded random step and rerun ends with the clean output."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
-
+from tests.launch import crash
 from tldmi_jax.train import classifier
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, 'configs', 'attack_celeba.py') + ':attack=kedmi,runlocal'
+CONFIG = 'attack_celeba.py:attack=kedmi,runlocal'
+STEPS = 60  # Per identity batch; two batches.
 
 
 def _cmd(workdir, target):
-    return [
-        sys.executable,
-        os.path.join(ROOT, 'launch', 'attack.py'),
-        f'--config={CONFIG}',
-        f'--workdir={workdir}',
+    return crash.command(
+        'attack',
+        CONFIG,
+        workdir,
         f'--config.target.checkpoint={target}',
-        '--config.attack.steps=100',
+        f'--config.attack.steps={STEPS}',
         '--config.checkpoint_every_steps=5',
-    ]
-
-
-def _env():
-    env = dict(os.environ)  # Compile settings: tests/conftest.py.
-    return env
-
-
-def _run(workdir, target):
-    proc = subprocess.run(
-        _cmd(workdir, target), env=_env(), capture_output=True, text=True, timeout=600
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+
+
+def _steps_done(workdir):
+    """Latent-search steps finished over both identity batches (0..2 * STEPS)."""
+    done = 0
+    for index in range(2):
+        if os.path.exists(os.path.join(workdir, 'batches', f'batch_{index:03d}.npz')):
+            done += STEPS
+        else:
+            done += crash.latest_step(os.path.join(workdir, 'checkpoints', f'batch_{index:03d}'))
+    return done
+
+
+def _attack_json(workdir, clean):
+    meta = crash.load_json(os.path.join(workdir, 'attack.json'), (workdir, clean))
+    for key in ('wall_seconds_this_run', 'iterations_per_second'):
+        meta.pop(key)
+    for losses in meta['final_losses']:
+        losses.pop('seconds')
+    return meta
 
 
 def test_killed_attack_resumes_to_identical_reconstructions(tmp_path):
     target = classifier.runlocal_target(str(tmp_path / 'target'), arch='small', steps=10)
     clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
-    summary = json.loads(_run(clean, target).strip().splitlines()[-1])
+    summary = json.loads(crash.run(_cmd(clean, target)).stdout.strip().splitlines()[-1])
     assert summary['attack'] == 'kedmi' and summary['num_reconstructions'] == 20
 
-    proc = subprocess.Popen(
-        _cmd(killed, target), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    crash.kill_at_random_point(
+        _cmd(killed, target), killed, _steps_done, test='attack', low=5, high=2 * STEPS - 20
     )
-    ckpt = os.path.join(killed, 'checkpoints', 'batch_000')
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt)):
-                break
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, 'the attack finished before it could be killed'
     assert not os.path.exists(os.path.join(killed, 'reconstructions.npz'))
-    _run(killed, target)
+    crash.run(_cmd(killed, target))
 
-    a = np.load(os.path.join(clean, 'reconstructions.npz'))
-    b = np.load(os.path.join(killed, 'reconstructions.npz'))
-    for key in ('images', 'identity', 'seed', 'batch'):
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    crash.assert_npz_equal(
+        os.path.join(clean, 'reconstructions.npz'), os.path.join(killed, 'reconstructions.npz')
+    )
+    for index in range(2):
+        name = os.path.join('grids', f'batch_{index:03d}.png')
+        crash.assert_files_equal(os.path.join(clean, name), os.path.join(killed, name))
+    assert _attack_json(killed, clean) == _attack_json(clean, clean)
+    assert crash.records(killed) == crash.records(clean)

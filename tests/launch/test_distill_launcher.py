@@ -1,35 +1,29 @@
-"""End to end: launch/distill.py with runlocal (tiny target trained first, two students)."""
+"""End to end: launch/distill.py with runlocal (tiny target trained first, two students),
+and the same run SIGKILLed at a seeded random point and rerun."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
+import pytest
 
+from tests.launch import crash
 from tldmi_jax.train import classifier
+from tldmi_jax.utils import checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, 'configs', 'distill_celeba.py') + ':runlocal'
+CONFIG = 'distill_celeba.py:runlocal'
 STUDENTS = ('student_0_efficientnet_b0_tiny', 'student_1_small_tiny')
 
 
-def _run(workdir):
-    env = dict(os.environ)  # Compile settings: tests/conftest.py.
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, 'launch', 'distill.py'),
-        f'--config={CONFIG}',
-        f'--workdir={workdir}',
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    """`(workdir, stdout)` of one uninterrupted run, shared by the tests below."""
+    workdir = str(tmp_path_factory.mktemp('distill') / 'aug')
+    return workdir, crash.run(crash.command('distill', CONFIG, workdir)).stdout
 
 
-def test_runlocal_distillation_end_to_end(tmp_path):
-    workdir = str(tmp_path / 'aug')
-    out = _run(workdir)
+def test_runlocal_distillation_end_to_end(reference):
+    workdir, out = reference
     assert 'public holdout agreement@1' in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary == json.load(open(os.path.join(workdir, 'distill.json')))
@@ -49,3 +43,34 @@ def test_runlocal_distillation_end_to_end(tmp_path):
     records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
     assert [r['step'] for r in records] == [0, 1]
     assert f'{STUDENTS[1]}/test/acc@1' in records[1]
+
+
+def _milestones(workdir):
+    """Checkpoints so far (0..10): target every 10 of 60 steps, students every 5 of 10."""
+    done = crash.latest_step(os.path.join(workdir, 'target', 'checkpoints')) // 10
+    for name in STUDENTS:
+        done += crash.latest_step(os.path.join(workdir, name, 'checkpoints')) // 5
+    return done
+
+
+def test_killed_distillation_resumes_to_the_same_students(reference, tmp_path):
+    clean, killed = reference[0], str(tmp_path / 'aug')
+    cmd = crash.command('distill', CONFIG, killed)
+    crash.kill_at_random_point(cmd, killed, _milestones, test='distill', low=1, high=9)
+    assert not os.path.exists(os.path.join(killed, 'distill.json'))
+    crash.run(cmd)
+
+    for name in ('target', *STUDENTS):
+        crash.assert_trees_equal(
+            checkpoint.load_model(os.path.join(clean, name)),
+            checkpoint.load_model(os.path.join(killed, name)),
+            f'{name}/',
+        )
+        records = crash.records(os.path.join(killed, name))
+        assert records == crash.records(os.path.join(clean, name)), name
+    summary = crash.load_json(os.path.join(killed, 'distill.json'), (killed, clean))
+    expected = crash.load_json(os.path.join(clean, 'distill.json'))
+    for s in (summary, expected):
+        s.pop('protocol_hash')  # Hashes the target's path, which differs between workdirs.
+    assert summary == expected
+    assert crash.records(killed) == crash.records(clean)

@@ -1,11 +1,12 @@
 """launch/sweep.py: two defenses x GMI end to end, a failing cell, a kill and a resume."""
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
+
+import pytest
+
+from configs import sweep_celeba
+from tests.launch import crash
+from tldmi_jax.reporting import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -16,6 +17,7 @@ from configs import sweep_celeba
 
 def get_config(arg=None):
     config = sweep_celeba.get_config('runlocal')
+    config.stage_overrides.train.update(total_steps=20, eval_every_steps=20)  # Test time.
     config.targets.broken = dict(
         train='celeba.py:arch=vgg16,defense=tldmi,runlocal', label='broken',
         overrides={'defense': {'fine_tune_from': '', 'freeze_layers': 24}}, checkpoint='')
@@ -24,54 +26,64 @@ def get_config(arg=None):
 
 
 def _cmd(config, workdir):
-    return [
-        sys.executable,
-        os.path.join(ROOT, 'launch', 'sweep.py'),
-        f'--config={config}',
-        f'--workdir={workdir}',
-    ]
+    return crash.command('sweep', str(config), workdir)
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT)  # Compile settings: tests/conftest.py.
-    return env
-
-
-def test_sweep_kill_resume_and_failing_cell(tmp_path):
-    config = tmp_path / 'sweep_test.py'
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    """`(config file, workdir)` of one uninterrupted sweep."""
+    base = tmp_path_factory.mktemp('sweep')
+    config = base / 'sweep_test.py'
     config.write_text(_CONFIG)
-    workdir = str(tmp_path / 'sweep')
-    first_cell = os.path.join(workdir, 'cells', 'none__gmi', 'cell.json')
-    proc = subprocess.Popen(
-        _cmd(config, workdir),
-        cwd=ROOT,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if os.path.exists(first_cell):
-                break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, 'the sweep finished before it could be killed'
-    assert not os.path.exists(os.path.join(workdir, 'cells', 'tldmi__gmi', 'cell.json'))
-    stamp = os.path.getmtime(first_cell)
+    workdir = str(base / 'clean')
+    crash.run(_cmd(config, workdir), timeout=900)
+    return config, workdir
 
-    out = subprocess.run(
-        _cmd(config, workdir), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
+
+# Milestones in the order the sweep reaches them (about 30 s after the imports).
+_MILESTONES = (
+    'targets/none/checkpoints',
+    'targets/none/results.json',
+    'priors/gmi/results.json',
+    'cells/none__gmi/attack/batches/batch_000.npz',
+    'cells/none__gmi/attack/reconstructions.npz',
+    'eval_model/results.json',
+    'cells/none__gmi/eval/metrics.json',
+    'cells/none__gmi/cell.json',
+    'targets/tldmi/checkpoints',
+    'targets/tldmi/results.json',
+    'cells/tldmi__gmi/attack/batches/batch_000.npz',
+    'cells/tldmi__gmi/attack/reconstructions.npz',
+)
+
+
+def _cell(workdir, name):
+    record = crash.load_json(os.path.join(workdir, 'cells', f'{name}__gmi', 'cell.json'))
+    record.pop('seconds')
+    record.pop('traceback', None)  # Names the workdir.
+    return record
+
+
+def test_sweep_kill_resume_and_failing_cell(reference, tmp_path):
+    config, clean = reference
+    workdir = str(tmp_path / 'sweep')
+    crash.kill_at_random_point(
+        _cmd(config, workdir),
+        workdir,
+        lambda w: crash.count_files(w, _MILESTONES),
+        test='sweep',
+        low=1,
+        high=len(_MILESTONES),
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert not os.path.exists(os.path.join(workdir, 'cells', 'tldmi__gmi', 'cell.json'))
+    first_cell = os.path.join(workdir, 'cells', 'none__gmi', 'cell.json')
+    stamp = os.path.getmtime(first_cell) if os.path.exists(first_cell) else None
+
+    out = crash.run(_cmd(config, workdir), timeout=900)
     assert '2/3 cells done' in out.stdout
-    assert os.path.getmtime(first_cell) == stamp  # finished cell skipped, not recomputed
-    records = {
-        name: json.load(open(os.path.join(workdir, 'cells', f'{name}__gmi', 'cell.json')))
-        for name in ('none', 'tldmi', 'broken')
-    }
+    if stamp is not None:
+        assert os.path.getmtime(first_cell) == stamp  # finished cell skipped, not recomputed
+    records = {name: _cell(workdir, name) for name in ('none', 'tldmi', 'broken')}
     assert records['none']['status'] == records['tldmi']['status'] == 'done'
     assert records['broken']['status'] == 'failed'
     assert 'freezes the conv of conv4_1' in records['broken']['error']
@@ -82,3 +94,46 @@ def test_sweep_kill_resume_and_failing_cell(tmp_path):
     assert os.path.getsize(os.path.join(workdir, 'utility_privacy.png')) > 1000
     csv_lines = open(os.path.join(workdir, 'results.csv')).read().strip().splitlines()
     assert len(csv_lines) == 4 and csv_lines[0].startswith('target,defense,trainable_params')
+
+    # The same cells, table and plot as the uninterrupted sweep.
+    assert records == {name: _cell(clean, name) for name in ('none', 'tldmi', 'broken')}
+    for name in ('results.csv', 'results.md', 'utility_privacy.png'):
+        crash.assert_files_equal(os.path.join(clean, name), os.path.join(workdir, name))
+
+
+@pytest.mark.parametrize('arch', ['vgg16', 'ir152', 'facenet64'])
+def test_paper_table_config_resolves(arch):
+    """`:table=paper` rows and columns; every stage config resolves (no compute)."""
+    config = sweep_celeba.get_config(f'arch={arch},table=paper')
+    config.configs_dir = os.path.join(ROOT, 'configs')  # Independent of the cwd.
+    config.data.root = '/data/celeba_mi'
+    config.stage_overrides.train.init.checkpoint = '/ckpt/backbone'
+    assert set(config.targets) == {'none', 'mid', 'bido', 'tldmi'}
+    assert config.attacks == ['gmi', 'kedmi', 'lomma_gmi', 'lomma_kedmi', 'plgmi']
+    defenses = {}
+    for name, spec in config.targets.items():
+        train = sweep._stage_config(config, spec.train, 'train')
+        sweep._apply(train, spec.overrides)
+        assert train.model.arch == arch and train.data.root == '/data/celeba_mi'
+        assert train.init.checkpoint == '/ckpt/backbone' and not spec.checkpoint
+        defenses[name] = train.defense
+        if name == 'mid':  # The VIB layer is in no backbone: kept freshly initialised.
+            assert list(train.init.dont_load).count('vib/.*') == 1
+    assert {n: d.name for n, d in defenses.items()} == {
+        'none': 'none',
+        'mid': 'mid',
+        'bido': 'bido',
+        'tldmi': 'tldmi',
+    }
+    assert defenses['tldmi'].freeze_layers == -1  # The architecture's official k.
+    assert defenses['mid'].mid_beta == sweep_celeba.MID_BETA
+    assert (defenses['bido'].bido_lambda_x, defenses['bido'].bido_lambda_y) == (0.05, 0.5)
+    for attack in config.attacks:
+        acfg = sweep._stage_config(config, config.stages.attack, 'attack', attack)
+        assert acfg.attack.name == attack and acfg.data.root == '/data/celeba_mi'
+    for prior in ('gmi', 'kedmi', 'plgmi'):
+        assert sweep._stage_config(config, config.stages.gan, 'gan', prior).prior.kind == prior
+    for stage in ('distill', 'evaluate'):
+        assert sweep._stage_config(config, config.stages[stage], stage).data.root
+    with pytest.raises(ValueError, match='table must be one of'):
+        sweep_celeba.get_config('table=nope')

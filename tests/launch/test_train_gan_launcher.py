@@ -1,45 +1,72 @@
-"""End to end: launch/train_gan.py with runlocal writes checkpoints, samples and the prior."""
+"""End to end: launch/train_gan.py with runlocal, and the run SIGKILLed at a seeded random
+step and rerun, which ends with the uninterrupted run's prior."""
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 
 import numpy as np
+import pytest
 
+from tests.launch import crash
 from tldmi_jax import priors
 from tldmi_jax.utils import metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, 'configs', 'gan_celeba.py') + ':prior=gmi,runlocal'
+CONFIG = 'gan_celeba.py:prior=gmi,runlocal'
+# 12 D steps (G every 5th: steps 5 and 10), checkpoints every 2, samples at 6 and 12.
+OVERRIDES = ('--config.total_steps=12', '--config.checkpoint_every_steps=2')
 
 
-def _env():
-    env = dict(os.environ)  # Compile settings: tests/conftest.py.
-    return env
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    """`(workdir, stdout)` of one uninterrupted run."""
+    workdir = str(tmp_path_factory.mktemp('gan') / 'gan')
+    return workdir, crash.run(crash.command('train_gan', CONFIG, workdir, *OVERRIDES)).stdout
 
 
-def test_train_gan_runlocal_end_to_end(tmp_path):
-    workdir = str(tmp_path / 'gan')
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, 'launch', 'train_gan.py'),
-        f'--config={CONFIG}',
-        f'--workdir={workdir}',
-        '--config.total_steps=4',
-        '--config.checkpoint_every_steps=2',
-        '--config.sample_every_steps=2',
-    ]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'prior written to' in proc.stdout
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary['steps'] == 4 and np.isfinite(summary['d/loss'])
-    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
-    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_2.png'))
-    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_4.png'))
+def test_train_gan_runlocal_end_to_end(reference):
+    workdir, out = reference
+    assert 'prior written to' in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary['steps'] == 12 and summary['g_steps'] == 2 and np.isfinite(summary['d/loss'])
+    assert crash.checkpoint_steps(os.path.join(workdir, 'checkpoints')) == [10, 12]
+    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_6.png'))
+    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_12.png'))
     assert os.path.isfile(os.path.join(workdir, 'prior', 'prior.json'))
     records = metrics.read_metrics(workdir)
     assert records and all(np.isfinite(r['d/loss']) for r in records if 'd/loss' in r)
     prior = priors.load_prior(workdir)
     assert prior.kind == 'gmi' and prior.image_size == 32
+
+
+def test_killed_run_resumes_to_the_same_prior(reference, tmp_path):
+    clean, killed = reference[0], str(tmp_path / 'gan')
+    cmd = crash.command('train_gan', CONFIG, killed, *OVERRIDES)
+    crash.kill_at_random_point(
+        cmd,
+        killed,
+        lambda w: crash.latest_step(os.path.join(w, 'checkpoints')),
+        test='train_gan',
+        low=2,
+        high=8,  # After checkpoint 10 the run may end before the kill (about 0.3 s).
+    )
+    assert not os.path.exists(os.path.join(killed, 'results.json'))
+    crash.run(cmd)
+
+    crash.assert_trees_equal(
+        priors.load_prior(clean).variables, priors.load_prior(killed).variables, 'prior/'
+    )
+    results = crash.load_json(os.path.join(killed, 'results.json'), (killed, clean))
+    assert results == crash.load_json(os.path.join(clean, 'results.json'))
+    assert crash.records(killed) == crash.records(clean)
+    for name in ('step_6.png', 'step_12.png'):
+        crash.assert_files_equal(*(os.path.join(w, 'samples', name) for w in (clean, killed)))
+
+    # Killed after the last checkpoint, before the prior and results.json: the rerun trains
+    # no step, and its summary still holds the last logged losses.
+    shutil.rmtree(os.path.join(killed, 'prior'))
+    os.remove(os.path.join(killed, 'results.json'))
+    crash.run(cmd)
+    results = crash.load_json(os.path.join(killed, 'results.json'), (killed, clean))
+    assert results == crash.load_json(os.path.join(clean, 'results.json'))
+    assert crash.records(killed) == crash.records(clean)

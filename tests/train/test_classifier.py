@@ -32,6 +32,27 @@ def pretrained(tmp_path_factory):
     return workdir
 
 
+def test_same_config_and_seed_train_identically(pretrained, tmp_path):
+    """Determinism: the `pretrained` run again (same config and seed), bit for bit. Killed and
+    resumed: tests/launch/test_train_launcher.py; 1 vs 4 devices: tests/utils/test_sharding.py.
+    """
+    workdir = str(tmp_path / 'again')
+    classifier.train_and_evaluate(_quick(celeba.get_config('arch=vgg16,runlocal')), workdir)
+    for name in ('model_final', 'model_best'):
+        a = _flat(checkpoint.load_model(os.path.join(pretrained, name)))
+        b = _flat(checkpoint.load_model(os.path.join(workdir, name)))
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f'{name}/{k}')
+    untimed = [
+        [{k: v for k, v in r.items() if k != 'train/images_per_sec'} for r in records]
+        for records in (metrics.read_metrics(pretrained), metrics.read_metrics(workdir))
+    ]
+    assert untimed[0] == untimed[1]
+    results = [json.load(open(os.path.join(w, 'results.json'))) for w in (pretrained, workdir)]
+    assert results[0] == results[1]
+
+
 def test_pretrained_init_then_tldmi_keeps_frozen_layers(pretrained, tmp_path):
     config = _quick(celeba.get_config('arch=vgg16,defense=tldmi,runlocal'))
     config.init.checkpoint = pretrained

@@ -141,6 +141,20 @@ def test_load_classifier_rebuilds_mid(runs):
     assert bool(jnp.all(jnp.isfinite(logits)))
 
 
+def test_mid_starts_from_a_checkpoint_without_vib(runs):
+    """A plain pretrained checkpoint initialises a MID model; `vib` stays freshly initialised."""
+    plain_dir, _ = runs('bido')  # Same architecture, no VIB head.
+    plain = checkpoint.load_model(os.path.join(plain_dir, 'model_final'))['params']
+    config = _config('tldmi+mid')
+    _, fresh, _ = classifier.init_model(config, 4, 3)
+    config.init.checkpoint = plain_dir
+    _, loaded, _ = classifier.init_model(config, 4, 3)
+    flat = traverse_util.flatten_dict(loaded, sep='/')
+    np.testing.assert_array_equal(flat['vib/kernel'], fresh['vib']['kernel'])
+    np.testing.assert_array_equal(flat['conv1_1/conv/kernel'], plain['conv1_1']['conv']['kernel'])
+    assert 'vib' not in plain
+
+
 def test_parse_names():
     assert defenses.parse('tldmi+bido') == ('tldmi', 'bido')
     assert defenses.parse('') == ('none',)

@@ -11,7 +11,7 @@ import pytest
 from configs import gan_celeba
 from tldmi_jax import priors
 from tldmi_jax.train import gan, gan_losses
-from tldmi_jax.utils import metrics
+from tldmi_jax.utils import checkpoint, metrics
 
 KINDS = ('gmi', 'kedmi', 'plgmi')
 
@@ -113,12 +113,26 @@ def test_prior_trains_with_finite_losses(kind, trained):
         assert u_new.shape == u_old.shape and not np.allclose(u_new, u_old)
 
 
+class _Stop(Exception):
+    pass
+
+
 @pytest.mark.parametrize('kind', ('gmi', 'plgmi'))
-def test_resumed_run_equals_uninterrupted(kind, target, trained, tmp_path):
-    """Stop after 3 steps (a checkpoint), rerun to 6: the same prior as 6 steps at once."""
+def test_resumed_run_equals_uninterrupted(kind, target, trained, tmp_path, monkeypatch):
+    """Stop after 3 of 6 steps (a checkpoint), rerun: the same prior as 6 steps at once."""
     tgt = None if kind == 'gmi' else target
     clean, resumed = trained(kind)[0], str(tmp_path / 'resumed')
-    gan.train_and_evaluate(_config(kind, tgt, steps=3), resumed)
+    save_state = checkpoint.save_state
+
+    def stopping_save(mngr, step, state):
+        save_state(mngr, step, state)
+        mngr.wait_until_finished()
+        raise _Stop
+
+    monkeypatch.setattr(checkpoint, 'save_state', stopping_save)
+    with pytest.raises(_Stop):
+        gan.train_and_evaluate(_config(kind, tgt, steps=6), resumed)
+    monkeypatch.setattr(checkpoint, 'save_state', save_state)
     assert sorted(os.listdir(os.path.join(resumed, 'checkpoints'))) == ['3']
     summary = gan.train_and_evaluate(_config(kind, tgt, steps=6), resumed)
     assert summary['steps'] == 6 and summary['g_steps'] == 3

@@ -43,7 +43,8 @@ from tldmi_jax import config_lib, data
 from tldmi_jax.attacks import outputs
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.evaluation import features, report, runlocal
-from tldmi_jax.utils import metrics
+from tldmi_jax.utils import atomic, metrics, sharding
+from tldmi_jax.utils import workdir as workdir_lib
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 TASKS = ('classification', 'mi')
@@ -63,6 +64,11 @@ def classifier_loss(model: nn.Module, batch_stats: Any) -> LossFn:
 class FisherEstimator:
     """Accumulates squared per-example gradients over chunks of examples.
 
+    Each chunk is split over the devices (`sharding.data_mesh`: the largest device count
+    that divides `chunk_size`); each device computes its examples' gradients
+    (`sharding.per_device`), parameters and the running total are replicated. The result
+    equals the one-device result up to float summation order.
+
     Args:
       loss_fn: `loss(params, x, y) -> scalar` for one example (no batch axis).
       chunk_size: examples per `vmap`; bounds memory at chunk_size x parameters.
@@ -72,7 +78,10 @@ class FisherEstimator:
         if chunk_size < 1:
             raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
         self.chunk_size = chunk_size
-        per_example = jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0))
+        self.mesh = sharding.data_mesh(chunk_size)
+        per_example = sharding.per_device(
+            jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0)), self.mesh, 2
+        )
 
         def step(total, params, xs, ys, mask):
             grads = per_example(params, xs, ys)
@@ -109,9 +118,11 @@ class FisherEstimator:
         Returns:
           `(fisher, n)`: a pytree like `params` and the number of examples.
         """
-        total = jax.tree.map(jnp.zeros_like, params)
+        params = sharding.replicate(params, self.mesh)
+        total = sharding.replicate(jax.tree.map(jnp.zeros_like, params), self.mesh)
         n = 0
         for x, y, mask, real in self._chunks(batches):
+            x, y, mask = sharding.shard_batch((x, y, mask), self.mesh)
             total = self._step(total, params, x, y, mask)
             n += real
         if n == 0:
@@ -170,10 +181,14 @@ def plot(path: str, groups: list[str], curves: dict[str, list[float]], title: st
     ax.set_xticks(x, groups, rotation=90, fontsize=7)
     ax.set_xlabel('layer group (input -> output)')
     ax.set_ylabel('FI / max over layers')
+    values = np.concatenate([np.asarray(v, np.float64) for v in curves.values()])
+    if np.all(values > 0) and values.max() / values.min() > 100:
+        ax.set_yscale('log')  # Layers differ by orders of magnitude: linear hides all but one.
+        ax.set_ylabel('FI / max over layers (log scale)')
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.savefig(fig, path, dpi=120)
     return path
 
 
@@ -199,19 +214,19 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Returns:
       The contents of `fisher.json`.
     """
-    os.makedirs(workdir, exist_ok=True)
     metrics.quiet_libraries()
+    workdir_lib.prepare(config, workdir)
     if config.runlocal:
         config = runlocal.fill_in(config, workdir)
     if not config.target.checkpoint or not config.attack_dir:
         raise ValueError('Set --config.target.checkpoint and --config.attack_dir.')
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.config_to_json(config))
-
     recon, meta = outputs.load(config.attack_dir)
     recorded = meta.get('target', {}) or {}
     model, variables, size = features.load_classifier_block(
-        config.target, fallback_arch=recorded.get('arch'), fallback_size=meta.get('image_size')
+        config.target,
+        fallback_arch=recorded.get('arch'),
+        fallback_size=meta.get('image_size'),
+        name='target',
     )
     if not hasattr(model, 'layer_groups'):
         raise ValueError(f'{type(model).__name__} has no layer_groups.')
@@ -233,6 +248,7 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     else:
         raise ValueError("fisher.classification_identities must be 'all' or 'attacked'.")
     indices = _subsample(indices, cap, config.seed)
+    workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
     batches = (
         (b['image'], b['label'])
         for b in pipeline.epoch_batches(

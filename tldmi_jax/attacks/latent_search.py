@@ -82,10 +82,19 @@ class LatentSearch:
       num_seeds: instances per identity (seeds).
       key: the attack's base key (from config.seed).
       checkpoint_every: steps per jitted chunk (and between checkpoints).
+      devices: shard the identities over at most this many devices (0: all).
     """
 
-    def __init__(self, problem: Problem, num_seeds: int, key: jax.Array, checkpoint_every: int):
+    def __init__(
+        self,
+        problem: Problem,
+        num_seeds: int,
+        key: jax.Array,
+        checkpoint_every: int,
+        devices: int = 0,
+    ):
         self.problem = problem
+        self.devices = sharding.check_devices(devices)
         self.num_seeds = num_seeds
         self.key = key
         self.chunk = max(1, int(checkpoint_every))
@@ -152,7 +161,7 @@ class LatentSearch:
           `(latents [B, S, ...], images [B, S, K, H, W, C], last_aux)` as numpy.
         """
         identities = np.asarray(identities, np.int32)
-        mesh = sharding.data_mesh(len(identities))
+        mesh = sharding.data_mesh(len(identities), self.devices)
         shard = NamedSharding(mesh, PartitionSpec('data'))
         ids = jax.device_put(identities, shard)
         latent, opt_state = self._init(ids)

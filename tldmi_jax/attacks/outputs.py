@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tldmi_jax.utils import atomic
+
 FILENAME = 'reconstructions.npz'
 META = 'attack.json'
 
@@ -42,19 +44,18 @@ def save(
             raise ValueError(f'{k} has shape {v.shape}; expected ({n},) to match images.')
     if images.ndim != 4:
         raise ValueError(f'images must be [N, H, W, C], got shape {images.shape}.')
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, FILENAME)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, images=images, **arrays)
-    os.replace(tmp, path)
-    if meta is not None:
-        with open(os.path.join(workdir, META), 'w') as f:
-            json.dump(meta, f, indent=2, sort_keys=True, default=str)
+    if meta is not None:  # First: the reconstructions file marks a finished attack.
+        atomic.write_json(os.path.join(workdir, META), meta, sort_keys=True)
+    atomic.savez(path, images=images, **arrays)
     return path
 
 
 def load(workdir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Reads `(arrays, meta)` from an attack workdir; meta is {} if attack.json is absent.
+
+    The npz is read without pickle: a file holding object arrays is refused (ValueError)
+    and nothing in it runs.
 
     Raises:
       FileNotFoundError: naming the missing reconstructions file.
@@ -63,7 +64,7 @@ def load(workdir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     path = os.path.join(workdir, FILENAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f'No attack output: {path} does not exist.')
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     missing = [k for k in ('images', 'identity', 'seed', 'batch') if k not in arrays]
     if missing:

@@ -24,7 +24,8 @@ from tldmi_jax.attacks import common, latent_search, lomma, outputs
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
 from tldmi_jax.train import classifier
-from tldmi_jax.utils import metrics
+from tldmi_jax.utils import atomic, metrics, sharding
+from tldmi_jax.utils import workdir as workdir_lib
 
 ATTACKS = ('gmi', 'kedmi', 'lomma_gmi', 'lomma_kedmi', 'plgmi')
 
@@ -91,6 +92,7 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
     """Loads and checks every input; raises ValueError before anything is written."""
     module, _ = _module_and_base(config.attack.name)
     cfg = resolve_attack_config(config)
+    sharding.check_devices(config.get('devices', 0))
     target_path = config.target.checkpoint
     if not target_path:
         raise ValueError('Set --config.target.checkpoint (a trainer workdir or model dir).')
@@ -164,7 +166,7 @@ def _p_reg(config, cfg, target, image_size: int, workdir: str) -> np.ndarray:
     """LOMMA's p_reg on up to `p_reg_samples` public images (cached in the workdir)."""
     path = os.path.join(workdir, 'p_reg.npy')
     if os.path.exists(path):
-        return np.load(path)
+        return np.load(path, allow_pickle=False)
     dc = config.data
     source = data.get_source(
         dc.name, 'public', root=dc.root, data_dir=dc.data_dir, **(dc.get('kwargs') or {})
@@ -172,8 +174,8 @@ def _p_reg(config, cfg, target, image_size: int, workdir: str) -> np.ndarray:
     n = min(len(source), int(cfg.p_reg_samples))
     batch = pipeline.load_all(source, np.arange(n), preprocess.get_preprocess(dc.name, image_size))
     value = common.public_feature_mean(target, np.asarray(batch['image'], np.float32))
-    os.makedirs(workdir, exist_ok=True)
-    np.save(path, value)
+    with atomic.replacing(path) as tmp:
+        np.save(tmp, value)
     return value
 
 
@@ -181,9 +183,40 @@ def _batch_path(workdir: str, index: int) -> str:
     return os.path.join(workdir, 'batches', f'batch_{index:03d}.npz')
 
 
+def _read_batch(path: str) -> dict[str, np.ndarray]:
+    """A finished identity batch's arrays (read without pickle)."""
+    with np.load(path, allow_pickle=False) as stored:
+        return {k: stored[k] for k in stored.files}
+
+
+def _batch_outputs(workdir: str, index: int, writer: metrics.MetricWriter, logged: set) -> None:
+    """The grid and the metrics record of a finished batch, unless a previous run made them.
+
+    The batch file is the mark of a finished batch, so a run killed after writing it but
+    before these makes them on the rerun (from the file, with the same content).
+    """
+    grid = os.path.join(workdir, 'grids', f'batch_{index:03d}.png')
+    if os.path.exists(grid) and index in logged:
+        return
+    stored = _read_batch(_batch_path(workdir, index))
+    if not os.path.exists(grid):
+        grids.save_grid(
+            grid,
+            stored['images'],
+            ncol=int(stored['seed'].max()) + 1,
+            captions=[str(i) for i in stored['identity']],
+        )
+    if index not in logged:
+        aux = json.loads(str(stored['losses']))
+        writer.write(index, {f'attack/final_{k}': v for k, v in aux.items()})
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the attack of `config` in `workdir`; returns the attack summary."""
     metrics.quiet_libraries()
+    workdir_lib.prepare(config, workdir)
+    _module_and_base(config.attack.name)  # An unknown attack fails before runlocal trains.
+    sharding.check_devices(config.get('devices', 0))
     if config.get('runlocal') and not (config.target.checkpoint and config.prior.checkpoint):
         from tldmi_jax.attacks import runlocal  # Builds tiny upstream artefacts.
 
@@ -193,45 +226,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     module, _ = _module_and_base(config.attack.name)
     problem = module.make_problem(inputs.ctx, cfg)  # LOMMA: the base module, configured.
     os.makedirs(os.path.join(workdir, 'batches'), exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.config_to_json(config))
+    workdir_lib.save_config(config, workdir)
     search = latent_search.LatentSearch(
         problem,
         num_seeds=cfg.num_seeds,
         key=jax.random.fold_in(jax.random.key(config.seed), 7),
         checkpoint_every=config.checkpoint_every_steps,
+        devices=config.get('devices', 0),
     )
     writer = metrics.MetricWriter(workdir, tensorboard=False)
+    logged = {r['step'] for r in metrics.read_metrics(workdir)}
     tic = time.perf_counter()
     steps_run = 0
     for index, ids in enumerate(inputs.batches):
         path = _batch_path(workdir, index)
         if os.path.exists(path):
             logging.info('Identity batch %d already finished.', index)
-            continue
-        _, images, aux = search.run_batch(
-            ids,
-            cfg.steps,
-            ckpt_dir=os.path.join(workdir, 'checkpoints', f'batch_{index:03d}'),
-            progress=f'{config.attack.name} batch {index + 1}/{len(inputs.batches)}',
-        )
-        steps_run += cfg.steps
-        b, s, k = images.shape[:3]
-        flat = images.reshape(b * s * k, *images.shape[3:])
-        identity = np.repeat(ids, s * k)
-        seed = np.tile(np.arange(s * k), b)
-        losses = json.dumps(aux)
-        np.savez(path + '.tmp.npz', images=flat, identity=identity, seed=seed, losses=losses)
-        os.replace(path + '.tmp.npz', path)
-        grids.save_grid(
-            os.path.join(workdir, 'grids', f'batch_{index:03d}.png'),
-            flat,
-            ncol=s * k,
-            captions=[str(i) for i in identity],
-        )
-        writer.write(index, {f'attack/final_{k_}': v for k_, v in aux.items()})
+        else:
+            _, images, aux = search.run_batch(
+                ids,
+                cfg.steps,
+                ckpt_dir=os.path.join(workdir, 'checkpoints', f'batch_{index:03d}'),
+                progress=f'{config.attack.name} batch {index + 1}/{len(inputs.batches)}',
+            )
+            steps_run += cfg.steps
+            b, s, k = images.shape[:3]
+            atomic.savez(
+                path,
+                images=images.reshape(b * s * k, *images.shape[3:]),
+                identity=np.repeat(ids, s * k),
+                seed=np.tile(np.arange(s * k), b),
+                losses=json.dumps(aux),
+            )
+        _batch_outputs(workdir, index, writer, logged)
     wall = time.perf_counter() - tic
-    arrays = [np.load(_batch_path(workdir, i)) for i in range(len(inputs.batches))]
+    arrays = [_read_batch(_batch_path(workdir, i)) for i in range(len(inputs.batches))]
     images = np.concatenate([a['images'] for a in arrays])
     identity = np.concatenate([a['identity'] for a in arrays])
     seed = np.concatenate([a['seed'] for a in arrays])

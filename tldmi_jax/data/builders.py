@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -23,6 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
+
+from tldmi_jax.utils import atomic
 
 # Lower-cased suffixes accepted as images (torchvision's ImageFolder list).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -110,9 +113,12 @@ class TfdsSource:
         # never change once written; TFDS re-prepares into a fresh directory.
         cache = os.path.join(os.fspath(self.builder.data_dir), f'index-{self.split}.npz')
         if os.path.isfile(cache):
-            with np.load(cache) as stored:
-                if len(stored['labels']) == len(self):
-                    return stored['labels'].astype(np.int64), stored['filenames'].tolist()
+            try:  # Never unpickled; a damaged or foreign file is rebuilt, not trusted.
+                with np.load(cache, allow_pickle=False) as stored:
+                    if len(stored['labels']) == len(self):
+                        return stored['labels'].astype(np.int64), stored['filenames'].tolist()
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                logging.warning('Rebuilding the unreadable index %s: %s', cache, e)
         raw = self.builder.as_data_source(
             split=self.split, decoders={'image': tfds.decode.SkipDecoding()}
         )
@@ -124,9 +130,7 @@ class TfdsSource:
                 names.append(name.decode() if isinstance(name, bytes) else str(name))
         labels = np.asarray(labels, dtype=np.int64)
         try:
-            partial = f'{cache}.{os.getpid()}.tmp.npz'
-            np.savez(partial, labels=labels, filenames=np.asarray(names, dtype=str))
-            os.replace(partial, cache)
+            atomic.savez(cache, labels=labels, filenames=np.asarray(names, dtype=str))
         except OSError as e:  # a read-only data_dir: keep the index in memory only
             logging.info('Not caching the %s index in %s: %s', self.name, cache, e)
         return labels, names
@@ -366,6 +370,8 @@ def load_builder(
         )
     root = os.path.abspath(os.path.expanduser(root))
     require_dir(root, f'{name} manual directory')
+    if not os.listdir(root):
+        raise DataError(f'{name} manual directory {root} is empty (see the README, Data)')
     logging.info('Preparing %s from %s into %s', name, root, builder.data_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=root),

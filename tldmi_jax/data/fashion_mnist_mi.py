@@ -4,6 +4,8 @@ Splits (GMI, Zhang et al. 2020, section 4.1, applied to Fashion-MNIST):
   private_train: training-set images of classes 0-4, labels 0-4 (30,000 images).
   private_test: t10k images of classes 0-4 (5,000 images).
   public: training-set images of classes 5-9, keeping the original labels 5-9 (30,000).
+  public_train / public_test: the public classes as a classification task of their own
+    (training-set / t10k images of classes 5-9, labels 0-4), for pre-training on public data.
 
 ``num_classes`` is 5 for every split (the target classifier's output size); public labels are
 the original classes 5-9, outside that range, for anyone who wants them.
@@ -35,7 +37,7 @@ IDX_FILES = {
 }
 PRIVATE_CLASSES = (0, 1, 2, 3, 4)
 PUBLIC_CLASSES = (5, 6, 7, 8, 9)
-SPLITS = ('private_train', 'private_test', 'public')
+SPLITS = ('private_train', 'private_test', 'public', 'public_train', 'public_test')
 _GZIP_MAGIC = b'\x1f\x8b'
 _UBYTE = 0x08
 
@@ -103,7 +105,7 @@ def load_fashion_mnist_mi(split: str, root: str | None = None) -> builders.Array
     """Returns one split as an in-memory source.
 
     Args:
-      split: 'private_train', 'private_test' or 'public'.
+      split: 'private_train', 'private_test', 'public', 'public_train' or 'public_test'.
       root: directory holding the four idx files (raw or .gz); None means
         ``default_fashion_mnist_dir()``.
 
@@ -119,14 +121,17 @@ def load_fashion_mnist_mi(split: str, root: str | None = None) -> builders.Array
     directory = os.path.abspath(os.path.expanduser(root or default_fashion_mnist_dir()))
     builders.require_dir(directory, 'fashion_mnist_mi idx directory')
     arrays = _load_arrays(directory)
-    part = 'test' if split == 'private_test' else 'train'
+    part = 'test' if split.endswith('_test') else 'train'
     images, labels = arrays[f'{part}_images'], arrays[f'{part}_labels'].astype(np.int64)
-    classes = PUBLIC_CLASSES if split == 'public' else PRIVATE_CLASSES
+    classes = PUBLIC_CLASSES if split.startswith('public') else PRIVATE_CLASSES
     keep = np.isin(labels, classes)
-    if split == 'private_train':
-        builders.check_classes(labels[keep], len(PRIVATE_CLASSES), f'fashion_mnist_mi {split}')
+    images, labels = images[keep], labels[keep]
+    if split in ('public_train', 'public_test'):
+        labels = labels - PUBLIC_CLASSES[0]  # A 5-class task of its own.
+    if split in ('private_train', 'public_train'):
+        builders.check_classes(labels, len(PRIVATE_CLASSES), f'fashion_mnist_mi {split}')
     return builders.ArraySource(
-        images[keep], labels[keep], num_classes=len(PRIVATE_CLASSES), name='fashion_mnist_mi'
+        images, labels, num_classes=len(PRIVATE_CLASSES), name='fashion_mnist_mi'
     )
 
 

@@ -65,6 +65,12 @@ def parse(name: str | None) -> tuple[str, ...]:
     return parts
 
 
+def added_groups(spec: ml_collections.ConfigDict | None) -> tuple[str, ...]:
+    """Top-level parameter groups a defense adds to the model (MID: `vib`)."""
+    names = parse(spec.get('name') if spec else None)
+    return (mid.GROUP,) if 'mid' in names else ()
+
+
 def wrap_model(model: nn.Module, spec: ml_collections.ConfigDict | None) -> nn.Module:
     """The model a defense trains (MID adds its VIB head); unchanged otherwise."""
     spec = spec or {}
@@ -93,6 +99,7 @@ class Objective:
     pool: bool
     sample_rate: float
     hp: dict[str, Any]
+    mesh: Any = None  # The 'data' mesh of the batch (DP-SGD's per-example gradients).
 
     def _alpha(self, step: jax.Array) -> jax.Array:
         return label_smoothing.alpha_at(
@@ -205,7 +212,7 @@ class Objective:
         dropout_key, noise_key = jax.random.split(rng)
         keys = jax.random.split(dropout_key, images.shape[0])
         per_ex, (logits, losses, metrics) = dpsgd.per_example_grads(
-            one, train_p, images, labels, keys
+            one, train_p, images, labels, keys, mesh=self.mesh
         )
         private, dp_metrics = dpsgd.privatize(
             per_ex,
@@ -273,6 +280,7 @@ def build(
     batch_size: int,
     steps_per_epoch: int,
     total_steps: int,
+    mesh: Any = None,
 ) -> Objective | None:
     """The training objective of `spec` for a (wrapped) model, or None for plain CE.
 
@@ -286,13 +294,21 @@ def build(
       batch_size: examples per step.
       steps_per_epoch: steps per epoch (label-smoothing schedule).
       total_steps: the run's length (the original label-smoothing ramp).
+      mesh: the 'data' mesh the training batch is sharded over (None: one device).
 
     Raises:
-      ValueError: for a bad name or hyperparameter.
+      ValueError: for a bad name or hyperparameter, or a loss defense with no trainable
+        parameter.
     """
     parts = parse(spec.get('name'))
     if not any(p in _LOSS_DEFENSES for p in parts):
         return None
+    if plan.trainable_params == 0:
+        raise ValueError(
+            f'defense {spec.get("name")!r} trains through its loss, but the freeze spec '
+            f'({plan.source}) freezes all {plan.total_params:,} parameters; leave some '
+            "trainable (e.g. end the rules with '.*:trainable', or set fine_tune_from)."
+        )
     hp = _hyperparameters(spec)
     if 'mid' in parts and hp['mid_beta'] < 0:
         raise ValueError(f'defense.mid_beta must be >= 0, got {hp["mid_beta"]}.')
@@ -325,4 +341,5 @@ def build(
         pool=bido.pools_blocks(model),
         sample_rate=min(1.0, batch_size / max(train_size, 1)),
         hp=hp,
+        mesh=mesh,
     )

@@ -33,8 +33,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import logging
+from jax.sharding import Mesh
 
 from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.utils import sharding
 
 ACCOUNTANTS = ('rdp', 'pld')
 
@@ -65,19 +67,25 @@ def bn_inference_interceptor(next_fun, args, kwargs, context):
     return next_fun(*args, **kwargs)
 
 
-def per_example_grads(loss_fn: Callable[..., Any], params: Any, *batched: Any) -> Any:
+def per_example_grads(
+    loss_fn: Callable[..., Any], params: Any, *batched: Any, mesh: Mesh | None = None
+) -> Any:
     """`vmap(grad(loss_fn))` over the leading axis of `batched`.
 
     Args:
       loss_fn: `(params, *example) -> (loss, aux)` for one example.
       params: the differentiated pytree (shared by all examples).
       *batched: pytrees with a leading batch axis B.
+      mesh: the 'data' mesh the batch is sharded over; each device then computes its own
+        examples (`sharding.per_device`: XLA's SPMD partitioning of this vmap gives wrong
+        convolution gradients).
 
     Returns:
       `(grads, aux)`: grads like `params` with a leading axis B, aux batched likewise.
     """
     grad_fn = jax.grad(loss_fn, has_aux=True)
-    return jax.vmap(grad_fn, in_axes=(None, *([0] * len(batched))))(params, *batched)
+    per_example = jax.vmap(grad_fn, in_axes=(None, *([0] * len(batched))))
+    return sharding.per_device(per_example, mesh, len(batched))(params, *batched)
 
 
 def clip_factors(per_example: Any, clip_norm: float) -> tuple[jax.Array, jax.Array]:

@@ -35,6 +35,7 @@ from tldmi_jax.evaluation import attack_acc, features, fid, knn, report, runloca
 from tldmi_jax.models import inception
 from tldmi_jax.train import classifier
 from tldmi_jax.utils import checkpoint, metrics
+from tldmi_jax.utils import workdir as workdir_lib
 
 FID_FIELD = 'config.fid.inception_checkpoint'
 
@@ -154,7 +155,10 @@ def natural_accuracy(config: ml_collections.ConfigDict, meta: dict[str, Any]) ->
             return None
         block.checkpoint = path
     model, variables, size = features.load_classifier_block(
-        block, fallback_arch=recorded.get('arch'), fallback_size=meta.get('image_size')
+        block,
+        fallback_arch=recorded.get('arch'),
+        fallback_size=meta.get('image_size'),
+        name='target',
     )
     source = _source(config, config.data.test_split)
     prep = preprocess.get_preprocess(config.data.name, size)
@@ -181,19 +185,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Returns:
       The contents of `metrics.json` (NaN where a metric was skipped).
     """
-    os.makedirs(workdir, exist_ok=True)
     metrics.quiet_libraries()
+    workdir_lib.prepare(config, workdir)
     if config.runlocal:
         config = runlocal.fill_in(config, workdir)
     if not config.attack_dir or not config.eval_model.checkpoint:
         raise ValueError('Set --config.attack_dir and --config.eval_model.checkpoint.')
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.config_to_json(config))
-
     recon, meta = outputs.load(config.attack_dir)
     images, identity = recon['images'], recon['identity'].astype(np.int64)
     model, variables, eval_size = features.load_classifier_block(
-        config.eval_model, fallback_arch='facenet', fallback_size=112
+        config.eval_model, fallback_arch='facenet', fallback_size=112, name='eval_model'
     )
     eval_fn = features.classifier_fn(model, variables, eval_size)
     recon_feats, logits = features.run_batched(eval_fn, images, config.batch_size)
@@ -202,6 +203,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             f'Identities {identity.min()}..{identity.max()} are outside the evaluation '
             f"model's {logits.shape[1]} classes."
         )
+    workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
     acc = attack_acc.attack_accuracy(
         logits,
         identity,
@@ -302,6 +304,7 @@ def _write_outputs(
     """Writes metrics.json/.jsonl, the CSV tables, the pairs grid and report.md."""
     identity = recon['identity']
     report.write_json(os.path.join(workdir, 'metrics.json'), result)
+    metrics.truncate(workdir, -1)  # One record: this evaluation's, not one per attempt.
     writer = metrics.MetricWriter(workdir, tensorboard=False)
     scalars = {k: v for k, v in result.items() if not isinstance(v, str | None)}
     writer.write(0, scalars, log=False)

@@ -22,6 +22,7 @@ the same evaluation model and data reuses them and any change recomputes.
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ from flax import traverse_util
 from tldmi_jax import config_lib, models
 from tldmi_jax.data import pipeline
 from tldmi_jax.train import classifier
+from tldmi_jax.utils import atomic
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
@@ -70,7 +72,11 @@ def split_fingerprint(name: str, split: str, source: Any, kwargs: dict | None = 
 
 
 def load_classifier_block(
-    block: Any, *, fallback_arch: str | None = None, fallback_size: int | None = None
+    block: Any,
+    *,
+    fallback_arch: str | None = None,
+    fallback_size: int | None = None,
+    name: str = 'model',
 ) -> tuple[nn.Module, Any, int]:
     """Loads the classifier a config block names (`checkpoint`, `arch`, `num_classes`, ...).
 
@@ -83,9 +89,15 @@ def load_classifier_block(
         `image_size` (''/0 mean unset).
       fallback_arch: arch used when neither the block nor config.json names one.
       fallback_size: input size used when neither names one.
+      name: the block's config field (`eval_model`, `target`), for error messages.
 
     Returns:
       `(model, variables, image_size)`.
+
+    Raises:
+      ValueError: no architecture is known, or `block.image_size` differs from the size
+        the model was trained at (its `config.json`); inputs of any size are resized to the
+        model's own, so that field only matters without a `config.json`.
     """
     path = block.checkpoint
     saved = {}
@@ -95,6 +107,12 @@ def load_classifier_block(
     arch = block.get('arch') or saved.get('model', {}).get('arch') or fallback_arch
     if not arch:
         raise ValueError(f'{path}: set the architecture (no config.json names it).')
+    trained = saved.get('data', {}).get('image_size')
+    if block.get('image_size') and trained and int(block.image_size) != int(trained):
+        raise ValueError(
+            f'config.{name}.image_size={block.image_size} but {path} was trained at {trained} '
+            f'px; set --config.{name}.image_size=0 (images are resized to the trained size)'
+        )
     size = (
         block.get('image_size')
         or saved.get('data', {}).get('image_size')
@@ -248,22 +266,26 @@ class FeatureCache:
         return os.path.join(self.directory, f'{kind}-{config_lib.protocol_hash(key)}.npz')
 
     def load(self, kind: str, key: dict) -> dict[str, np.ndarray] | None:
-        """The stored arrays for `key`, or None."""
+        """The stored arrays for `key`, or None (also for an unreadable file, with a warning).
+
+        Files are only ever renamed into place whole, so an unreadable one was damaged
+        outside this code; it is recomputed rather than trusted. Never unpickles.
+        """
         path = self.path(kind, key)
         if not os.path.exists(path):
             return None
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            logging.warning('Feature cache %s is unreadable (%s); recomputing.', path, e)
+            return None
 
     def save(self, kind: str, key: dict, arrays: dict[str, np.ndarray]) -> str:
-        """Stores `arrays` atomically; returns the file path."""
-        os.makedirs(self.directory, exist_ok=True)
+        """Stores `arrays` (and the key beside them as JSON) atomically; returns the path."""
         path = self.path(kind, key)
-        tmp = path + '.tmp.npz'
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        with open(path[: -len('.npz')] + '.json', 'w') as f:
-            json.dump(key, f, indent=2, sort_keys=True, default=str)
+        atomic.write_json(path[: -len('.npz')] + '.json', key, sort_keys=True)
+        atomic.savez(path, **arrays)
         return path
 
     def get_or_compute(

@@ -1,7 +1,6 @@
 """Evaluation outputs: metrics.json, CSV tables, the pairs grid and report.md."""
 
 import csv
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tldmi_jax.reporting import grids
+from tldmi_jax.utils import atomic
 
 # Order and labels of the report table.
 METRIC_ROWS = (
@@ -37,14 +37,13 @@ def jsonable(value: Any) -> Any:
 
 def write_json(path: str, payload: dict[str, Any]) -> str:
     """Writes `payload` (NaN as null) as sorted, indented JSON; returns the path."""
-    with open(path, 'w') as f:
-        json.dump({k: jsonable(v) for k, v in payload.items()}, f, indent=2, sort_keys=True)
+    atomic.write_json(path, {k: jsonable(v) for k, v in payload.items()}, sort_keys=True)
     return path
 
 
 def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> str:
     """Writes dict rows (columns of the first row) as CSV; returns the path."""
-    with open(path, 'w', newline='') as f:
+    with atomic.open_for_write(path, newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows({k: jsonable(v) for k, v in row.items()} for row in rows)
@@ -133,6 +132,5 @@ def write_report(
             f'![reconstructions beside nearest private images]({os.path.basename(grid)})',
             '',
         ]
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines))
+    atomic.write_text(path, '\n'.join(lines))
     return path

@@ -23,8 +23,6 @@ discriminator); they convert in pairs into a prior directory with
 """
 
 import dataclasses
-import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -585,11 +583,8 @@ def convert_checkpoint(
         model_kwargs=model_kwargs,
         source=src,
     )
-    checkpoint.save_model(dst, conversion.params, conversion.batch_stats)
     files = {'conversion.json': conversion.report}
     if kind.full_model and kind.classifier:
         files['config.json'] = conversion.config()
-    for name, content in files.items():
-        with open(os.path.join(dst, name), 'w') as f:
-            json.dump(content, f, indent=2)
+    checkpoint.save_model(dst, conversion.params, conversion.batch_stats, files=files)
     return conversion

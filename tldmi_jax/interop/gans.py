@@ -38,9 +38,7 @@ for the [0, 1] output of priors trained here.
 """
 
 import dataclasses
-import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -402,7 +400,5 @@ def convert_prior(
         options=options,
         sources=(g_src, d_src),
     )
-    priors.save_prior(dst, prior)
-    with open(os.path.join(dst, 'conversion.json'), 'w') as f:
-        json.dump(report, f, indent=2)
+    priors.save_prior(dst, prior, files={'conversion.json': report})
     return prior, report

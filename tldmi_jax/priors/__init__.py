@@ -24,7 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from tldmi_jax.priors import gmi, kedmi, plgmi
-from tldmi_jax.utils import checkpoint
+from tldmi_jax.utils import atomic, checkpoint
 
 FAMILIES: dict[str, ModuleType] = {'gmi': gmi, 'kedmi': kedmi, 'plgmi': plgmi}
 PRIOR_DIR = 'prior'  # Where a train_gan workdir keeps its final prior.
@@ -182,15 +182,18 @@ def abstract_variables(spec: dict) -> dict:
     )
 
 
-def save_prior(path: str, prior: Prior) -> None:
-    """Writes `prior` to the directory `path` (replacing it): variables + `prior.json`."""
-    path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(path, _TREE_DIR), jax.device_get(prior.variables), force=True)
-    ckptr.wait_until_finished()
-    with open(os.path.join(path, SPEC_FILE), 'w') as f:
-        json.dump(prior.spec, f, indent=2, sort_keys=True)
+def save_prior(path: str, prior: Prior, files: dict[str, Any] | None = None) -> None:
+    """Writes `prior` to the directory `path` (replacing it): variables + `prior.json`.
+
+    The directory is written beside `path` and swapped in whole (`atomic.replacing_dir`), so
+    a killed save never leaves a half-written prior. `files` (`{filename: payload}`) are
+    written as JSON beside them (a converter's `conversion.json`).
+    """
+    with atomic.replacing_dir(path) as tmp:
+        checkpoint.save_tree(os.path.join(tmp, _TREE_DIR), prior.variables)
+        atomic.write_json(os.path.join(tmp, SPEC_FILE), prior.spec, sort_keys=True)
+        for name, payload in (files or {}).items():
+            atomic.write_json(os.path.join(tmp, name), payload)
 
 
 def find_prior_dir(path: str) -> str:
@@ -200,6 +203,8 @@ def find_prior_dir(path: str) -> str:
       FileNotFoundError: `path` does not exist.
       ValueError: neither `path` nor `path/prior` holds a `prior.json`.
     """
+    atomic.recover_dir(path)
+    atomic.recover_dir(os.path.join(path, PRIOR_DIR))
     if not os.path.isdir(path):
         raise FileNotFoundError(f'Prior not found: {path} does not exist.')
     for candidate in (path, os.path.join(path, PRIOR_DIR)):

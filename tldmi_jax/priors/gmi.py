@@ -28,8 +28,8 @@ from tldmi_jax.models.layers import BatchNorm
 from tldmi_jax.priors import layers
 
 Z_DIM = 100
-DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64)
-TINY = dict(z_dim=Z_DIM, g_dim=8, d_dim=8)
+DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, channels=3)
+TINY = dict(z_dim=Z_DIM, g_dim=8, d_dim=8, channels=3)
 
 
 def num_doublings(image_size: int) -> int:
@@ -95,7 +95,7 @@ def build(num_classes: int, image_size: int, **kw) -> tuple[nn.Module, nn.Module
     """The (generator, critic) pair; `num_classes` is unused (GMI is unconditional)."""
     del num_classes
     num_doublings(image_size)
-    g = Generator(dim=kw['g_dim'], image_size=image_size)
+    g = Generator(dim=kw['g_dim'], image_size=image_size, channels=kw['channels'])
     d = DGWGAN(dim=kw['d_dim'], image_size=image_size)
     return g, d
 
@@ -107,5 +107,5 @@ def init(
     del num_classes
     kg, kd = jax.random.split(key)
     z = jnp.zeros((2, z_dim), jnp.float32)
-    x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+    x = jnp.zeros((2, image_size, image_size, g.channels), jnp.float32)
     return {'generator': g.init(kg, z, train=False), 'discriminator': d.init(kd, x)}

@@ -19,8 +19,8 @@ import jax
 from tldmi_jax.priors import gmi, layers
 
 Z_DIM = 100
-DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, mbd_features=64, mbd_kernel_dims=50)
-TINY = dict(z_dim=Z_DIM, g_dim=8, d_dim=8, mbd_features=16, mbd_kernel_dims=8)
+DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, mbd_features=64, mbd_kernel_dims=50, channels=3)
+TINY = dict(z_dim=Z_DIM, g_dim=8, d_dim=8, mbd_features=16, mbd_kernel_dims=8, channels=3)
 
 Generator = gmi.Generator
 
@@ -58,7 +58,7 @@ def build(num_classes: int, image_size: int, **kw) -> tuple[nn.Module, nn.Module
     if num_classes < 1:
         raise ValueError(f'kedmi needs num_classes >= 1 (the target classes), got {num_classes}.')
     gmi.num_doublings(image_size)
-    g = Generator(dim=kw['g_dim'], image_size=image_size)
+    g = Generator(dim=kw['g_dim'], image_size=image_size, channels=kw['channels'])
     d = MinibatchDiscriminator(
         num_classes,
         dim=kw['d_dim'],

@@ -32,8 +32,8 @@ from tldmi_jax.models.layers import BatchNorm
 from tldmi_jax.priors import layers
 
 Z_DIM = 128
-DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, bottom_width=4, out_act='unit')
-TINY = dict(z_dim=32, g_dim=8, d_dim=8, bottom_width=4, out_act='unit')
+DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, bottom_width=4, out_act='unit', channels=3)
+TINY = dict(z_dim=32, g_dim=8, d_dim=8, bottom_width=4, out_act='unit', channels=3)
 
 _XAVIER_RELU = nn.initializers.variance_scaling(2.0, 'fan_avg', 'uniform')  # gain sqrt(2)
 _XAVIER = nn.initializers.xavier_uniform()
@@ -68,6 +68,7 @@ class ResNetGenerator(nn.Module):
       image_size: output side, bottom_width * 2**n (64: 4 blocks).
       bottom_width: side of the first feature map (4).
       out_act: 'unit' (default, images in [0, 1]) or 'tanh' (the original's raw output).
+      channels: output channels (3; 1 for grayscale data).
     """
 
     num_classes: int
@@ -75,6 +76,7 @@ class ResNetGenerator(nn.Module):
     image_size: int = 64
     bottom_width: int = 4
     out_act: str = 'unit'
+    channels: int = 3
 
     @nn.compact
     def __call__(self, z: jax.Array, y: jax.Array | None = None, train: bool = False):
@@ -92,7 +94,7 @@ class ResNetGenerator(nn.Module):
             width //= 2
             h = GenBlock(width, self.num_classes, name=f'block{i + 2}')(h, y, train)
         h = nn.relu(BatchNorm(name='b6')(h, train))
-        h = jnp.tanh(nn.Conv(3, (1, 1), name='conv6')(h))
+        h = jnp.tanh(nn.Conv(self.channels, (1, 1), name='conv6')(h))
         if self.out_act == 'unit':
             return 0.5 * (h + 1.0)
         if self.out_act == 'tanh':
@@ -156,6 +158,7 @@ def build(num_classes: int, image_size: int, **kw) -> tuple[nn.Module, nn.Module
         image_size=image_size,
         bottom_width=kw['bottom_width'],
         out_act=kw['out_act'],
+        channels=kw['channels'],
     )
     d = SNResNetProjectionDiscriminator(num_classes, num_features=kw['d_dim'])
     return g, d
@@ -169,7 +172,7 @@ def init(
     kg, kd = jax.random.split(key)
     z = jnp.zeros((2, z_dim), jnp.float32)
     y = jnp.zeros((2,), jnp.int32)
-    x = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+    x = jnp.zeros((2, image_size, image_size, g.channels), jnp.float32)
     return {'generator': g.init(kg, z, y, train=False), 'discriminator': d.init(kd, x, y)}
 
 

@@ -1,10 +1,11 @@
 """PNG image grids, optionally with a caption under each tile."""
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from tldmi_jax.utils import atomic
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -64,6 +65,5 @@ def make_grid(
 
 def save_grid(path: str, images: np.ndarray, **kwargs) -> str:
     """Writes `make_grid(images, **kwargs)` as a PNG at `path`; returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    make_grid(images, **kwargs).save(path)
+    atomic.save_image(make_grid(images, **kwargs), path)
     return path

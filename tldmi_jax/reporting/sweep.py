@@ -31,7 +31,8 @@ from absl import logging
 
 from tldmi_jax import config_lib
 from tldmi_jax.reporting import tables
-from tldmi_jax.utils import metrics
+from tldmi_jax.utils import atomic, metrics
+from tldmi_jax.utils import workdir as workdir_lib
 
 # Which prior (or helper models) each attack needs, and whether it depends on the target.
 _NEEDS = {
@@ -60,9 +61,31 @@ def _apply(config: ml_collections.ConfigDict, overrides: Any, prefix: str = '') 
             config[key] = value
 
 
-def _stage_config(sweep: ml_collections.ConfigDict, spec: str, stage: str):
-    """Loads a stage's config file, sets the sweep's data paths and the stage overrides."""
-    config = config_lib.load_config_file(spec, sweep.configs_dir)
+# The ':key=' argument that selects a variant in each stage's config file.
+_VARIANT_ARG = {'gan': 'prior', 'attack': 'attack'}
+
+
+def _stage_config(sweep: ml_collections.ConfigDict, spec: Any, stage: str, variant: str = ''):
+    """A stage's config, with the sweep's data paths and the stage overrides set.
+
+    Args:
+      sweep: the sweep config.
+      spec: a config file 'file.py[:args]' (relative to `sweep.configs_dir`), or the config
+        itself inline (a ConfigDict; for 'gan' and 'attack' one per variant:
+        `{'gmi': ConfigDict, 'kedmi': ...}`).
+      stage: 'train' | 'gan' | 'distill' | 'attack' | 'evaluate'.
+      variant: the prior kind (gan) or attack name (attack).
+    """
+    if isinstance(spec, ml_collections.ConfigDict):
+        if variant:
+            if variant not in spec:
+                raise ValueError(f'The sweep has no inline {stage} config for {variant!r}.')
+            spec = spec[variant]
+        config = ml_collections.ConfigDict(spec.to_dict())
+    else:
+        if variant:
+            spec = _with_arg(spec, f'{_VARIANT_ARG[stage]}={variant}')
+        config = config_lib.load_config_file(spec, sweep.configs_dir)
     for field in ('root', 'data_dir'):
         value = sweep.data.get(field)
         if value and 'data' in config and field in config.data:
@@ -107,9 +130,7 @@ class _Sweep:
         else:
             path = os.path.join(self.workdir, 'targets', target_name, 'priors', kind)
         if not _done(path):
-            config = _stage_config(
-                self.config, _with_arg(self.config.stages.gan, f'prior={kind}'), 'gan'
-            )
+            config = _stage_config(self.config, self.config.stages.gan, 'gan', kind)
             if kind != 'gmi':
                 config.target.checkpoint = target
             logging.info('sweep: training the %s prior in %s', kind, path)
@@ -149,9 +170,7 @@ class _Sweep:
         cell_dir = os.path.join(self.workdir, 'cells', f'{target_name}__{attack}')
         target = self.target(target_name)
         needs = _NEEDS[attack]
-        acfg = _stage_config(
-            self.config, _with_arg(self.config.stages.attack, f'attack={attack}'), 'attack'
-        )
+        acfg = _stage_config(self.config, self.config.stages.attack, 'attack', attack)
         acfg.target.checkpoint = target
         acfg.prior.checkpoint = self.prior(needs[0], target_name, target)
         if 'students' in needs:
@@ -190,9 +209,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
         raise ValueError(f'Unknown attacks {unknown}; use some of {sorted(_NEEDS)}.')
     if not config.targets:
         raise ValueError('No targets in config.targets.')
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.config_to_json(config))
+    workdir_lib.prepare(config, workdir)
+    workdir_lib.save_config(config, workdir)
     sweep = _Sweep(config, workdir)
     rows = []
     cells = [(t, a) for t in config.targets for a in config.attacks]
@@ -219,10 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
                     'traceback': traceback.format_exc(),
                 }
             record['seconds'] = time.perf_counter() - tic
-            os.makedirs(cell_dir, exist_ok=True)
-            with open(record_path + '.tmp', 'w') as f:
-                json.dump(record, f, indent=2, default=str)
-            os.replace(record_path + '.tmp', record_path)
+            atomic.write_json(record_path, record)
         rows.append({**_target_info(sweep, target_name), 'attack': attack, **tables.row(record)})
         tables.write(workdir, rows)
     return rows

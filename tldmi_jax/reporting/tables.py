@@ -5,6 +5,8 @@ import math
 import os
 from typing import Any
 
+from tldmi_jax.utils import atomic
+
 COLUMNS = (
     'target',
     'defense',
@@ -61,16 +63,24 @@ def _pm(mean: Any, std: Any) -> str:
 
 def write(workdir: str, rows: list[dict[str, Any]]) -> None:
     """Writes results.csv, results.md and utility_privacy.png for the rows so far."""
-    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    with atomic.open_for_write(os.path.join(workdir, 'results.csv'), newline='') as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k) for k in COLUMNS})
+    lines = ['# Defense x attack results', '', *markdown_table(rows)]
+    lines += ['', '![utility vs privacy](utility_privacy.png)', '']
+    atomic.write_text(os.path.join(workdir, 'results.md'), '\n'.join(lines))
+    plot(os.path.join(workdir, 'utility_privacy.png'), rows)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines of the Markdown results table (one row per cell)."""
     header = (
         '| target | defense | trainable | natural acc | attack | acc@1 | acc@5 | KNN dist | FID '
         '| protocol | status |'
     )
-    lines = ['# Defense x attack results', '', header, '|' + '---|' * 11]
+    lines = [header, '|' + '---|' * 11]
     for r in rows:
         status = r.get('status', '')
         if r.get('error'):
@@ -94,10 +104,7 @@ def write(workdir: str, rows: list[dict[str, Any]]) -> None:
             )
             + ' |'
         )
-    lines += ['', '![utility vs privacy](utility_privacy.png)', '']
-    with open(os.path.join(workdir, 'results.md'), 'w') as f:
-        f.write('\n'.join(lines))
-    plot(os.path.join(workdir, 'utility_privacy.png'), rows)
+    return lines
 
 
 def plot(path: str, rows: list[dict[str, Any]]) -> None:
@@ -132,5 +139,5 @@ def plot(path: str, rows: list[dict[str, Any]]) -> None:
     if attacks:
         ax.legend(title='attack', fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.savefig(fig, path, dpi=120)
     plt.close(fig)

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from tldmi_jax import config_lib, data, defenses, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.defenses import transfer
-from tldmi_jax.utils import checkpoint, loop, metrics, sharding
+from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
+from tldmi_jax.utils import workdir as workdir_lib
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -170,12 +171,10 @@ def evaluate(predict, params, batch_stats, images: np.ndarray, labels: np.ndarra
 def _load_data(config: ml_collections.ConfigDict):
     dc = config.data
     kwargs = dict(dc.get('kwargs', {}) or {})
-    train_src = data.get_source(
-        dc.name, 'private_train', root=dc.root, data_dir=dc.data_dir, **kwargs
-    )
-    test_src = data.get_source(
-        dc.name, 'private_test', root=dc.root, data_dir=dc.data_dir, **kwargs
-    )
+    train_split = dc.get('train_split', 'private_train')
+    test_split = dc.get('test_split', 'private_test')
+    train_src = data.get_source(dc.name, train_split, root=dc.root, data_dir=dc.data_dir, **kwargs)
+    test_src = data.get_source(dc.name, test_split, root=dc.root, data_dir=dc.data_dir, **kwargs)
     prep = preprocess.get_preprocess(dc.name, dc.image_size)
     n = len(train_src)
     select_on = config.get('select_on', 'val')
@@ -192,6 +191,12 @@ def _load_data(config: ml_collections.ConfigDict):
             labels=None if labels is None else np.asarray(labels)[all_idx],
         )
         train_idx, val_idx = all_idx[train_idx], all_idx[val_idx]
+        if not len(val_idx):
+            raise ValueError(
+                f'data.val_fraction={dc.val_fraction} of {len(all_idx)} training images '
+                'leaves no validation image; use more data, a larger fraction, or '
+                '--config.data.val_fraction=0 (no model selection)'
+            )
         val = _as_arrays(pipeline.load_all(train_src, val_idx, prep))
     else:
         train_idx, val = all_idx, None
@@ -213,14 +218,24 @@ def init_model(config: ml_collections.ConfigDict, num_classes: int, channels: in
     model = defenses.wrap_model(model, config.get('defense'))
     size = config.data.image_size
     dummy = jnp.zeros((1, size, size, channels), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.fold_in(jax.random.key(config.seed), 0), dummy
-    )
+    try:
+        variables = jax.jit(functools.partial(model.init, train=False))(
+            jax.random.fold_in(jax.random.key(config.seed), 0), dummy
+        )
+    except ZeroDivisionError as e:  # A layer's input shrank to nothing: a zero-sized fan-in.
+        raise ValueError(
+            f'config.data.image_size={size} is too small for {config.model.arch}: its '
+            f'downsampling leaves no pixels (it is used at '
+            f'{models.default_image_size(config.model.arch)} px).'
+        ) from e
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
     ckpt = config.init.get('checkpoint')
     if ckpt:
         loaded = checkpoint.load_model(ckpt)
         dont_load = tuple(config.init.get('dont_load') or ())
+        added = defenses.added_groups(config.get('defense'))
+        # A defense's own layers (MID's `vib`) start fresh when the checkpoint lacks them.
+        dont_load += tuple(f'{g}/.*' for g in added if g not in loaded['params'])
         params = checkpoint.merge_params(loaded['params'], params, dont_load, 'params')
         batch_stats = checkpoint.merge_params(
             loaded['batch_stats'], batch_stats, dont_load, 'batch_stats'
@@ -230,12 +245,14 @@ def init_model(config: ml_collections.ConfigDict, num_classes: int, channels: in
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) a classifier in `workdir`; returns the final summary metrics."""
-    os.makedirs(workdir, exist_ok=True)
-    metrics.quiet_libraries()
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.config_to_json(config))
+    """Trains (or resumes) a classifier in `workdir`; returns the final summary metrics.
 
+    Every input (data, model, init checkpoint, freeze spec, defense, devices) is checked
+    before anything is written to `workdir`.
+    """
+    metrics.quiet_libraries()
+    workdir_lib.prepare(config, workdir)
+    sharding.check_devices(config.get('devices', 0))
     train_src, train_idx, prep, val, test = _load_data(config)
     num_classes = config.model.get('num_classes') or train_src.num_classes
     channels = config.data.get('channels', 3)
@@ -249,30 +266,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     plan = transfer.resolve(model, params, batch_stats, config.defense)
     logging.info('Freeze plan: %s\n%s', plan.source, transfer.format_table(plan))
     tx = transfer.make_optimizer(make_base_optimizer(config.optim), plan.labels)
-    state = TrainState(
-        step=jnp.asarray(0, jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        best_val=jnp.asarray(-1.0, jnp.float32),
-        best_step=jnp.asarray(-1, jnp.int32),
-    )
-    mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
-
     bs = config.batch_size
     sched = loop.make_schedule(
         len(train_idx), bs, config.epochs, config.get('total_steps'), 'training images'
     )
     steps_per_epoch, total_steps = sched.steps_per_epoch, sched.total_steps
-    ckpt_every = sched.every(config.get('checkpoint_every_steps'))
-    log_every = config.get('log_every_steps') or 50
-    eval_every = sched.every(config.get('eval_every_steps'))
-
-    writer = metrics.MetricWriter(workdir)
-    writer.write(
-        int(state.step),
-        {'params/total': plan.total_params, 'params/trainable': plan.trainable_params},
-    )
+    mesh = sharding.data_mesh(bs, config.get('devices', 0))
     objective = defenses.build(
         config.defense,
         model,
@@ -283,7 +282,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch_size=bs,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
+        mesh=mesh,
     )
+    workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
+    state = TrainState(
+        step=jnp.asarray(0, jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        best_val=jnp.asarray(-1.0, jnp.float32),
+        best_step=jnp.asarray(-1, jnp.int32),
+    )
+    mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
+
+    ckpt_every = sched.every(config.get('checkpoint_every_steps'))
+    log_every = config.get('log_every_steps') or 50
+    eval_every = sched.every(config.get('eval_every_steps'))
+
+    writer = metrics.MetricWriter(workdir)
+    if int(state.step) == 0:  # Once per run; a resumed run keeps the first record.
+        writer.write(
+            0, {'params/total': plan.total_params, 'params/trainable': plan.trainable_params}
+        )
     host_metrics = objective.host_metrics if objective else lambda step: {}
     train_step = jax.jit(
         make_train_step(
@@ -293,11 +313,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     predict = jax.jit(make_predict_fn(model))
 
-    mesh = sharding.data_mesh(bs)
     logging.info('Data parallel over %d device(s).', mesh.size)
     state = sharding.replicate(state, mesh)
     step = int(state.step)
     acc: dict[str, list[float]] = {}
+    guard = loop.FiniteGuard()  # NaN/inf: stop, never checkpoint it (checked when fetched).
     bar = tqdm(total=total_steps, initial=step, desc='train', dynamic_ncols=True, mininterval=1.0)
     tic, seen = time.perf_counter(), 0
     while step < total_steps:
@@ -323,7 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 acc.setdefault(k, []).append(v)
             bar.update(1)
             if step % log_every == 0 or step == total_steps:
+                guard.check(acc, step, mngr)
                 summary = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
+                guard.record(step, summary)
                 rate = seen / max(time.perf_counter() - tic, 1e-9)
                 summary['train/images_per_sec'] = rate
                 summary['train/epoch'] = step / steps_per_epoch
@@ -340,6 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 split = 'test' if config.get('select_on', 'val') == 'test' else 'val'
                 writer.write(step, {f'{split}/{k}': v for k, v in res.items()})
                 if res['acc@1'] > float(state.best_val):
+                    guard.check(acc, step, mngr, params=state.params)
                     state = state.replace(
                         best_val=jnp.asarray(res['acc@1'], jnp.float32),
                         best_step=jnp.asarray(step, jnp.int32),
@@ -348,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         os.path.join(workdir, 'model_best'), state.params, state.batch_stats
                     )
             if step % ckpt_every == 0 or step == total_steps:
+                guard.check(acc, step, mngr, params=state.params)
                 checkpoint.save_state(mngr, step, state)
             if step >= total_steps:
                 break
@@ -373,8 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     writer.write(step, final)
     writer.close()
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(final, f, indent=2)
+    atomic.write_json(os.path.join(workdir, 'results.json'), final)
     return final
 
 

@@ -49,7 +49,8 @@ from tqdm import tqdm
 from tldmi_jax import config_lib, data, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.train import classifier
-from tldmi_jax.utils import checkpoint, loop, metrics, sharding
+from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
+from tldmi_jax.utils import workdir as workdir_lib
 
 
 class StudentState(flax.struct.PyTreeNode):
@@ -334,7 +335,7 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
         t2=config.kd.divide_by_t2,
     )
     train_step = jax.jit(step_fn, donate_argnums=0)
-    mesh = sharding.data_mesh(bs)
+    mesh = sharding.data_mesh(bs, config.get('devices', 0))
     state, target_vars = sharding.replicate((state, target_vars), mesh)
     ckpt_every = sched.every(config.checkpoint_every_steps)
     log_every = config.log_every_steps or 50
@@ -393,8 +394,7 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
     final.update({f'test/{k}': v for k, v in res.items()})
     writer.write(step, final)
     writer.close()
-    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-        json.dump(final, f, indent=2)
+    atomic.write_json(os.path.join(out_dir, 'results.json'), final)
     return final
 
 
@@ -415,17 +415,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       FileNotFoundError: the target checkpoint path does not exist.
     """
     _check_config(config)
-    os.makedirs(workdir, exist_ok=True)
     metrics.quiet_libraries()
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.config_to_json(config))
-
+    workdir_lib.prepare(config, workdir)
+    sharding.check_devices(config.get('devices', 0))
     ds = load_data(config)
     if ds.test_images.shape[-1] != config.data.channels:
         raise ValueError(
             f'config.data.channels={config.data.channels} but the images have '
             f'{ds.test_images.shape[-1]} channels.'
         )
+    workdir_lib.save_config(config, workdir)  # The data is valid: the run starts here.
     num_classes = config.model.num_classes or ds.num_classes
     target_path, target, target_vars = _load_target(config, workdir, num_classes)
     bs = config.batch_size
@@ -464,6 +463,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write(index, {f'{name}/{k}': v for k, v in res.items()})
         summary['students'].append({'name': name, 'arch': arch, 'dir': out_dir, **res})
     writer.close()
-    with open(os.path.join(workdir, 'distill.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    atomic.write_json(os.path.join(workdir, 'distill.json'), summary)
     return summary

@@ -14,7 +14,6 @@ target gives the highest softmax probability (cached in `workdir/pseudo_labels.n
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -28,11 +27,12 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from tldmi_jax import config_lib, data, priors
+from tldmi_jax import data, priors
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
 from tldmi_jax.train import classifier, gan_losses
-from tldmi_jax.utils import checkpoint, loop, metrics, sharding
+from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
+from tldmi_jax.utils import workdir as workdir_lib
 
 KINDS = tuple(priors.FAMILIES)
 _NOT_OPTIONS = ('kind', 'num_classes')
@@ -178,14 +178,12 @@ def pseudo_labels(config, workdir, target_path, target, target_vars, source, pre
     path = os.path.join(workdir, 'pseudo_labels.npz')
     key = dict(top_n=int(config.plgmi.top_n), num_public=len(source), target=target_path)
     if os.path.exists(path):
-        with np.load(path) as cached:
+        with np.load(path, allow_pickle=False) as cached:
             if all(k in cached.files and cached[k].item() == v for k, v in key.items()):
                 return cached['indices'], cached['labels']
     probs = _target_probs(target, target_vars, source, prep, config.batch_size)
     indices, labels = top_n_selection(probs, key['top_n'])
-    tmp = path + '.tmp.npz'  # Written whole, then renamed: a killed run leaves no torn file.
-    np.savez(tmp, indices=indices, labels=labels, **key)
-    os.replace(tmp, path)
+    atomic.savez(path, indices=indices, labels=labels, **key)
     logging.info(
         'Pseudo-labelled %d of %d public images (top %d per class).',
         len(np.unique(indices)),
@@ -221,7 +219,7 @@ def load_target(config: ml_collections.ConfigDict, workdir: str):
         )
     model, variables = classifier.load_classifier(ckpt)
     size = config.data.image_size
-    dummy = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    dummy = jax.ShapeDtypeStruct((1, size, size, config.prior.get('channels', 3)), jnp.float32)
     _, logits = jax.eval_shape(lambda x: model.apply(variables, x, train=False), dummy)
     num_classes = int(logits.shape[-1])
     wanted = int(config.prior.num_classes or 0)
@@ -289,11 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     kind = config.prior.kind
     if kind not in KINDS:
         raise ValueError(f'Unknown prior kind {kind!r}; known: {", ".join(KINDS)}.')
-    os.makedirs(workdir, exist_ok=True)
     metrics.quiet_libraries()
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.config_to_json(config))
-
+    workdir_lib.prepare(config, workdir)
+    sharding.check_devices(config.get('devices', 0))
     target, target_vars, num_classes, target_path = load_target(config, workdir)
     dc = config.data
     source = data.get_source(
@@ -304,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         **dict(dc.get('kwargs') or {}),
     )
     prep = preprocess.get_preprocess(dc.name, dc.image_size)
+    workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
     indices = np.arange(len(source))
     if kind == 'plgmi':
         idx, labels = pseudo_labels(config, workdir, target_path, target, target_vars, source, prep)
@@ -353,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         images = np.asarray(sample({'params': state.g_params, **state.g_state}))
         grids.save_grid(os.path.join(workdir, 'samples', f'step_{step}.png'), images, ncol=8)
 
-    mesh = sharding.data_mesh(bs)
+    mesh = sharding.data_mesh(bs, config.get('devices', 0))
     logging.info('Data parallel over %d device(s).', mesh.size)
     state = sharding.replicate(state, mesh)
     target_vars = sharding.replicate(target_vars, mesh) if target_vars is not None else {}
@@ -361,6 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = int(state.step)
     acc: dict[str, list] = {}
     last: dict[str, float] = {}
+    guard = loop.FiniteGuard()  # NaN/inf: stop, never checkpoint it (checked when fetched).
     bar = tqdm(total=total_steps, initial=step, desc=f'gan/{kind}', dynamic_ncols=True)
     tic, seen = time.perf_counter(), 0
     while step < total_steps:
@@ -383,7 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     acc.setdefault(k, []).append(v)
             bar.update(1)
             if step % log_every == 0 or step == total_steps:
+                guard.check(acc, step, mngr)
                 last = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
+                guard.record(step, last)
                 last['train/images_per_sec'] = seen / max(time.perf_counter() - tic, 1e-9)
                 last['train/epoch'] = step / steps_per_epoch
                 writer.write(step, last, log=False)  # Shown in the progress bar.
@@ -392,6 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step % sample_every == 0 or step == total_steps:
                 save_samples(step)
             if step % ckpt_every == 0 or step == total_steps:
+                guard.check(acc, step, mngr, params=(state.g_params, state.d_params))
                 checkpoint.save_state(mngr, step, state)
             if step >= total_steps:
                 break
@@ -403,10 +404,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     prior_dir = os.path.join(workdir, priors.PRIOR_DIR)
     priors.save_prior(prior_dir, prior)
     g_steps = -(-step // n_critic) if g_first else step // n_critic
+    if not last:  # Resumed at the last step: the killed run logged the last losses.
+        logged = [r for r in metrics.read_metrics(workdir) if 'd/loss' in r]
+        last = {k: v for k, v in logged[-1].items() if k != 'step'} if logged else {}
     summary = {'steps': step, 'g_steps': g_steps, 'prior_dir': prior_dir, **last}
     summary.pop('train/images_per_sec', None)
     writer.close()
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    atomic.write_json(os.path.join(workdir, 'results.json'), summary)
     logging.info('Saved the %s prior to %s', kind, prior_dir)
     return summary

@@ -1,17 +1,23 @@
 """Atomic file writes: write to a temporary name in the same directory, then rename.
 
 A reader (or a rerun after `kill -9`) sees either the old file or the complete new one,
-never half of it. Every output file of the library goes through these helpers.
+never half of it. Every output file of the library goes through these helpers, and every
+output directory that is not an orbax checkpoint (orbax commits by rename itself) through
+`replacing_dir`.
 
     atomic.write_json(os.path.join(workdir, 'results.json'), final)
     atomic.savez(os.path.join(workdir, 'reconstructions.npz'), images=images)
     with atomic.open_for_write(path, newline='') as f:
         csv.writer(f).writerows(rows)
+    with atomic.replacing_dir(os.path.join(workdir, 'prior')) as tmp:
+        write_every_file_of_the_prior(tmp)
 """
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -87,3 +93,53 @@ def savefig(fig: Any, path: str, **kwargs: Any) -> None:
     """`fig.savefig(path, **kwargs)` atomically (matplotlib figure)."""
     with replacing(path) as tmp:
         fig.savefig(tmp, **kwargs)
+
+
+# Directories: `path.partial` is being written (never trusted), `path.new` is complete and
+# waiting to be swapped in, `path.old` is the previous version while the swap runs.
+_PARTIAL, _NEW, _OLD = '.partial', '.new', '.old'
+
+
+def recover_dir(path: str) -> None:
+    """Finishes a directory swap that a killed `replacing_dir` left half done.
+
+    Only the window between its two renames leaves `path` missing; then `path.new` (complete)
+    or, failing that, `path.old` (the previous version) becomes `path` again. Idempotent, and
+    a no-op when `path` exists.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        return
+    for candidate in (path + _NEW, path + _OLD):
+        if os.path.isdir(candidate):
+            os.replace(candidate, path)
+            return
+
+
+@contextlib.contextmanager
+def replacing_dir(path: str) -> Iterator[str]:
+    """Yields a fresh temporary directory path; swaps it in as `path` if the block succeeds.
+
+    The block creates and fills the yielded directory (which does not exist yet). Readers of
+    `path` see the old directory or the complete new one: after a `kill -9` at any moment,
+    `recover_dir(path)` (which `replacing_dir` and the model loaders call) restores one of
+    them, and a half-written directory is never at `path`.
+    """
+    path = os.path.abspath(path)
+    recover_dir(path)
+    tmp, new, old = path + _PARTIAL, path + _NEW, path + _OLD
+    # A killed earlier attempt: its partial directory (and orbax's temporary one inside the
+    # same name) and a committed one that `recover_dir` did not need.
+    for stale in (*glob.glob(glob.escape(tmp) + '*'), new):
+        shutil.rmtree(stale, ignore_errors=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, new)  # Commit: `new` is complete from here on.
+        if os.path.exists(path):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from tldmi_jax.utils import atomic
+
 MODEL_DIRS = ('model_best', 'model_final')
 
 
@@ -41,8 +43,8 @@ def resume(
 ) -> tuple[ocp.CheckpointManager, Any, int | None]:
     """Opens `workdir/checkpoints` and restores its latest state into `state`'s structure.
 
-    When a checkpoint is found, `workdir/metrics.jsonl` is trimmed to its step, so a resumed
-    run logs every step once.
+    `workdir/metrics.jsonl` is trimmed to the restored step (emptied when there is no
+    checkpoint: the run starts again), so a resumed run logs every step once.
 
     Returns:
       `(manager, state, restored_step or None)`.
@@ -53,7 +55,7 @@ def resume(
     state, restored = restore_latest(mngr, state)
     if restored is not None:
         logging.info('Resuming %s from step %d', workdir, restored)
-        metrics.truncate(workdir, restored)
+    metrics.truncate(workdir, -1 if restored is None else restored)
     return mngr, state, restored
 
 
@@ -62,20 +64,43 @@ def save_state(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
     mngr.save(step, args=ocp.args.StandardSave(jax.tree.map(np.array, state)))
 
 
-def save_model(path: str, params: Any, batch_stats: Any) -> None:
-    """Writes a model checkpoint (params and batch_stats) to `path`, replacing it."""
+def save_tree(path: str, tree: Any) -> None:
+    """Writes a pytree as an orbax checkpoint directory at `path` (blocking, new directory)."""
     ckptr = ocp.StandardCheckpointer()
-    tree = {'params': params, 'batch_stats': batch_stats or {}}
-    ckptr.save(os.path.abspath(path), jax.device_get(tree), force=True)
+    ckptr.save(os.path.abspath(path), jax.device_get(tree))
     ckptr.wait_until_finished()
+
+
+def save_model(
+    path: str, params: Any, batch_stats: Any, files: dict[str, Any] | None = None
+) -> None:
+    """Writes a model checkpoint (params and batch_stats) to `path`, replacing it.
+
+    The new checkpoint is written beside `path` and swapped in (`atomic.replacing_dir`), so
+    a kill at any moment leaves the previous model or the new one, never a half-written or
+    missing directory that a rerun would trust.
+
+    Args:
+      path: the model directory.
+      params: parameter tree.
+      batch_stats: BatchNorm statistics tree (None or {} if the model has none).
+      files: `{filename: payload}` written as JSON into the directory with the weights
+        (e.g. a converter's `conversion.json`).
+    """
+    with atomic.replacing_dir(path) as tmp:
+        save_tree(tmp, {'params': params, 'batch_stats': batch_stats or {}})
+        for name, payload in (files or {}).items():
+            atomic.write_json(os.path.join(tmp, name), payload)
 
 
 def find_model_dir(path: str) -> str:
     """Resolves a model checkpoint directory from a model dir or a trainer workdir."""
+    atomic.recover_dir(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f'Model checkpoint not found: {path}')
     for name in MODEL_DIRS:
         candidate = os.path.join(path, name)
+        atomic.recover_dir(candidate)
         if os.path.isdir(candidate):
             return candidate
     return path

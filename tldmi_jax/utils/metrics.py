@@ -8,6 +8,8 @@ from typing import Any
 
 from absl import logging
 
+from tldmi_jax.utils import atomic
+
 
 def _scalar(value: Any) -> Any:
     try:
@@ -23,6 +25,7 @@ class MetricWriter:
     def __init__(self, workdir: str, tensorboard: bool = True):
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, 'metrics.jsonl')
+        _drop_torn_tail(self.path)  # A kill mid-append must not glue two records together.
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -64,17 +67,39 @@ def quiet_libraries() -> None:
         absl_logger.addFilter(_DropLibraryInfo())
 
 
+def _drop_torn_tail(path: str) -> None:
+    """Cuts a last line that has no newline (an append interrupted by a kill)."""
+    if not os.path.exists(path):
+        return
+    with open(path, 'rb+') as f:
+        data = f.read()
+        if data and not data.endswith(b'\n'):
+            f.truncate(data.rfind(b'\n') + 1)
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """Reads back every record of `workdir/metrics.jsonl` (empty list if none)."""
+    """Reads back every record of `workdir/metrics.jsonl` (empty list if none).
+
+    A last line without its newline (torn by a kill mid-append) is not a record and is
+    skipped.
+    """
     path = os.path.join(workdir, 'metrics.jsonl')
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split('\n')
+    return [json.loads(line) for line in lines[:-1] if line.strip()]
 
 
 def truncate(workdir: str, step: int) -> None:
-    """Drops records past `step` from `workdir/metrics.jsonl` (a run resuming at `step`)."""
+    """Drops records past `step` from `workdir/metrics.jsonl` (a run resuming at `step`).
+
+    `step=-1` drops every record (a run starting again from scratch). The file is
+    rewritten atomically.
+    """
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if not os.path.exists(path):
+        return
     records = [r for r in read_metrics(workdir) if r.get('step', 0) <= step]
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    with atomic.open_for_write(path) as f:
         f.writelines(json.dumps(r) + '\n' for r in records)

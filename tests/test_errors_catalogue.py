@@ -1,0 +1,744 @@
+"""The bad-input catalogue: every case stops with one clear `error:` line and no partial output.
+
+Each case runs a launcher on a command line (`cli.call` in this process, or a real
+subprocess for a few) and checks: the exit status (1, or 2 for a bad command line), exactly
+one stderr line starting with `error:`, which is the last non-empty line and contains the
+case's expected text, no `Traceback` (that needs `--verbose`), and no partial output (the
+workdir is absent or empty, or for a failure in the middle of a run, no bad checkpoint).
+
+`docs/errors.md` is generated from `CASES`: `python tests/test_errors_catalogue.py`
+rewrites it, and `test_docs_are_up_to_date` fails when it is stale.
+"""
+
+import dataclasses
+import errno
+import json
+import os
+import pickle
+import runpy
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, 'docs', 'errors.md')
+CELEBA = 'configs/celeba.py'
+RUNLOCAL = 'configs/celeba.py:runlocal'
+ATTACK = 'configs/attack_celeba.py'
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Where a case's inputs and outputs live (a fresh `tmp` per case)."""
+
+    tmp: str
+    target: str  # A 4-class vgg16_tiny trainer-style dir at 32 px.
+    prior: str  # A tiny GMI prior at 32 px.
+    attack: str  # An attack dir with four 32 px reconstructions.
+
+    @property
+    def workdir(self) -> str:
+        return os.path.join(self.tmp, 'wd')
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One bad input: how to trigger it, the error line it must give and what to do."""
+
+    id: str
+    input: str  # The bad input, in words.
+    command: str  # The command shape, for the docs.
+    expect: str  # A stable part of the error line.
+    fix: str  # What to do.
+    launcher: str
+    args: Callable[[Paths], list[str]]
+    status: int = 1
+    setup: Callable[[Paths], None] | None = None
+    patch: Callable[[Paths, pytest.MonkeyPatch], None] | None = None
+    outputs: Callable[[Paths], None] | None = None  # None: the workdir stays absent/empty.
+    subprocess: bool = False
+
+
+# --------------------------------------------------------------------------- setups
+
+
+def _fake_celeba(p: Paths) -> str:
+    from tldmi_jax.data import testing
+
+    root = os.path.join(p.tmp, 'celeba')
+    testing.write_fake_celeba(root)
+    return root
+
+
+def _celeba_args(root: str) -> Callable[[Paths], list[str]]:
+    def args(p: Paths) -> list[str]:
+        data_root = root if os.path.isabs(root) else os.path.join(p.tmp, root)
+        return [
+            f'--config={CELEBA}',
+            f'--workdir={p.workdir}',
+            f'--config.data.root={data_root}',
+            f'--config.data.data_dir={os.path.join(p.tmp, "tfds")}',
+        ]
+
+    return args
+
+
+def _missing_image(p: Paths) -> None:
+    root = _fake_celeba(p)
+    with open(os.path.join(root, 'trainset.txt'), 'a') as f:
+        f.write('missing_000.jpg 0\n')
+
+
+def _undecodable_image(p: Paths) -> None:
+    root = _fake_celeba(p)
+    with open(os.path.join(root, 'img_align_celeba', '000001.jpg'), 'wb') as f:
+        f.write(b'this is not a JPEG')
+
+
+def _fake_fashion(p: Paths) -> None:
+    from tldmi_jax.data import testing
+
+    testing.write_fake_fashion_mnist(os.path.join(p.tmp, 'fashion'), train_per_class=8)
+
+
+def _truncated_target(p: Paths) -> None:
+    copy = os.path.join(p.tmp, 'truncated')
+    shutil.copytree(p.target, copy)
+    files = [
+        os.path.join(d, f)
+        for d, _, names in os.walk(os.path.join(copy, 'model_final'))
+        for f in names
+    ]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, 'r+b') as f:
+        f.truncate(os.path.getsize(largest) // 2)
+
+
+def _pickle_with_code(p: Paths) -> None:
+    with open(os.path.join(p.tmp, 'evil.pth'), 'wb') as f:
+        pickle.dump({'fc.weight': _RunsCode(os.path.join(p.tmp, 'marker'))}, f, protocol=2)
+
+
+class _RunsCode:
+    """Unpickles as a call to `os.system` (which must never happen)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def _file_in_the_way(p: Paths) -> None:
+    with open(os.path.join(p.tmp, 'file'), 'w') as f:
+        f.write('a file where the workdir should go\n')
+
+
+def _other_run(p: Paths) -> None:
+    from tldmi_jax import config_lib
+
+    config = config_lib.load_config_file(RUNLOCAL, ROOT)
+    config.optim.lr = 0.5
+    os.makedirs(p.workdir)
+    with open(os.path.join(p.workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def _oom(p: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tldmi_jax.train import classifier
+
+    def make_train_step(*args, **kwargs):
+        def step(state, batch):
+            raise jax.errors.JaxRuntimeError(
+                'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 17.18GiB.'
+            )
+
+        return step
+
+    monkeypatch.setattr(classifier, 'make_train_step', make_train_step)
+
+
+def _disk_full(p: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tldmi_jax.utils import checkpoint
+
+    def save_state(mngr, step, state):
+        path = os.path.join(p.workdir, 'checkpoints', str(step))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(checkpoint, 'save_state', save_state)
+
+
+# --------------------------------------------------------------------------- output checks
+
+
+def _workdir_clean(p: Paths) -> None:
+    wd = p.workdir
+    assert not os.path.exists(wd) or not os.listdir(wd), os.listdir(wd)
+
+
+def _only_the_other_runs_config(p: Paths) -> None:
+    assert os.listdir(p.workdir) == ['config.json']
+    with open(os.path.join(p.workdir, 'config.json')) as f:
+        assert json.load(f)['optim']['lr'] == 0.5
+
+
+def _checkpoints_finite(p: Paths) -> None:
+    from tldmi_jax.utils import checkpoint
+
+    ckpt = os.path.join(p.workdir, 'checkpoints')
+    steps = sorted(int(s) for s in os.listdir(ckpt) if s.isdigit())
+    assert steps, 'the last good checkpoint is kept'
+    mngr = checkpoint.manager(ckpt, 2)
+    tree = mngr.restore(steps[-1])
+    mngr.close()
+    for leaf in jax.tree.leaves(tree['params']):
+        assert np.isfinite(leaf).all()
+    assert not os.path.exists(os.path.join(p.workdir, 'model_final'))
+
+
+def _no_checkpoint(p: Paths) -> None:
+    assert not os.path.exists(os.path.join(p.workdir, 'model_final'))
+
+
+def _no_conversion(p: Paths) -> None:
+    assert not os.path.exists(os.path.join(p.tmp, 'out'))
+    assert not os.path.exists(os.path.join(p.tmp, 'marker')), 'the pickle ran code'
+
+
+def _rl(*extra: str) -> Callable[[Paths], list[str]]:
+    """`train.py` on the runlocal config with `extra` overrides."""
+    return lambda p: [f'--config={RUNLOCAL}', f'--workdir={p.workdir}', *extra]
+
+
+def _attack(*extra: str, target: str = 'target', prior: str = 'prior'):
+    """`attack.py` (GMI unless overridden) on the fake target and prior."""
+
+    def args(p: Paths) -> list[str]:
+        t = p.target if target == 'target' else os.path.join(p.tmp, target)
+        return [
+            f'--config={ATTACK}',
+            f'--workdir={p.workdir}',
+            f'--config.target.checkpoint={t}',
+            f'--config.prior.checkpoint={p.prior}',
+            *extra,
+        ]
+
+    return args
+
+
+TRAIN = 'python launch/train.py --config=configs/celeba.py[:runlocal] --workdir=W'
+ATTACK_CMD = (
+    'python launch/attack.py --config=configs/attack_celeba.py --workdir=W '
+    '--config.target.checkpoint=T --config.prior.checkpoint=P'
+)
+
+CASES = [
+    Case(
+        id='config-typo',
+        input='a misspelt config field',
+        command=f'{TRAIN} --config.optim.lrr=0.1',
+        expect='--config.optim.lrr: no such config field \'lrr\'; did you mean "lr"?',
+        fix='Spell the field as the config file does (the line suggests the nearest name).',
+        launcher='train',
+        args=_rl('--config.optim.lrr=0.1'),
+        status=2,
+        subprocess=True,
+    ),
+    Case(
+        id='bad-config-value',
+        input='a config value of the wrong type',
+        command=f'{TRAIN} --config.optim.lr=fast',
+        expect="flag --config.optim.lr=fast: could not convert string to float: 'fast'",
+        fix='Give a value of the type the field has (a float here).',
+        launcher='train',
+        args=_rl('--config.optim.lr=fast'),
+        status=2,
+    ),
+    Case(
+        id='unknown-config-arg',
+        input="an unknown ':arg' of a config file",
+        command='python launch/train.py --config=configs/celeba.py:archh=ir152 --workdir=W',
+        expect="Unknown config argument 'archh'; known: arch, defense, runlocal.",
+        fix='Use one of the arguments listed (`:arch=ir152`).',
+        launcher='train',
+        args=lambda p: [f'--config={CELEBA}:archh=ir152', f'--workdir={p.workdir}'],
+        status=2,
+    ),
+    Case(
+        id='unknown-flag',
+        input='a flag the launcher does not have',
+        command=f'{TRAIN} --lr=0.1',
+        expect="Unknown command line flag 'lr'",
+        fix='Launchers take only --config, --workdir (and --verbose); set fields as --config.*.',
+        launcher='train',
+        args=_rl('--lr=0.1'),
+        status=2,
+    ),
+    Case(
+        id='missing-workdir',
+        input='no --workdir',
+        command='python launch/train.py --config=configs/celeba.py:runlocal',
+        expect='--workdir is required',
+        fix='Pass --workdir=DIR; every output goes under it.',
+        launcher='train',
+        args=lambda p: [f'--config={RUNLOCAL}'],
+        status=2,
+    ),
+    Case(
+        id='missing-data-dir',
+        input='a data root that does not exist',
+        command=f'{TRAIN} --config.data.root=/no/such/celeba',
+        expect='celeba_mi manual directory: directory /no/such/celeba does not exist',
+        fix='Point --config.data.root at the manual directory (see README, Data).',
+        launcher='train',
+        args=_celeba_args('/no/such/celeba'),
+        subprocess=True,
+    ),
+    Case(
+        id='empty-data-dir',
+        input='an empty data root',
+        command=f'{TRAIN} --config.data.root=EMPTY_DIR',
+        expect='is empty (see the README, Data)',
+        fix='Put img_align_celeba/ and the split files in the data root.',
+        launcher='train',
+        args=_celeba_args('empty'),
+        setup=lambda p: os.makedirs(os.path.join(p.tmp, 'empty')),
+    ),
+    Case(
+        id='split-file-missing-image',
+        input='a split file naming an image that is not there',
+        command=f'{TRAIN} --config.data.root=DIR',
+        expect='celeba_mi private_train: image file',
+        fix='Restore the image or remove its line from the split file (the line names both).',
+        launcher='train',
+        args=_celeba_args('celeba'),
+        setup=_missing_image,
+    ),
+    Case(
+        id='undecodable-image',
+        input='an image file that does not decode',
+        command=f'{TRAIN} --config.data.root=DIR',
+        expect='does not decode (corrupt or not an image)',
+        fix='Replace the named file with a valid image.',
+        launcher='train',
+        args=_celeba_args('celeba'),
+        setup=_undecodable_image,
+    ),
+    Case(
+        id='grayscale-for-rgb',
+        input='grayscale images where the model expects RGB',
+        command=(
+            'python launch/train.py --config=configs/fashion_mnist.py --workdir=W '
+            '--config.data.channels=3'
+        ),
+        expect='config.data.channels=3 but fashion_mnist_mi images have 1 channels',
+        fix="Set --config.data.channels to the data's channels (1 for Fashion-MNIST).",
+        launcher='train',
+        args=lambda p: [
+            '--config=configs/fashion_mnist.py:runlocal',
+            f'--workdir={p.workdir}',
+            f'--config.data.root={os.path.join(p.tmp, "fashion")}',
+            '--config.data.channels=3',
+        ],
+        setup=_fake_fashion,
+    ),
+    Case(
+        id='image-size-too-small',
+        input='an image size the architecture cannot take',
+        command=f'{TRAIN} --config.data.image_size=8',
+        expect='config.data.image_size=8 is too small for vgg16_tiny',
+        fix='Use the size the architecture is built for (named in the line). Images of '
+        'another size in the data directory are resized, as in the original code.',
+        launcher='train',
+        args=_rl('--config.data.image_size=8'),
+    ),
+    Case(
+        id='unknown-dataset',
+        input='an unknown dataset name',
+        command=f'{TRAIN} --config.data.name=imagenet',
+        expect="unknown dataset 'imagenet'; valid:",
+        fix='Use one of the datasets listed.',
+        launcher='train',
+        args=_rl('--config.data.name=imagenet'),
+    ),
+    Case(
+        id='unknown-arch',
+        input='an unknown architecture',
+        command=f'{TRAIN} --config.model.arch=vgg19',
+        expect="Unknown arch 'vgg19'; known:",
+        fix='Use one of the architectures listed.',
+        launcher='train',
+        args=_rl('--config.model.arch=vgg19'),
+    ),
+    Case(
+        id='unknown-defense',
+        input='an unknown defense',
+        command=f'{TRAIN} --config.defense.name=mixup',
+        expect="Unknown defense 'mixup' in 'mixup'; valid:",
+        fix="Use one of the defenses listed, or a '+'-joined combination.",
+        launcher='train',
+        args=_rl('--config.defense.name=mixup'),
+    ),
+    Case(
+        id='unknown-attack',
+        input='an unknown attack',
+        command=(
+            'python launch/attack.py --config=configs/attack_celeba.py:attack=ppa,runlocal '
+            '--workdir=W'
+        ),
+        expect="Unknown attack 'ppa'; use one of",
+        fix='Use one of the attacks listed.',
+        launcher='attack',
+        args=lambda p: [f'--config={ATTACK}:attack=ppa,runlocal', f'--workdir={p.workdir}'],
+    ),
+    Case(
+        id='freeze-rule-matches-nothing',
+        input='a freeze rule that matches no parameter',
+        command=(
+            f'{TRAIN} --config.defense.name=tldmi '
+            "--config.defense.rules='conv9/.*:frozen;.*:trainable'"
+        ),
+        expect="Freeze rules match no parameter: ['conv9/.*']",
+        fix='Fix the regex; `launch/describe.py` prints the parameter groups and names.',
+        launcher='train',
+        args=_rl(
+            '--config.defense.name=tldmi', '--config.defense.rules=conv9/.*:frozen;.*:trainable'
+        ),
+    ),
+    Case(
+        id='freeze-all-with-defense',
+        input='a freeze spec that freezes everything while the defense needs gradients',
+        command=f"{TRAIN} --config.defense.name=tldmi+mid --config.defense.rules='.*:frozen'",
+        expect="defense 'tldmi+mid' trains through its loss, but the freeze spec",
+        fix='Leave some parameters trainable (a later cut point, or a final `.*:trainable` rule).',
+        launcher='train',
+        args=_rl('--config.defense.name=tldmi+mid', '--config.defense.rules=.*:frozen'),
+    ),
+    Case(
+        id='checkpoint-other-arch',
+        input='a target checkpoint of another architecture',
+        command=f'{ATTACK_CMD} --config.target.arch=ir152_tiny',
+        expect='is not a ir152_tiny checkpoint with 4 classes: Cannot load params;',
+        fix='Give the architecture the checkpoint was trained with (or a trainer workdir, '
+        'whose config.json names it).',
+        launcher='attack',
+        args=_attack('--config.target.arch=ir152_tiny'),
+    ),
+    Case(
+        id='truncated-checkpoint',
+        input='a truncated (damaged) checkpoint',
+        command=ATTACK_CMD,
+        expect='is not a readable orbax model checkpoint',
+        fix='Re-copy or retrain the checkpoint; the named directory is damaged.',
+        launcher='attack',
+        args=_attack(target='truncated'),
+        setup=_truncated_target,
+    ),
+    Case(
+        id='prior-wrong-kind',
+        input='a prior of the wrong kind for the attack',
+        command=(
+            'python launch/attack.py --config=configs/attack_celeba.py:attack=kedmi '
+            '--workdir=W --config.target.checkpoint=T --config.prior.checkpoint=GMI_PRIOR'
+        ),
+        expect='Attack kedmi needs a kedmi prior;',
+        fix='Train the prior the attack needs (launch/train_gan.py :prior=KIND).',
+        launcher='attack',
+        args=_attack('--config.attack.name=kedmi'),
+    ),
+    Case(
+        id='identities-beyond-classes',
+        input="attacked identities beyond the target's classes",
+        command=f'{ATTACK_CMD} --config.identities.first=2 --config.identities.count=8',
+        expect='Identities 4..9 are outside the target classes 0..3.',
+        fix='Attack identities 0..K-1 of a K-class target (identities.first/count).',
+        launcher='attack',
+        args=_attack('--config.identities.first=2', '--config.identities.count=8'),
+    ),
+    Case(
+        id='pickle-with-code',
+        input='a PyTorch checkpoint whose pickle would run code',
+        command='python launch/convert.py --kind=vgg16 --src=evil.pth --dst=OUT',
+        expect='Refused to load',
+        fix='Nothing in the file ran. Get a plain state dict (tensors only) from a trusted source.',
+        launcher='convert',
+        args=lambda p: [
+            '--kind=vgg16',
+            f'--src={os.path.join(p.tmp, "evil.pth")}',
+            f'--dst={os.path.join(p.tmp, "out")}',
+        ],
+        setup=_pickle_with_code,
+        outputs=_no_conversion,
+    ),
+    Case(
+        id='nan-loss',
+        input='a loss that becomes NaN or inf',
+        command=f'{TRAIN} --config.optim.lr=1e12',
+        expect='non-finite',
+        fix='Lower --config.optim.lr (the line gives the step and the last finite metrics; '
+        'the last good checkpoint is kept), then rerun with --config.overwrite=True or a new '
+        'workdir.',
+        launcher='train',
+        args=_rl(
+            '--config.optim.lr=1e12',
+            '--config.checkpoint_every_steps=1',
+            '--config.log_every_steps=1',
+        ),
+        outputs=_checkpoints_finite,
+    ),
+    Case(
+        id='disk-full',
+        input='disk full while saving (simulated ENOSPC)',
+        command=TRAIN,
+        expect='disk full while writing',
+        fix='Free space (or use another --workdir) and rerun the same command: it resumes.',
+        launcher='train',
+        args=_rl(),
+        patch=_disk_full,
+        outputs=_no_checkpoint,
+    ),
+    Case(
+        id='out-of-memory',
+        input='out of device memory (simulated RESOURCE_EXHAUSTED)',
+        command=TRAIN,
+        expect='out of device memory',
+        fix='Use the smaller batch the line suggests (attacks: --config.identities.batch_size).',
+        launcher='train',
+        args=_rl(),
+        patch=_oom,
+        outputs=_no_checkpoint,
+    ),
+    Case(
+        id='workdir-not-writable',
+        input='a workdir that cannot be written',
+        command='python launch/train.py --config=configs/celeba.py:runlocal --workdir=FILE/wd',
+        expect='workdir not writable:',
+        fix='Choose a writable --workdir (or fix its permissions).',
+        launcher='train',
+        args=lambda p: [f'--config={RUNLOCAL}', f'--workdir={os.path.join(p.tmp, "file", "wd")}'],
+        setup=_file_in_the_way,
+        outputs=lambda p: None,
+    ),
+    Case(
+        id='workdir-other-config',
+        input='a workdir that holds a run with another config',
+        command=f'{TRAIN} (W holds a run with --config.optim.lr=0.5)',
+        expect='holds a run with a different config (optim.lr: 0.5 -> 0.01);',
+        fix='Rerun with the same config to resume, choose another --workdir, or pass '
+        '--config.overwrite=True to delete that run.',
+        launcher='train',
+        args=_rl(),
+        setup=_other_run,
+        outputs=_only_the_other_runs_config,
+    ),
+    Case(
+        id='too-many-devices',
+        input='more devices requested than present',
+        command=f'{TRAIN} --config.devices=64',
+        expect='config.devices=64 but',
+        fix='Use --config.devices=0 (all) or at most the count in the line.',
+        launcher='train',
+        args=_rl('--config.devices=64'),
+    ),
+    Case(
+        id='eval-size-mismatch',
+        input="an evaluation image size that differs from the evaluation model's",
+        command=(
+            'python launch/evaluate.py --config=configs/evaluate_celeba.py --workdir=W '
+            '--config.attack_dir=A --config.eval_model.checkpoint=E '
+            '--config.eval_model.image_size=64'
+        ),
+        expect='config.eval_model.image_size=64 but',
+        fix='Leave --config.eval_model.image_size=0: reconstructions are resized to the size '
+        'the evaluation model was trained at.',
+        launcher='evaluate',
+        args=lambda p: [
+            '--config=configs/evaluate_celeba.py',
+            f'--workdir={p.workdir}',
+            f'--config.attack_dir={p.attack}',
+            f'--config.eval_model.checkpoint={p.target}',
+            '--config.eval_model.image_size=64',
+        ],
+    ),
+    Case(
+        id='missing-attack-output',
+        input='an attack directory without reconstructions',
+        command=(
+            'python launch/evaluate.py --config=configs/evaluate_celeba.py --workdir=W '
+            '--config.attack_dir=EMPTY --config.eval_model.checkpoint=E'
+        ),
+        expect='No attack output:',
+        fix='Point --config.attack_dir at a finished launch/attack.py workdir.',
+        launcher='evaluate',
+        args=lambda p: [
+            '--config=configs/evaluate_celeba.py',
+            f'--workdir={p.workdir}',
+            f'--config.attack_dir={os.path.join(p.tmp, "no_attack")}',
+            f'--config.eval_model.checkpoint={p.target}',
+        ],
+    ),
+]
+
+
+# --------------------------------------------------------------------------- running
+
+
+@pytest.fixture(scope='module')
+def artefacts(tmp_path_factory) -> dict[str, str]:
+    """A fake 4-class target, a tiny GMI prior and four reconstructions (no training)."""
+    from tldmi_jax import models, priors
+    from tldmi_jax.attacks import outputs
+    from tldmi_jax.utils import checkpoint
+
+    base = tmp_path_factory.mktemp('artefacts')
+    target = str(base / 'target')
+    model = models.get_model('vgg16_tiny', 4)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    checkpoint.save_model(
+        os.path.join(target, 'model_final'), variables['params'], variables['batch_stats']
+    )
+    with open(os.path.join(target, 'config.json'), 'w') as f:
+        json.dump({'model': {'arch': 'vgg16_tiny'}, 'data': {'image_size': 32}}, f)
+    prior = str(base / 'prior')
+    priors.save_prior(prior, priors.make_prior('gmi', image_size=32, tiny=True))
+    attack = str(base / 'attack')
+    meta = {'attack': 'gmi', 'target': {'arch': 'vgg16_tiny'}, 'image_size': 32}
+    zeros = np.zeros(4, np.int32)
+    outputs.save(attack, np.zeros((4, 32, 32, 3)), np.arange(4), zeros, zeros, meta)
+    return {'target': target, 'prior': prior, 'attack': attack}
+
+
+def _launcher(name: str) -> str:
+    return os.path.join(ROOT, 'launch', f'{name}.py')
+
+
+def _in_process(case: Case, argv: list[str], capsys) -> tuple[int, str]:
+    """Runs the launcher's `main` through `cli.call`; its flags are removed afterwards."""
+    from tldmi_jax.utils import cli
+
+    before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
+    capsys.readouterr()
+    try:
+        main = runpy.run_path(_launcher(case.launcher), run_name=f'_launch_{case.launcher}')
+        status = cli.call(main['main'], [_launcher(case.launcher), *argv])
+    finally:
+        flags.FLAGS.unparse_flags()
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
+        if was_parsed:
+            flags.FLAGS.mark_as_parsed()
+    return status, capsys.readouterr().err
+
+
+def _subprocess(case: Case, argv: list[str]) -> tuple[int, str]:
+    proc = subprocess.run(
+        [sys.executable, _launcher(case.launcher), *argv],
+        cwd=ROOT,
+        env=dict(os.environ),  # Compile settings: tests/conftest.py.
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc.returncode, proc.stderr
+
+
+def error_lines(stderr: str) -> tuple[list[str], str]:
+    """The lines starting with 'error:', and the last non-empty line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return [line for line in lines if line.startswith('error:')], (lines or [''])[-1]
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, artefacts, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)  # Config paths are relative to the repository.
+    paths = Paths(str(tmp_path), **artefacts)
+    if case.setup:
+        case.setup(paths)
+    if case.patch:
+        case.patch(paths, monkeypatch)
+    argv = case.args(paths)
+    if case.subprocess:
+        status, stderr = _subprocess(case, argv)
+    else:
+        status, stderr = _in_process(case, argv, capsys)
+    errors, last = error_lines(stderr)
+    assert status == case.status, stderr[-3000:]
+    assert len(errors) == 1, stderr[-3000:]
+    assert last == errors[0], stderr[-3000:]
+    assert case.expect in errors[0], errors[0]
+    assert 'Traceback' not in stderr
+    (case.outputs or _workdir_clean)(paths)
+
+
+def test_verbose_prints_the_traceback_above_the_error_line(tmp_path):
+    case = next(c for c in CASES if c.id == 'missing-data-dir')
+    paths = Paths(str(tmp_path), '', '', '')
+    status, stderr = _subprocess(case, [*case.args(paths), '--verbose'])
+    errors, last = error_lines(stderr)
+    assert status == 1
+    assert 'Traceback' in stderr and 'DataError' in stderr
+    assert len(errors) == 1 and last == errors[0] and case.expect in last
+
+
+# --------------------------------------------------------------------------- the docs
+
+_INTRO = """\
+# Errors and what to do
+
+Every launcher (`launch/*.py`) reports a failure as **one line** on stderr that starts
+with `error:`; it is the last line the run prints. The exit status is 1, or 2 for a bad
+command line (an unknown flag, a misspelt config field, a value that does not parse).
+There is no traceback unless `--verbose` is given, which prints it above the error line.
+Inputs are checked before anything is written, so a bad input leaves no partial output:
+no workdir is created (an existing one stays as it was). A failure in the middle of a run
+(NaN loss, disk full, out of memory) keeps the last good checkpoint; rerunning the same
+command resumes.
+
+A workdir remembers the config of its run (`config.json`). Rerunning with the same config
+resumes; a different config is refused with the differing fields (old -> new) unless
+`--config.overwrite=True`, which deletes that run and starts afresh.
+
+This page is generated from the test table in `tests/test_errors_catalogue.py` (one test per
+row checks the status, the single error line, the text below and that no partial output is
+left): `python tests/test_errors_catalogue.py` rewrites it.
+
+| id | bad input | command | the `error:` line contains | what to do |
+|---|---|---|---|---|
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace('|', '\\|')
+
+
+def render() -> str:
+    """docs/errors.md, from CASES."""
+    rows = [
+        f'| `{c.id}` | {_cell(c.input)} | `{_cell(c.command)}` | `{_cell(c.expect)}` '
+        f'| {_cell(c.fix)} |'
+        for c in CASES
+    ]
+    return _INTRO + '\n'.join(rows) + '\n'
+
+
+def test_docs_are_up_to_date():
+    assert len(CASES) >= 20
+    assert len({c.id for c in CASES}) == len(CASES)
+    with open(DOC) as f:
+        assert f.read() == render(), 'stale: run python tests/test_errors_catalogue.py'
+
+
+if __name__ == '__main__':
+    os.makedirs(os.path.dirname(DOC), exist_ok=True)
+    with open(DOC, 'w') as f:
+        f.write(render())
+    print(f'wrote {DOC} ({len(CASES)} cases)')

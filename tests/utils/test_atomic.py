@@ -1,0 +1,143 @@
+"""Atomic writes: a kill at any point leaves the old or the new content, never a mix."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tldmi_jax.utils import atomic, checkpoint, metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Replaces `path` (a directory of two files) with version `new`, dying (os._exit, as after
+# SIGKILL: no cleanup runs) at the k-th rename, removal or file write.
+_SWAP = r"""
+import os, shutil, sys
+from tldmi_jax.utils import atomic
+
+path, new, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+count = [0]
+
+def point():
+    if count[0] == k:
+        os._exit(9)
+    count[0] += 1
+
+def dying(real):
+    def wrapped(*args, **kwargs):
+        point()
+        return real(*args, **kwargs)
+    return wrapped
+
+os.replace, shutil.rmtree = dying(os.replace), dying(shutil.rmtree)
+with atomic.replacing_dir(path) as tmp:
+    os.makedirs(tmp)
+    for name in ('a', 'b'):
+        point()
+        with open(os.path.join(tmp, name), 'w') as f:
+            f.write(new)
+print('finished')
+"""
+
+
+def _version(path):
+    """The version a directory holds; fails on a mix of two versions or a missing file."""
+    contents = {open(os.path.join(path, n)).read() for n in ('a', 'b')}
+    assert len(contents) == 1, contents
+    return contents.pop()
+
+
+def _swap(path, new, k):
+    proc = subprocess.run(
+        [sys.executable, '-c', _SWAP, path, new, str(k)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode in (0, 9), proc.stderr
+    return proc.returncode == 0
+
+
+def test_directory_swap_killed_at_every_point_leaves_old_or_new(tmp_path):
+    path = str(tmp_path / 'model')
+    assert _swap(path, 'v1', 99)  # The first version, written whole.
+    seen = []
+    for k in range(20):
+        finished = _swap(path, f'v{k + 2}', k)
+        atomic.recover_dir(path)  # What every reader of a model directory does first.
+        version = _version(path)
+        assert version in (f'v{k + 1}', f'v{k + 2}'), (k, version)
+        seen.append(version == f'v{k + 2}')
+        if finished:
+            break
+        if version == f'v{k + 2}':  # Killed after the swap: the next run starts from it.
+            continue
+        # Still the old version: write the expected one for the next round.
+        assert _swap(path, f'v{k + 2}', 99)
+    assert finished and k >= 6, k  # Every kill point up to a completed swap was tried.
+    assert any(seen[:-1]), 'no kill point fell after the commit'
+    assert sorted(os.listdir(tmp_path)) == ['model']  # A finished swap leaves no leftovers.
+
+
+def test_a_failing_block_leaves_the_old_directory(tmp_path):
+    path = str(tmp_path / 'd')
+    with atomic.replacing_dir(path) as tmp:
+        os.makedirs(tmp)
+        open(os.path.join(tmp, 'f'), 'w').write('old')
+    with pytest.raises(RuntimeError), atomic.replacing_dir(path) as tmp:
+        os.makedirs(tmp)
+        open(os.path.join(tmp, 'f'), 'w').write('half')
+        raise RuntimeError
+    assert open(os.path.join(path, 'f')).read() == 'old'
+    assert sorted(os.listdir(tmp_path)) == ['d']
+
+
+def test_model_loaders_finish_an_interrupted_swap(tmp_path):
+    params = {'fc': {'kernel': np.full((2, 2), 3.0, np.float32)}}
+    workdir = tmp_path / 'run'
+    checkpoint.save_model(str(workdir / 'model_best'), params, {})
+    # The state between the swap's two renames: the new model waits as `model_best.new`.
+    os.replace(workdir / 'model_best', workdir / 'model_best.new')
+    tree = checkpoint.load_model(str(workdir))
+    np.testing.assert_array_equal(tree['params']['fc']['kernel'], 3.0)
+    assert sorted(os.listdir(workdir)) == ['model_best']
+    # A half-written `.partial` directory is never read, and the next save removes it.
+    os.makedirs(workdir / 'model_final.partial')
+    with pytest.raises(ValueError, match='not a readable'):
+        checkpoint.load_model(str(workdir / 'model_final.partial'))
+    checkpoint.save_model(str(workdir / 'model_final'), params, {})
+    assert sorted(os.listdir(workdir)) == ['model_best', 'model_final']
+
+
+def test_file_writers_replace_whole_files(tmp_path):
+    path = str(tmp_path / 'out' / 'results.json')
+    atomic.write_json(path, {'a': 1})
+    with pytest.raises(RuntimeError), atomic.open_for_write(path) as f:
+        f.write('{"a": 2, "trunc')
+        raise RuntimeError
+    assert json.load(open(path)) == {'a': 1}
+    atomic.savez(str(tmp_path / 'x.npz'), v=np.arange(3))
+    assert np.load(tmp_path / 'x.npz')['v'].tolist() == [0, 1, 2]
+    assert sorted(os.listdir(tmp_path)) == ['out', 'x.npz']
+    assert os.listdir(tmp_path / 'out') == ['results.json']
+
+
+def test_metrics_log_survives_a_torn_last_line(tmp_path):
+    workdir = str(tmp_path)
+    writer = metrics.MetricWriter(workdir, tensorboard=False)
+    for step in (1, 2, 3):
+        writer.write(step, {'loss': float(step)}, log=False)
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+        f.write('{"step": 4, "lo')  # A kill in the middle of an append.
+    assert [r['step'] for r in metrics.read_metrics(workdir)] == [1, 2, 3]
+    writer = metrics.MetricWriter(workdir, tensorboard=False)  # The rerun's writer.
+    writer.write(4, {'loss': 4.0}, log=False)
+    assert [r['step'] for r in metrics.read_metrics(workdir)] == [1, 2, 3, 4]
+    metrics.truncate(workdir, 2)  # Resuming from the checkpoint of step 2.
+    assert [r['step'] for r in metrics.read_metrics(workdir)] == [1, 2]
+    metrics.truncate(workdir, -1)  # No checkpoint: the run starts again.
+    assert metrics.read_metrics(workdir) == []
