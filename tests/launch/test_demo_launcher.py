@@ -1,0 +1,146 @@
+"""End to end: launch/demo.py (runlocal, generated idx files), its rerun, and the notebook."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, 'configs', 'demo.py') + ':runlocal'
+TARGETS = ('none', 'tldmi_block2', 'tldmi_block3', 'tldmi_head')
+
+
+def _run_demo(workdir):
+    cmd = [sys.executable, os.path.join(ROOT, 'launch', 'demo.py'), f'--config={CONFIG}']
+    proc = subprocess.run(
+        [*cmd, f'--workdir={workdir}'], capture_output=True, text=True, timeout=900, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp('demo') / 'run')
+    proc = _run_demo(workdir)
+    return workdir, proc
+
+
+def _mtimes(workdir):
+    names = ['pretrain/results.json', 'eval_model/results.json', 'fisher/fisher.json']
+    names += [f'sweep/cells/{t}__gmi/cell.json' for t in TARGETS]
+    names += ['sweep/priors/gmi/results.json']
+    return {n: os.stat(os.path.join(workdir, n)).st_mtime_ns for n in names}
+
+
+def test_demo_writes_every_artefact(demo_run):
+    workdir, proc = demo_run
+    # Stage progress lines, then the headline sentence.
+    assert [f'[demo {i}/5]' in proc.stdout for i in range(1, 6)] == [True] * 5
+    # 1. pre-training on the public classes, as a 5-class task.
+    with open(os.path.join(workdir, 'pretrain', 'config.json')) as f:
+        pre = json.load(f)
+    assert pre['data']['train_split'] == 'public_train'
+    assert pre['data']['test_split'] == 'public_test'
+    # 2. the evaluation model is another architecture.
+    with open(os.path.join(workdir, 'eval_model', 'config.json')) as f:
+        assert json.load(f)['model']['arch'] == 'resnet18'
+    # 3. targets: no defense from scratch; TL-DMI from the pre-training, fewer trainable
+    # parameters the later fine-tuning starts.
+    trainable = {}
+    for t in TARGETS:
+        tdir = os.path.join(workdir, 'sweep', 'targets', t)
+        with open(os.path.join(tdir, 'config.json')) as f:
+            cfg = json.load(f)
+        with open(os.path.join(tdir, 'results.json')) as f:
+            trainable[t] = json.load(f)['params/trainable']
+        if t == 'none':
+            assert cfg['defense']['name'] == 'none' and not cfg['init']['checkpoint']
+        else:
+            assert cfg['defense']['name'] == 'tldmi'
+            assert cfg['init']['checkpoint'] == os.path.join(workdir, 'pretrain')
+    counts = [trainable[t] for t in TARGETS]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == len(counts)
+    # The attack and evaluation of every target.
+    with open(os.path.join(workdir, 'sweep', 'results.csv')) as f:
+        lines = f.read().strip().splitlines()
+    assert len(lines) == 1 + len(TARGETS)
+    with open(os.path.join(workdir, 'summary.json')) as f:
+        summary = json.load(f)
+    for row in summary['rows']:
+        assert row['status'] == 'done', row
+        for key in ('attack/acc@1', 'attack/acc@1_std', 'attack/acc@5', 'attack/knn_dist'):
+            assert isinstance(row[key], float), (key, row)
+        assert 0.0 <= row['target/natural_acc'] <= 1.0
+    headline = summary['headline']
+    assert headline['sentence'].startswith('TL-DMI (fine-tuning from block3) ')
+    assert headline['sentence'] in proc.stdout
+    assert headline['acc@1_drop'] == pytest.approx(headline['none/acc@1'] - headline['tldmi/acc@1'])
+    # 4. Fisher information of the no-defense target, both tasks, every layer group.
+    with open(os.path.join(workdir, 'fisher', 'fisher.json')) as f:
+        fisher = json.load(f)
+    assert [g['group'] for g in fisher['groups']] == [
+        'block0',
+        'block1',
+        'block2',
+        'block3',
+        'head',
+    ]
+    assert fisher['target'].endswith(os.path.join('targets', 'none'))
+    # 5. the report: every image it names exists; the HTML inlines each of them.
+    with open(os.path.join(workdir, 'report.md')) as f:
+        report = f.read()
+    images = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', report)
+    for t in TARGETS:
+        assert f'grids/{t}__gmi.png' in images
+    assert 'sweep/utility_privacy.png' in images and 'fisher/fisher.png' in images
+    for rel in images:
+        with open(os.path.join(workdir, rel), 'rb') as f:
+            assert f.read(8) == b'\x89PNG\r\n\x1a\n', rel
+    with open(os.path.join(workdir, 'report.html')) as f:
+        page = f.read()
+    inlined = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(inlined) == len(images)
+    assert all(base64.b64decode(s)[:4] == b'\x89PNG' for s in inlined)
+    assert '<table>' in page and page.count('<tr>') == 1 + len(TARGETS)
+
+
+def test_demo_rerun_skips_finished_stages(demo_run):
+    workdir, _ = demo_run
+    before = _mtimes(workdir)
+    proc = _run_demo(workdir)
+    assert _mtimes(workdir) == before  # Nothing retrained, re-attacked or re-analysed.
+    assert 'report:' in proc.stdout
+
+
+# The kernel's zmq threads may report a closed event loop while the client shuts down.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_colab_notebook_runs(demo_run):
+    nbclient = pytest.importorskip('nbclient')
+    nbformat = pytest.importorskip('nbformat')
+    workdir, _ = demo_run
+    nb = nbformat.read(os.path.join(ROOT, 'notebooks', 'tldmi_colab.ipynb'), as_version=4)
+    params = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
+    assert len(params) == 1
+    params[0].source += f'\nRUNLOCAL = True\nINSTALL = False\nWORKDIR = {workdir!r}\n'
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': ROOT}}
+    )
+    client.execute()
+    pngs = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == 'code'
+        for out in cell.get('outputs', [])
+        if 'image/png' in out.get('data', {})
+    ]
+    # Utility plot, Fisher plot and one grid per target.
+    assert len(pngs) == 2 + len(TARGETS)
+    text = ''.join(
+        out.get('text', '') for cell in nb.cells if cell.cell_type == 'code' for out in cell.outputs
+    )
+    assert 'TL-DMI (fine-tuning from block3)' in text
