@@ -15,9 +15,11 @@ TARGETS = ('none', 'tldmi_block2', 'tldmi_block3', 'tldmi_head')
 
 
 def _run_demo(workdir):
+    """Runs the demo as `make demo` does: a workdir relative to the current directory."""
     cmd = [sys.executable, os.path.join(ROOT, 'launch', 'demo.py'), f'--config={CONFIG}']
+    parent, name = os.path.split(workdir)
     proc = subprocess.run(
-        [*cmd, f'--workdir={workdir}'], capture_output=True, text=True, timeout=900, cwd=ROOT
+        [*cmd, f'--workdir={name}'], capture_output=True, text=True, timeout=900, cwd=parent
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc

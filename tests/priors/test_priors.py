@@ -188,11 +188,12 @@ def test_max_margin_loss_and_augment():
 
 
 @pytest.mark.parametrize('kind', KINDS)
-def test_save_load_round_trip(tiny, kind, tmp_path):
+def test_save_load_round_trip(tiny, kind, tmp_path, monkeypatch):
     prior = tiny[kind]
-    priors.save_prior(str(tmp_path / 'prior'), prior)
+    monkeypatch.chdir(tmp_path)  # Relative paths, as a launcher's relative --workdir gives.
+    priors.save_prior('prior', prior)
     # A train_gan workdir (holding prior/) is accepted too.
-    loaded = priors.load_prior(str(tmp_path))
+    loaded = priors.load_prior('.')
     assert loaded.spec == prior.spec and loaded.kind == kind
     z = jax.random.normal(jax.random.key(12), (2, prior.z_dim))
     y = jnp.array([2, 3])
@@ -206,6 +207,18 @@ def test_save_load_round_trip(tiny, kind, tmp_path):
         discriminate(loaded.variables['discriminator'], x, y),
         discriminate(prior.variables['discriminator'], x, y),
     )
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_grayscale_priors(kind):
+    """`channels=1` builds generator and discriminator for one-channel images."""
+    prior = priors.make_prior(kind, num_classes=NUM_CLASSES, image_size=32, tiny=True, channels=1)
+    z = jax.random.normal(jax.random.key(3), (2, prior.z_dim))
+    y = jnp.array([0, 1])
+    images = prior.generate(prior.variables['generator'], z, y)
+    assert images.shape == (2, 32, 32, 1) and prior.spec['channels'] == 1
+    out = prior.discriminate(prior.variables['discriminator'], images, y)
+    assert jax.tree.leaves(out)[0].shape[0] == 2
 
 
 def test_load_prior_errors(tiny, tmp_path):

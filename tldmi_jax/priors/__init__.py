@@ -237,7 +237,7 @@ def load_prior(path: str) -> Prior:
         raise ValueError(f'{spec_path} is not a valid prior spec: {e!r}') from e
     tree_path = os.path.join(prior_dir, _TREE_DIR)
     try:
-        raw = ocp.StandardCheckpointer().restore(tree_path)
+        raw = ocp.StandardCheckpointer().restore(os.path.abspath(tree_path))  # orbax: absolute.
     except Exception as e:  # orbax raises several types for a missing or foreign dir
         raise ValueError(f'{tree_path} is not a readable prior checkpoint: {e}') from e
     shapes = abstract_variables(spec)

@@ -374,7 +374,12 @@ def write_report(config, workdir: str, rows, fisher_result, root, timings: dict)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) the demo in `workdir`; returns `summary.json`'s content."""
+    """Runs (or resumes) the demo in `workdir`; returns `summary.json`'s content.
+
+    Stage configs name their inputs by absolute path, so a rerun through a relative or an
+    absolute `workdir` (the launcher, the notebook) resumes alike.
+    """
+    workdir = os.path.abspath(workdir)
     metrics.quiet_libraries()
     workdir_lib.prepare(config, workdir)
     generated = config.runlocal and not config.data.get('root')

@@ -202,7 +202,12 @@ def _target_info(sweep: _Sweep, name: str) -> dict[str, Any]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-    """Runs (or resumes) the sweep; returns one row per cell (see `tables.COLUMNS`)."""
+    """Runs (or resumes) the sweep; returns one row per cell (see `tables.COLUMNS`).
+
+    Stage workdirs are recorded as absolute paths in their configs, so the same sweep
+    reached through a relative or an absolute `workdir` resumes alike.
+    """
+    workdir = os.path.abspath(workdir)
     metrics.quiet_libraries()
     unknown = [a for a in config.attacks if a not in _NEEDS]
     if unknown:
