@@ -262,7 +262,7 @@ def _blocks(config, rows, fisher_result, grid_paths, prior_samples, hl, timings)
             + f' (total {sum(timings.values()) / 60:.1f} min, summed over resumed runs).',
         ),
         ('h2', 'Results'),
-        ('table', tables.markdown_table(rows)),
+        ('table', rows),
         ('img', ('Utility vs privacy', 'sweep/utility_privacy.png')),
         ('h2', 'Fisher information per layer (no-defense target)'),
     ]
@@ -299,7 +299,7 @@ def _markdown(blocks) -> str:
         elif kind == 'p':
             lines += [payload, '']
         elif kind == 'table':
-            lines += [*payload, '']
+            lines += [*tables.markdown_table(payload), '']
         elif kind == 'img':
             lines += [f'![{payload[0]}]({payload[1]})', '']
     return '\n'.join(lines)
@@ -313,11 +313,8 @@ def _html(blocks, workdir: str) -> str:
         elif kind == 'p':
             body.append(f'<p>{html.escape(payload)}</p>')
         elif kind == 'table':
-            rows = [[c.strip() for c in line.strip('|').split('|')] for line in payload]
-            head, data = rows[0], rows[2:]
-            cells = ''.join(f'<th>{html.escape(c)}</th>' for c in head)
-            trs = [f'<tr>{cells}</tr>']
-            for r in data:
+            trs = ['<tr>' + ''.join(f'<th>{html.escape(c)}</th>' for c in tables.HEADER) + '</tr>']
+            for r in tables.cells(payload):
                 trs.append('<tr>' + ''.join(f'<td>{html.escape(c)}</td>' for c in r) + '</tr>')
             body.append('<table>' + ''.join(trs) + '</table>')
         elif kind == 'img':

@@ -74,37 +74,50 @@ def write(workdir: str, rows: list[dict[str, Any]]) -> None:
     plot(os.path.join(workdir, 'utility_privacy.png'), rows)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
-    """The lines of the Markdown results table (one row per cell)."""
-    header = (
-        '| target | defense | trainable | natural acc | attack | acc@1 | acc@5 | KNN dist | FID '
-        '| protocol | status |'
-    )
-    lines = [header, '|' + '---|' * 11]
+HEADER = (
+    'target',
+    'defense',
+    'trainable',
+    'natural acc',
+    'attack',
+    'acc@1',
+    'acc@5',
+    'KNN dist',
+    'FID',
+    'protocol',
+    'status',
+)
+
+
+def cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The formatted cells of the results table, one list per row (columns: `HEADER`)."""
+    out = []
     for r in rows:
         status = r.get('status', '')
         if r.get('error'):
             status = f'{status}: {r["error"]}'.replace('|', '/').replace('\n', ' ')
-        lines.append(
-            '| '
-            + ' | '.join(
-                [
-                    str(r.get('target', '')),
-                    str(r.get('defense', '')),
-                    _fmt(r.get('trainable_params')),
-                    _fmt(r.get('target/natural_acc')),
-                    str(r.get('attack', '')),
-                    _pm(r.get('attack/acc@1'), r.get('attack/acc@1_std')),
-                    _pm(r.get('attack/acc@5'), r.get('attack/acc@5_std')),
-                    _fmt(r.get('attack/knn_dist')),
-                    _fmt(r.get('attack/fid')),
-                    _fmt(r.get('protocol_hash')),
-                    status,
-                ]
-            )
-            + ' |'
+        out.append(
+            [
+                str(r.get('target', '')),
+                str(r.get('defense', '')),
+                _fmt(r.get('trainable_params')),
+                _fmt(r.get('target/natural_acc')),
+                str(r.get('attack', '')),
+                _pm(r.get('attack/acc@1'), r.get('attack/acc@1_std')),
+                _pm(r.get('attack/acc@5'), r.get('attack/acc@5_std')),
+                _fmt(r.get('attack/knn_dist')),
+                _fmt(r.get('attack/fid')),
+                _fmt(r.get('protocol_hash')),
+                status,
+            ]
         )
-    return lines
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines of the Markdown results table (one row per cell)."""
+    lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
+    return lines + ['| ' + ' | '.join(row) + ' |' for row in cells(rows)]
 
 
 def plot(path: str, rows: list[dict[str, Any]]) -> None:

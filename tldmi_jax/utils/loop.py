@@ -4,6 +4,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -113,5 +114,10 @@ def _first_nonfinite_loss(acc: dict[str, list], step: int) -> str | None:
 
 
 def _all_finite(tree: Any) -> bool:
-    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
-    return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
+    """Reduced where the arrays live: one boolean crosses to the host, not the tree."""
+    flags = [
+        jnp.isfinite(x).all()
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return bool(jnp.stack(flags).all()) if flags else True
