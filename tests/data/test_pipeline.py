@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tldmi_jax import data
-from tldmi_jax.data import preprocess
+from tldmi_jax.data import pipeline, preprocess
 
 
 def _index_source(n=23):
@@ -190,3 +190,12 @@ def test_synthetic_is_learnable():
     assert accuracy > 0.8  # chance is 0.1
     # Not trivially separable either: images of a class differ from each other.
     assert x_train[train.labels == 0].std(0).mean() > 0.03
+
+
+def test_pad_batch_appends_zero_rows_only_to_a_short_batch():
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    padded = pipeline.pad_batch(x, 5)
+    assert padded.shape == (5, 2) and padded.dtype == x.dtype
+    np.testing.assert_array_equal(padded[:3], x)
+    np.testing.assert_array_equal(padded[3:], 0)
+    assert pipeline.pad_batch(x, 3) is x

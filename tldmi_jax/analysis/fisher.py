@@ -103,9 +103,7 @@ class FisherEstimator:
                 real = len(x)
                 mask = np.zeros(size, np.float32)
                 mask[:real] = 1.0
-                if real < size:
-                    x = np.concatenate([x, np.zeros((size - real, *x.shape[1:]), x.dtype)])
-                    y = np.concatenate([y, np.zeros(size - real, y.dtype)])
+                x, y = pipeline.pad_batch(x, size), pipeline.pad_batch(y, size)
                 yield x, y.astype(np.int32), mask, real
 
     def run(self, params: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, int]:

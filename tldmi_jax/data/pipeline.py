@@ -121,6 +121,18 @@ def load_all(
         return _collate(list(pool.map(lambda i: _load(source, preprocess, i), indices)))
 
 
+def pad_batch(array: np.ndarray, batch_size: int) -> np.ndarray:
+    """`array` [n, ...] with zeros appended along axis 0 up to `batch_size` rows.
+
+    The last, short batch of an inference pass keeps the compiled batch shape; callers
+    keep the first n outputs.
+    """
+    real = len(array)
+    if real >= batch_size:
+        return array
+    return np.concatenate([array, np.zeros((batch_size - real, *array.shape[1:]), array.dtype)])
+
+
 def split_validation(
     num_records: int,
     fraction: float,

@@ -188,14 +188,6 @@ def inception_fn(
     return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
 
 
-def _pad_to(images: np.ndarray, batch_size: int) -> np.ndarray:
-    real = len(images)
-    if real == batch_size:
-        return images
-    pad = np.zeros((batch_size - real, *images.shape[1:]), images.dtype)
-    return np.concatenate([images, pad])
-
-
 def _concat(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
 
@@ -217,7 +209,7 @@ def run_batched(fn: FeatureFn, images: np.ndarray, batch_size: int) -> tuple[np.
     parts = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        out = fn(_pad_to(chunk, batch_size))
+        out = fn(pipeline.pad_batch(chunk, batch_size))
         parts.append(tuple(np.asarray(o, np.float32)[: len(chunk)] for o in out))
     return _concat(parts)
 
@@ -250,7 +242,7 @@ def run_on_source(
     )
     for batch in batches:
         n = len(batch['label'])
-        out = fn(_pad_to(batch['image'], batch_size))
+        out = fn(pipeline.pad_batch(batch['image'], batch_size))
         parts.append(tuple(np.asarray(o, np.float32)[:n] for o in out))
         labels.append(batch['label'])
     return _concat(parts), np.concatenate(labels).astype(np.int32)

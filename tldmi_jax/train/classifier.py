@@ -155,10 +155,7 @@ def evaluate(predict, params, batch_stats, images: np.ndarray, labels: np.ndarra
     for start in range(0, n, batch_size):
         chunk = images[start : start + batch_size]
         real = len(chunk)
-        if real < batch_size:
-            pad = np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        _, logits = predict(params, batch_stats, chunk)
+        _, logits = predict(params, batch_stats, pipeline.pad_batch(chunk, batch_size))
         logits = np.asarray(logits)[:real]
         y = labels[start : start + real]
         k = min(5, logits.shape[-1])

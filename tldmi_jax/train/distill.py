@@ -174,11 +174,9 @@ def predict_logits(predict, variables: Any, images: np.ndarray, batch_size: int)
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        real = len(chunk)
-        if real < batch_size:
-            pad = np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        out.append(np.asarray(predict(variables, chunk))[:real])
+        out.append(
+            np.asarray(predict(variables, pipeline.pad_batch(chunk, batch_size)))[: len(chunk)]
+        )
     return np.concatenate(out)
 
 

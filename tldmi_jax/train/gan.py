@@ -161,12 +161,8 @@ def _target_probs(target, target_vars, source, prep, batch_size: int) -> np.ndar
         shuffle=False,
         drop_remainder=False,
     ):
-        images = batch['image']
-        real = len(images)
-        if real < batch_size:
-            pad = np.zeros((batch_size - real, *images.shape[1:]), images.dtype)
-            images = np.concatenate([images, pad])
-        out.append(np.asarray(predict(target_vars, images))[:real])
+        images = pipeline.pad_batch(batch['image'], batch_size)
+        out.append(np.asarray(predict(target_vars, images))[: len(batch['image'])])
     return np.concatenate(out)
 
 
