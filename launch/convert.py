@@ -20,11 +20,12 @@ arbitrary code is refused). Kinds: see `tldmi_jax.interop.convert.KINDS` and
 """
 
 import json
+import os
 
 from absl import app, flags
 
 from tldmi_jax.interop import convert, gans
-from tldmi_jax.utils import cli
+from tldmi_jax.utils import atomic, cli
 
 _PRIOR_HELP = {
     'gmi': 'GMI prior: DCGAN generator (--src) + DGWGAN critic (--src_d)',
@@ -44,7 +45,11 @@ _SRC = flags.DEFINE_string('src', None, 'PyTorch checkpoint file (a GAN prior: t
 _SRC_D = flags.DEFINE_string(
     'src_d', None, 'GAN priors only (--kind=gmi|kedmi|plgmi): the discriminator checkpoint.'
 )
-_DST = flags.DEFINE_string('dst', None, 'Output directory (replaced).')
+_DST = flags.DEFINE_string(
+    'dst',
+    None,
+    'Output directory: new, empty, or an earlier conversion (replaced); anything else is refused.',
+)
 _SRC_KEY = flags.DEFINE_string(
     'src_key', None, "'/'-path of the state dict inside the checkpoint (default: found)."
 )
@@ -107,6 +112,9 @@ def _convert_model():
 
 def main(argv):
     del argv
+    # Only an earlier conversion (or nothing) is ever replaced: a workdir, '.' or a folder
+    # of other files is refused before anything is read or written.
+    atomic.check_replaceable(os.path.abspath(_DST.value))
     # Unsafe, unreadable or unmappable input raises; cli prints it as one error line.
     report = _convert_prior() if _KIND.value in gans.PRIORS else _convert_model()
     print(json.dumps(report))

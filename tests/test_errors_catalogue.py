@@ -209,6 +209,30 @@ def _no_checkpoint(p: Paths) -> None:
     assert not os.path.exists(os.path.join(p.workdir, 'model_final'))
 
 
+def _user_workdir(p: Paths) -> None:
+    """A finished trainer workdir with a user's notes in it."""
+    shutil.copytree(p.target, os.path.join(p.tmp, 'run'))
+    with open(os.path.join(p.tmp, 'run', 'notes.txt'), 'w') as f:
+        f.write('my notes\n')
+
+
+def _user_workdir_intact(p: Paths) -> None:
+    run = os.path.join(p.tmp, 'run')
+    assert sorted(os.listdir(run)) == ['config.json', 'model_final', 'notes.txt']
+    assert open(os.path.join(run, 'notes.txt')).read() == 'my notes\n'
+    assert os.listdir(os.path.join(run, 'model_final'))
+
+
+def _other_run_and_notes(p: Paths) -> None:
+    _other_run(p)
+    with open(os.path.join(p.workdir, 'notes.txt'), 'w') as f:
+        f.write('my notes\n')
+
+
+def _other_run_and_notes_intact(p: Paths) -> None:
+    assert sorted(os.listdir(p.workdir)) == ['config.json', 'notes.txt']
+
+
 def _no_conversion(p: Paths) -> None:
     assert not os.path.exists(os.path.join(p.tmp, 'out'))
     assert not os.path.exists(os.path.join(p.tmp, 'marker')), 'the pickle ran code'
@@ -478,6 +502,33 @@ CASES = [
         ],
         setup=_pickle_with_code,
         outputs=_no_conversion,
+    ),
+    Case(
+        id='convert-over-workdir',
+        input='a converter output path that holds other files (a trainer workdir, `.`)',
+        command='python launch/convert.py --kind=vgg16 --src=VGG16.tar --dst=A_TRAINER_WORKDIR',
+        expect='refusing to replace',
+        fix='Give a new or empty --dst (an earlier conversion is replaced); nothing was changed.',
+        launcher='convert',
+        args=lambda p: [
+            '--kind=vgg16',
+            f'--src={os.path.join(p.tmp, "VGG16.tar")}',
+            f'--dst={os.path.join(p.tmp, "run")}',
+        ],
+        setup=_user_workdir,
+        outputs=_user_workdir_intact,
+    ),
+    Case(
+        id='overwrite-with-user-files',
+        input='`overwrite=True` on a workdir that also holds files this library did not write',
+        command=f'{TRAIN} --config.overwrite=True (W holds another run and notes.txt)',
+        expect='but it also holds files this library did not write (notes.txt)',
+        fix='Move your files out of the workdir (or choose another --workdir); nothing was '
+        'deleted.',
+        launcher='train',
+        args=_rl('--config.overwrite=True'),
+        setup=_other_run_and_notes,
+        outputs=_other_run_and_notes_intact,
     ),
     Case(
         id='nan-loss',

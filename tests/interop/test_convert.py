@@ -19,6 +19,7 @@ from flax import traverse_util
 from configs import celeba
 from tests.interop import test_convert_gans as gan_refs
 from tests.interop import test_convert_inception as inception_refs
+from tests.interop import tolerance
 from tldmi_jax import models
 from tldmi_jax.interop import convert, torch_load
 from tldmi_jax.utils import checkpoint
@@ -26,7 +27,6 @@ from tldmi_jax.utils import checkpoint
 torch = pytest.importorskip('torch')
 tnn = torch.nn
 
-ATOL = 1e-4
 BATCH = 16
 
 
@@ -291,10 +291,7 @@ def images(image_size, seed=0):
 
 
 def close(jax_value, torch_value, what):
-    ref = torch_value.detach().numpy() if hasattr(torch_value, 'detach') else torch_value
-    got = np.asarray(jax_value)
-    assert got.shape == ref.shape, what
-    np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL, err_msg=what)
+    tolerance.assert_close(jax_value, torch_value, what)
 
 
 def close_trees(jax_tree, ref_tree, what):

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from tests.interop import tolerance
 from tldmi_jax import priors
 from tldmi_jax.interop import convert, gans, mapping
 
@@ -32,7 +33,6 @@ tnn = torch.nn
 F = torch.nn.functional
 sn = torch.nn.utils.spectral_norm
 
-ATOL = 1e-4
 BATCH = 8
 SIZE = 32
 CLASSES = 4
@@ -297,11 +297,7 @@ def nhwc(t):
 
 
 def close(got, ref, what):
-    ref = ref.detach().numpy() if hasattr(ref, 'detach') else np.asarray(ref)
-    got = np.asarray(got)
-    assert got.shape == ref.shape, (what, got.shape, ref.shape)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL, err_msg=what)
-    return float(np.max(np.abs(got - ref))) if got.size else 0.0
+    return tolerance.assert_close(got, ref, what)
 
 
 def close_trees(got, ref, what):

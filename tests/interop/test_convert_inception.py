@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.interop import tolerance
 from tldmi_jax.evaluation import evaluate
 from tldmi_jax.interop import convert
 from tldmi_jax.interop import inception as inception_map
@@ -23,7 +24,6 @@ torch = pytest.importorskip('torch')
 tnn = torch.nn
 F = torch.nn.functional
 
-ATOL = 1e-4
 TINY = 1.0 / 16.0
 TINY_SIZE = 75
 
@@ -251,8 +251,8 @@ def test_fid_inception_parity_and_load_inception(tmp_path):
         variables, x.transpose(0, 2, 3, 1)
     )
     assert feats.shape == (4, 128)
-    np.testing.assert_allclose(j_feats, feats.numpy(), rtol=0, atol=ATOL)
-    np.testing.assert_allclose(j_logits, logits.numpy(), rtol=0, atol=ATOL)
+    tolerance.assert_close(j_feats, feats, 'features')
+    tolerance.assert_close(j_logits, logits, 'logits')
 
 
 def test_full_size_fid_inception_mapping():

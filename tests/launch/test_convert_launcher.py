@@ -71,3 +71,14 @@ def test_convert_launcher_reports_errors(tmp_path):
     proc = run('--kind=ir152', f'--src={tmp_path / "missing.tar"}', f'--dst={tmp_path / "out"}')
     assert proc.returncode != 0
     assert 'missing.tar' in proc.stderr and 'not found' in proc.stderr
+
+
+def test_convert_refuses_to_replace_the_current_directory(tmp_path):
+    (tmp_path / 'notes.txt').write_text('my notes')
+    cmd = [sys.executable, os.path.join(ROOT, 'launch', 'convert.py'), '--kind=vgg16',
+           '--src=missing.tar', '--dst=.']  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f'error: refusing to replace {tmp_path}')
+    assert sorted(os.listdir(tmp_path)) == ['notes.txt']

@@ -146,3 +146,15 @@ def test_colab_notebook_runs(demo_run):
         out.get('text', '') for cell in nb.cells if cell.cell_type == 'code' for out in cell.outputs
     )
     assert 'TL-DMI (fine-tuning from block3)' in text
+
+
+def test_every_stage_workdir_holds_only_names_overwrite_may_delete(demo_run):
+    """Each stage workdir of the demo (train, GAN, attack, evaluate, Fisher, sweep, demo)
+    holds only `workdir.OUTPUT_NAMES`, so `overwrite=True` can replace any of them."""
+    from tldmi_jax.utils import workdir as workdir_lib
+
+    top, _ = demo_run
+    stage_dirs = [d for d, _, files in os.walk(top) if 'config.json' in files]
+    assert len(stage_dirs) >= 12, stage_dirs
+    for d in stage_dirs:
+        assert workdir_lib.foreign_entries(d) == [], d

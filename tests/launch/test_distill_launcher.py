@@ -74,3 +74,11 @@ def test_killed_distillation_resumes_to_the_same_students(reference, tmp_path):
         s.pop('protocol_hash')  # Hashes the target's path, which differs between workdirs.
     assert summary == expected
     assert crash.records(killed) == crash.records(clean)
+
+
+def test_distill_workdir_holds_only_names_overwrite_may_delete(reference):
+    from tldmi_jax.utils import workdir as workdir_lib
+
+    workdir, _ = reference
+    for d in (workdir, os.path.join(workdir, 'target'), os.path.join(workdir, STUDENTS[0])):
+        assert workdir_lib.foreign_entries(d) == [], d

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -33,6 +34,7 @@ def dying(real):
     return wrapped
 
 os.replace, shutil.rmtree = dying(os.replace), dying(shutil.rmtree)
+os.remove, os.rmdir = dying(os.remove), dying(os.rmdir)
 with atomic.replacing_dir(path) as tmp:
     os.makedirs(tmp)
     for name in ('a', 'b'):
@@ -141,3 +143,65 @@ def test_metrics_log_survives_a_torn_last_line(tmp_path):
     assert [r['step'] for r in metrics.read_metrics(workdir)] == [1, 2]
     metrics.truncate(workdir, -1)  # No checkpoint: the run starts again.
     assert metrics.read_metrics(workdir) == []
+
+
+def _files(root):
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names
+    )
+
+
+@pytest.mark.parametrize('kind', ['user_dir', 'workdir', 'file', 'symlink'])
+def test_replacing_dir_refuses_what_this_library_did_not_write(tmp_path, kind):
+    path = tmp_path / 'dst'
+    if kind == 'file':
+        path.write_text('a user file')
+    elif kind == 'symlink':
+        (tmp_path / 'elsewhere').mkdir()
+        (tmp_path / 'elsewhere' / 'keep.txt').write_text('keep')
+        path.symlink_to(tmp_path / 'elsewhere')
+    else:
+        path.mkdir()
+        (path / 'notes.txt').write_text('my notes')
+        if kind == 'workdir':  # A finished trainer workdir: its model dirs are ours, it is not.
+            checkpoint.save_model(str(path / 'model_final'), {'w': np.ones(2)}, {})
+            (path / 'config.json').write_text('{}')
+    before = _files(tmp_path)
+    with pytest.raises(atomic.ForeignPathError, match='refusing to replace'):
+        with atomic.replacing_dir(str(path)) as tmp:
+            os.makedirs(tmp)
+    assert _files(tmp_path) == before
+
+
+def test_replacing_dir_replaces_its_own_empty_and_legacy_dirs(tmp_path):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with atomic.replacing_dir(str(empty)) as tmp:
+        os.makedirs(tmp)
+        open(os.path.join(tmp, 'f'), 'w').write('new')
+    assert sorted(os.listdir(empty)) == [atomic.OWNER_MARKER, 'f']
+    # A model directory written before the marker existed (orbax files only) is replaced.
+    legacy = tmp_path / 'legacy'
+    checkpoint.save_model(str(legacy), {'w': np.ones(2)}, {})
+    os.remove(legacy / atomic.OWNER_MARKER)
+    assert atomic.owned(str(legacy))
+    checkpoint.save_model(str(legacy), {'w': np.zeros(2)}, {})
+    assert float(checkpoint.load_model(str(legacy))['params']['w'].sum()) == 0.0
+    (legacy / 'notes.txt').write_text('mine')  # Now it holds a user's file: refused.
+    assert not atomic.owned(str(legacy))
+    with pytest.raises(atomic.ForeignPathError):
+        checkpoint.save_model(str(legacy), {'w': np.ones(2)}, {})
+
+
+def test_a_user_directory_under_a_temporary_name_is_never_deleted(tmp_path):
+    path = tmp_path / 'model'
+    for suffix in ('.new', '.old', '.partial'):
+        other = tmp_path / f'model{suffix}'
+        other.mkdir()
+        (other / 'keep.txt').write_text('keep')
+        with pytest.raises(atomic.ForeignPathError, match='refusing to delete'):
+            with atomic.replacing_dir(str(path)) as tmp:
+                os.makedirs(tmp)
+        atomic.recover_dir(str(path))  # Never promotes a foreign `.new`/`.old` either.
+        assert not path.exists() and (other / 'keep.txt').read_text() == 'keep'
+        shutil.rmtree(other)

@@ -66,13 +66,8 @@ def data_root(config: ml_collections.ConfigDict, workdir: str) -> str | None:
         if not os.path.isdir(root):
             from tldmi_jax.data import testing
 
-            tmp = root + '.partial'
-            if os.path.isdir(tmp):
-                import shutil
-
-                shutil.rmtree(tmp)
-            testing.write_fake_fashion_mnist(tmp, train_per_class=40, test_per_class=10)
-            os.replace(tmp, root)
+            with atomic.replacing_dir(root) as tmp:
+                testing.write_fake_fashion_mnist(tmp, train_per_class=40, test_per_class=10)
     try:
         for split in fashion_mnist_mi.SPLITS:
             fashion_mnist_mi.load_fashion_mnist_mi(split, root)

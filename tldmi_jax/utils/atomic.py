@@ -17,6 +17,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -95,23 +96,152 @@ def savefig(fig: Any, path: str, **kwargs: Any) -> None:
         fig.savefig(tmp, **kwargs)
 
 
-# Directories: `path.partial` is being written (never trusted), `path.new` is complete and
-# waiting to be swapped in, `path.old` is the previous version while the swap runs.
+# Directories: `path.partial/` is the staging area of a write in progress (never trusted),
+# `path.new` is complete and waiting to be swapped in, `path.old` is the previous version
+# while the swap runs. Every directory this module writes carries `OWNER_MARKER`, and only
+# such directories (or empty ones, or the layouts this library wrote before the marker) are
+# ever replaced or deleted: a path that holds anything else is refused, never removed.
 _PARTIAL, _NEW, _OLD = '.partial', '.new', '.old'
+OWNER_MARKER = '.tldmi_jax'  # In every directory `replacing_dir` writes.
+_STAGING_MARKER = '.tldmi_jax_staging'  # In the staging directory `path.partial`.
+_STAGED = 'out'  # The yielded directory inside the staging area.
+# Directories written before the marker existed: an orbax model checkpoint
+# (`checkpoint.save_model`) or a prior (`priors.save_prior`), with a converter's report.
+_ORBAX_ENTRIES = frozenset(
+    {
+        '_CHECKPOINT_METADATA',
+        '_METADATA',
+        '_sharding',
+        'manifest.ocdbt',
+        'commit_success.txt',
+        'd',
+        'array_metadatas',
+        'descriptor',
+        'conversion.json',
+    }
+)
+_PRIOR_ENTRIES = frozenset({'prior.json', 'variables', 'conversion.json'})
+_TMP_NAME = re.compile(r'\..+\.tmp(\.\w+)?')  # `_tmp_path` names (with an extension).
+
+
+class ForeignPathError(ValueError):
+    """A path to be replaced holds something this library did not write; nothing changed."""
+
+
+def owned(path: str) -> bool:
+    """True if `path` is a directory this library wrote and nobody added to since.
+
+    That is: its marker lists every entry it holds (an interrupted write of ours may leave
+    temporary files beside them), or it is the staging area of a write, or it has a layout
+    this library wrote before the marker existed.
+    """
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    names = {n for n in os.listdir(path) if not _TMP_NAME.fullmatch(n)}
+    if _STAGING_MARKER in names:
+        return True
+    if OWNER_MARKER in names:
+        try:
+            with open(os.path.join(path, OWNER_MARKER)) as f:
+                written = set(json.load(f)['names'])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return names - {OWNER_MARKER} <= written
+    orbax = {n for n in names if n not in _ORBAX_ENTRIES and not n.startswith('ocdbt.process_')}
+    if '_CHECKPOINT_METADATA' in names and not orbax:
+        return True
+    return 'prior.json' in names and names <= _PRIOR_ENTRIES
+
+
+def _mark(path: str) -> None:
+    """Writes the marker of `path`, listing the entries it holds now."""
+    names = sorted(n for n in os.listdir(path) if n != OWNER_MARKER)
+    write_json(os.path.join(path, OWNER_MARKER), {'written_by': 'tldmi_jax', 'names': names})
+
+
+def _touch(path: str) -> None:
+    """Creates an empty marker file (one system call: it exists whole or not at all)."""
+    with open(path, 'w'):
+        pass
+
+
+def _describe(path: str) -> str:
+    if os.path.islink(path):
+        return 'it is a symbolic link'
+    if not os.path.isdir(path):
+        return 'it is a file'
+    names = sorted(os.listdir(path))
+    shown = ', '.join(names[:5]) + (f', ... ({len(names)} entries)' if len(names) > 5 else '')
+    return f'it holds files this library did not write ({shown})'
+
+
+def check_replaceable(path: str) -> None:
+    """Raises ForeignPathError unless `path` is absent, an empty directory or `owned`.
+
+    Raises:
+      ForeignPathError: one line naming the path and what is there.
+    """
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        if not os.listdir(path) or owned(path):
+            return
+    raise ForeignPathError(
+        f'refusing to replace {path}: {_describe(path)}; choose another output path or move '
+        'it away (nothing was changed)'
+    )
+
+
+def delete_owned(path: str) -> None:
+    """Deletes a directory this library wrote, its marker last (a killed delete repeats).
+
+    The caller has checked ownership; a directory that lost its other entries keeps the
+    marker until the end, so a rerun still recognises and finishes it.
+    """
+    marker = os.path.join(path, OWNER_MARKER)
+    if not os.path.exists(marker) and not os.path.exists(os.path.join(path, _STAGING_MARKER)):
+        _mark(path)
+    for name in os.listdir(path):
+        if name in (OWNER_MARKER, _STAGING_MARKER):
+            continue
+        entry = os.path.join(path, name)
+        if os.path.isdir(entry) and not os.path.islink(entry):
+            shutil.rmtree(entry)
+        else:
+            os.remove(entry)
+    for name in (OWNER_MARKER, _STAGING_MARKER):
+        if os.path.exists(os.path.join(path, name)):
+            os.remove(os.path.join(path, name))
+    os.rmdir(path)
+
+
+def _remove_leftover(path: str) -> None:
+    """Deletes a leftover of an earlier write if this library wrote it; refuses otherwise."""
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+        os.rmdir(path)
+        return
+    if not owned(path):
+        raise ForeignPathError(
+            f'refusing to delete {path} (the name of a temporary directory of this library): '
+            f'{_describe(path)}; move it away and rerun'
+        )
+    delete_owned(path)
 
 
 def recover_dir(path: str) -> None:
     """Finishes a directory swap that a killed `replacing_dir` left half done.
 
     Only the window between its two renames leaves `path` missing; then `path.new` (complete)
-    or, failing that, `path.old` (the previous version) becomes `path` again. Idempotent, and
-    a no-op when `path` exists.
+    or, failing that, `path.old` (the previous version) becomes `path` again, if this library
+    wrote it. Idempotent, and a no-op when `path` exists.
     """
     path = os.path.abspath(path)
-    if os.path.exists(path):
+    if os.path.lexists(path):
         return
     for candidate in (path + _NEW, path + _OLD):
-        if os.path.isdir(candidate):
+        if owned(candidate):
             os.replace(candidate, path)
             return
 
@@ -123,23 +253,37 @@ def replacing_dir(path: str) -> Iterator[str]:
     The block creates and fills the yielded directory (which does not exist yet). Readers of
     `path` see the old directory or the complete new one: after a `kill -9` at any moment,
     `recover_dir(path)` (which `replacing_dir` and the model loaders call) restores one of
-    them, and a half-written directory is never at `path`.
+    them, and a half-written directory is never at `path`. The new directory carries
+    `OWNER_MARKER`.
+
+    Raises:
+      ForeignPathError: `path` (or one of its temporary names) holds something this
+        library did not write, e.g. a user's files or a trainer workdir; nothing is changed.
     """
     path = os.path.abspath(path)
     recover_dir(path)
-    tmp, new, old = path + _PARTIAL, path + _NEW, path + _OLD
-    # A killed earlier attempt: its partial directory (and orbax's temporary one inside the
-    # same name) and a committed one that `recover_dir` did not need.
-    for stale in (*glob.glob(glob.escape(tmp) + '*'), new):
+    check_replaceable(path)
+    staging, new, old = path + _PARTIAL, path + _NEW, path + _OLD
+    # A killed earlier attempt: its staging area, orbax's temporary directories beside a
+    # staging directory of the previous layout, and a committed one `recover_dir` did not need.
+    for stale in (staging, new, old):
+        _remove_leftover(stale)
+    for stale in glob.glob(glob.escape(staging) + '.orbax-checkpoint-tmp-*'):
         shutil.rmtree(stale, ignore_errors=True)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(staging)
+    _touch(os.path.join(staging, _STAGING_MARKER))
+    tmp = os.path.join(staging, _STAGED)
     try:
         yield tmp
+        if not os.path.isdir(tmp):
+            raise FileNotFoundError(f'The block of replacing_dir({path}) did not create {tmp}.')
+        _mark(tmp)
         os.replace(tmp, new)  # Commit: `new` is complete from here on.
-        if os.path.exists(path):
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(path):
             os.replace(path, old)
         os.replace(new, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(old):
+            delete_owned(old)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(staging):
+            delete_owned(staging)

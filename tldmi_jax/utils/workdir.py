@@ -23,6 +23,7 @@ command leaves them unset again.
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -36,6 +37,21 @@ from tldmi_jax.utils import atomic
 CONFIG_FILE = 'config.json'
 IGNORED = ('overwrite',)  # Top-level fields that never count as a difference.
 MAX_LISTED = 10
+# Every top-level name a stage, the sweep or the demo writes into its workdir (a test runs
+# each launcher and checks its workdir against this list). `overwrite` deletes only these;
+# a workdir that also holds anything else (a user's notes) is refused, nothing deleted.
+OUTPUT_NAMES = (
+    r'config\.json|metrics\.jsonl|metrics\.json|results\.(json|csv|md)|tensorboard',
+    r'checkpoints|model_(best|final)|samples|priors?|pseudo_labels\.npz|targets?',
+    r'student_\d+_\w+|distill\.json|augmented|batches|grids|reconstructions\.npz',
+    r'attack\.json|p_reg\.npy|attack|eval|feature_cache|per_identity\.csv|groups\.csv',
+    r'pairs\.png|report\.(md|html)|fisher(\.(json|png|csv))?|cells|cell\.json|eval_model',
+    r'pretrain|sweep|summary\.json|timings\.json|runlocal|runlocal_data',
+    r'utility_privacy\.png|events\.out\.tfevents\..*',
+)
+# Temporary names of the atomic writers (`utils.atomic`), the writability probe and the lock.
+_TEMPORARY = r'(\..*\.tmp(\.\w+)?|\.write_test\..*|\.lock|\.tldmi_jax.*)'
+_OWN = re.compile(rf'({"|".join(OUTPUT_NAMES)})(\.partial|\.new|\.old)?|{_TEMPORARY}')
 
 
 class WorkdirError(ValueError):
@@ -150,8 +166,26 @@ def format_changes(changes: list[str]) -> str:
     return shown
 
 
+def foreign_entries(workdir: str) -> list[str]:
+    """The top-level entries of `workdir` that no stage of this library writes."""
+    return sorted(n for n in os.listdir(workdir) if not _OWN.fullmatch(n))
+
+
 def clear(workdir: str) -> None:
-    """Deletes everything in `workdir`, `config.json` last (an interrupted delete repeats)."""
+    """Deletes a previous run's outputs, `config.json` last (an interrupted delete repeats).
+
+    Raises:
+      WorkdirError: the workdir holds entries this library does not write (listed); then
+        nothing is deleted.
+    """
+    foreign = foreign_entries(workdir)
+    if foreign:
+        shown = ', '.join(foreign[:MAX_LISTED]) + (' ...' if len(foreign) > MAX_LISTED else '')
+        raise WorkdirError(
+            f'overwrite=True would delete {workdir}, but it also holds files this library did '
+            f'not write ({shown}); move them away or choose another --workdir (nothing was '
+            'deleted)'
+        )
     names = sorted(os.listdir(workdir), key=lambda n: n == CONFIG_FILE)
     for name in names:
         path = os.path.join(workdir, name)
