@@ -5,12 +5,14 @@ r"""Model-inversion attacks on a CelebA target (64 px), the original protocol.
     --config.target.checkpoint=workdirs/vgg16_tldmi \
     --config.prior.checkpoint=workdirs/gan_gmi
 
-attack = gmi | kedmi | lomma_gmi | lomma_kedmi | plgmi. LOMMA also needs
-`--config.augmented.checkpoints=DIR,DIR,DIR` (from launch/distill.py) and the public data
-(`--config.data.root=...`) for p_reg. Protocol: identities 0..299 in 5 batches of 60, 5
-seeds (KEDMI: 1 distribution, 5 samples), 3000 iterations (PLG-MI: 600). Hyperparameters
-left at None take the attack module's defaults (see tldmi_jax/attacks/<name>.py).
-`runlocal` builds a tiny target and prior itself and runs in well under a minute on CPU.
+attack = gmi | kedmi | plgmi, or gmi+lomma | kedmi+lomma (LOMMA's `ours` on that base;
+another variant: --config.attack.lomma=baseline|L_logit|L_aug; the old names lomma_gmi and
+lomma_kedmi still work). LOMMA also needs `--config.augmented.checkpoints=DIR,DIR,DIR`
+(from launch/distill.py) and the public data (`--config.data.root=...`) for p_reg.
+Protocol: identities 0..299 in 5 batches of 60, 5 seeds (KEDMI: 1 distribution, 5
+samples), 3000 iterations (PLG-MI: 600). Hyperparameters left at None take the defaults
+in `tldmi_jax.config_lib.ATTACK_DEFAULTS` (the one place they live).
+`runlocal` makes a tiny target and prior first and runs in well under a minute on CPU.
 """
 
 import ml_collections

@@ -12,7 +12,7 @@ table=depth|paper, runlocal.
   attacked with GMI, KEDMI, LOMMA+GMI, LOMMA+KEDMI and PLG-MI.
 * `runlocal`: tiny targets on generated data (with `table=depth`: none and TL-DMI x GMI,
   about a minute on 2 cores).
-Each stage reads its own config file (`stages.*`, relative to `configs_dir`), so stage
+Each stage reads its own config file (`stages.*`, in this file's directory), so stage
 defaults live in one place; `stage_overrides` set fields of every config of a stage (the
 pretrained backbone of every target, the FID Inception weights). Rerunning resumes:
 finished cells are skipped, a failing cell is reported and skipped.
@@ -25,7 +25,7 @@ import ml_collections
 from tldmi_jax import config_lib
 
 TABLES = ('depth', 'paper')
-PAPER_ATTACKS = ('gmi', 'kedmi', 'lomma_gmi', 'lomma_kedmi', 'plgmi')
+PAPER_ATTACKS = ('gmi', 'kedmi', 'gmi+lomma', 'kedmi+lomma', 'plgmi')
 # The paper's baseline defenses. MID: mi-defense's beta (its CelebA sweep is 0.003, 0.01,
 # 0.02; which one the paper used is unverified). BiDO-HSIC: Defend_MI's released CelebA
 # weights (lambda_x, lambda_y) = (0.05, 0.5).
@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     rl = ',runlocal' if arg.runlocal else ''
     placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
-    config.configs_dir = 'configs'  # Where the stage config files are (relative to the cwd).
+    config.configs_dir = ''  # Stage config files: relative to this file's directory ('': it).
     config.overwrite = False  # True: replace a sweep with another config in --workdir.
     # --- stages: config files (':args' allowed) ---
     config.stages = ml_collections.ConfigDict()
@@ -119,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.table == 'paper':
         config.attacks = list(PAPER_ATTACKS)
     else:
-        config.attacks = ['gmi'] if arg.runlocal else ['gmi', 'kedmi', 'lomma_kedmi', 'plgmi']
+        config.attacks = ['gmi'] if arg.runlocal else ['gmi', 'kedmi', 'kedmi+lomma', 'plgmi']
     # --- evaluation model (trainer workdir of configs/eval_celeba.py); runlocal trains one ---
     config.eval_model = ml_collections.ConfigDict()
     config.eval_model.checkpoint = placeholder(str)

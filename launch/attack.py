@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.attacks import runner
+from tldmi_jax.pipelines import runlocal
 from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -21,7 +22,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
     del argv
-    summary = runner.run(_CONFIG.value, _WORKDIR.value)
+    config = runlocal.fill_in('attack', _CONFIG.value, _WORKDIR.value)  # Only under :runlocal.
+    summary = runner.run(config, _WORKDIR.value)
     keys = ('attack', 'num_reconstructions', 'protocol_hash', 'iterations_per_second')
     print(json.dumps({k: summary[k] for k in keys}))
 

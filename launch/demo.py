@@ -10,7 +10,7 @@ stages are skipped and the unfinished one continues from its last checkpoint.
 from absl import flags
 from ml_collections import config_flags
 
-from tldmi_jax.reporting import demo
+from tldmi_jax.pipelines import demo
 from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)

@@ -12,6 +12,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
+from tldmi_jax.pipelines import runlocal
 from tldmi_jax.train import distill
 from tldmi_jax.utils import cli
 
@@ -22,7 +23,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
     del argv
-    summary = distill.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = runlocal.fill_in('distill', _CONFIG.value, _WORKDIR.value)  # Only under :runlocal.
+    summary = distill.train_and_evaluate(config, _WORKDIR.value)
     target = summary['target']
     print(f'target: private test acc@1 {target["test/acc@1"]:.4f}')
     for s in summary['students']:

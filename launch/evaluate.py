@@ -13,6 +13,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.evaluation import evaluate, report
+from tldmi_jax.pipelines import runlocal
+from tldmi_jax.reporting import files
 from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -22,9 +24,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
     del argv
-    result = evaluate.evaluate(_CONFIG.value, _WORKDIR.value)
+    config = runlocal.fill_in('evaluate', _CONFIG.value, _WORKDIR.value)  # Only under :runlocal.
+    result = evaluate.evaluate(config, _WORKDIR.value)
     print(report.format_table(result))
-    print(json.dumps({k: report.jsonable(v) for k, v in result.items()}))
+    print(json.dumps({k: files.jsonable(v) for k, v in result.items()}))
 
 
 if __name__ == '__main__':

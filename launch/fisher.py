@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from tldmi_jax.analysis import fisher
+from tldmi_jax.pipelines import runlocal
 from tldmi_jax.utils import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -21,7 +22,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
     del argv
-    result = fisher.analyze(_CONFIG.value, _WORKDIR.value)
+    config = runlocal.fill_in('fisher', _CONFIG.value, _WORKDIR.value)  # Only under :runlocal.
+    result = fisher.analyze(config, _WORKDIR.value)
     print(f'{"group":<16} {"params":>12} {"classification":>15} {"MI":>15}  (normalised)')
     for g in result['groups']:
         print(

@@ -14,6 +14,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
+from tldmi_jax.pipelines import runlocal
 from tldmi_jax.train import gan
 from tldmi_jax.utils import cli
 
@@ -24,7 +25,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
     del argv
-    summary = gan.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = runlocal.fill_in('gan', _CONFIG.value, _WORKDIR.value)  # Only under :runlocal.
+    summary = gan.train_and_evaluate(config, _WORKDIR.value)
     print(f'prior written to {summary["prior_dir"]} after {summary["steps"]} steps')
     print(json.dumps(summary))
 

@@ -646,8 +646,7 @@ CASES = [
 @pytest.fixture(scope='module')
 def artefacts(tmp_path_factory) -> dict[str, str]:
     """A fake 4-class target, a tiny GMI prior and four reconstructions (no training)."""
-    from tldmi_jax import models, priors
-    from tldmi_jax.attacks import outputs
+    from tldmi_jax import models, priors, reconstructions
     from tldmi_jax.utils import checkpoint
 
     base = tmp_path_factory.mktemp('artefacts')
@@ -664,7 +663,7 @@ def artefacts(tmp_path_factory) -> dict[str, str]:
     attack = str(base / 'attack')
     meta = {'attack': 'gmi', 'target': {'arch': 'vgg16_tiny'}, 'image_size': 32}
     zeros = np.zeros(4, np.int32)
-    outputs.save(attack, np.zeros((4, 32, 32, 3)), np.arange(4), zeros, zeros, meta)
+    reconstructions.save(attack, np.zeros((4, 32, 32, 3)), np.arange(4), zeros, zeros, meta)
     return {'target': target, 'prior': prior, 'attack': attack}
 
 

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 
 def _coerce(text: str, default: Any) -> Any:
@@ -188,8 +189,64 @@ def runlocal_classifier(config: ml_collections.ConfigDict) -> ml_collections.Con
     return config
 
 
+# Every attack's default hyperparameters: the one place they live. `config.attack` fields
+# left unset (None) take these (`tldmi_jax.attacks.hyperparameters`).
+ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
+    'gmi': dict(
+        steps=3000,  # iters_mi of TL-DMI's attack config (LOMMA's: 2400).
+        lr=0.02,
+        momentum=0.9,  # Nesterov SGD on z, as the original's hand-written update.
+        lam=100.0,  # Weight of the identity loss.
+        clip=1.0,  # z is clamped to [-clip, clip] after every update.
+        num_seeds=5,
+        samples=1,  # Reconstructions per (identity, seed).
+        iden_loss='ce',
+        use_augmented=False,
+        reg_weight=0.0,
+    ),
+    'kedmi': dict(
+        steps=3000,
+        lr=0.02,  # Adam on (mu, log_var).
+        lam=100.0,
+        clip=1.0,
+        num_seeds=1,  # One distribution per identity ...
+        samples=5,  # ... from which 5 reconstructions are drawn.
+        init_log_var=0.0,  # TL-DMI's; LOMMA's upstream uses 1.0.
+        iden_loss='ce',
+        use_augmented=False,
+        reg_weight=0.0,
+    ),
+    'plgmi': dict(
+        steps=600,
+        lr=0.1,  # Adam on z.
+        num_seeds=5,
+        samples=1,
+        iden_loss='margin',  # Max-margin loss on the target.
+        views=2,  # Augmented views of each image per step.
+    ),
+}
+# LOMMA on top of gmi/kedmi: the variant, the feature-regulariser weight (TL-DMI's lam 1.0)
+# and the public images averaged into p_reg.
+LOMMA_DEFAULTS: dict[str, Any] = dict(variant='ours', reg_weight=1.0, p_reg_samples=5000)
+
+
+def attack_name(attack: str) -> tuple[str, str]:
+    """`(name, lomma)` of a `:attack=` argument: `gmi`, `gmi+lomma` or the old `lomma_gmi`."""
+    if attack.startswith('lomma_'):
+        base = attack[len('lomma_') :]
+        logging.warning(':attack=%s is deprecated: use :attack=%s+lomma', attack, base)
+        return base, LOMMA_DEFAULTS['variant']
+    if attack.endswith('+lomma'):
+        return attack[: -len('+lomma')], LOMMA_DEFAULTS['variant']
+    return attack, ''
+
+
 def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections.ConfigDict:
-    """The attack config (configs/attack_celeba.py); `runlocal` shrinks it to seconds."""
+    """The attack config (configs/attack_celeba.py); `runlocal` shrinks it to seconds.
+
+    `attack` is a base attack (`gmi`, `kedmi`, `plgmi`), `gmi+lomma`/`kedmi+lomma` (LOMMA,
+    variant `ours`) or the old `lomma_gmi`/`lomma_kedmi` (the same).
+    """
     placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
     config.seed = 0  # Every (identity, seed) key derives from it.
@@ -197,16 +254,18 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
     config.overwrite = False  # True: replace a run with another config in --workdir.
     config.devices = 0  # Devices the identities are sharded over (0: all).
 
-    # --- attack (None: the attack module's default) ---
+    # --- attack (None: the attack's default in ATTACK_DEFAULTS above) ---
     config.attack = ml_collections.ConfigDict()
-    config.attack.name = attack  # gmi | kedmi | lomma_gmi | lomma_kedmi | plgmi.
+    name, lomma = attack_name(attack)
+    config.attack.name = name  # gmi | kedmi | plgmi (attacks.ATTACKS).
+    config.attack.lomma = lomma  # LOMMA on gmi/kedmi: '' (off) | baseline | L_logit | L_aug | ours.
     config.attack.steps = placeholder(int)  # Iterations per identity batch.
     config.attack.lr = placeholder(float)  # Latent learning rate.
     config.attack.lam = placeholder(float)  # Identity-loss weight (GMI/KEDMI: 100).
     config.attack.num_seeds = placeholder(int)  # Independent latents per identity.
     config.attack.samples = placeholder(int)  # Images drawn per latent (KEDMI: 5).
     config.attack.clip = placeholder(float)  # Clamp range of z.
-    config.attack.variant = placeholder(str)  # LOMMA: baseline | L_logit | L_aug | ours.
+    config.attack.variant = placeholder(str)  # Deprecated alias of `lomma`.
     config.attack.reg_weight = placeholder(float)  # LOMMA feature-regulariser weight.
     config.attack.p_reg_samples = placeholder(int)  # Public images for LOMMA's p_reg.
     config.attack.init_log_var = placeholder(float)  # KEDMI log-variance init (TL-DMI: 0).

@@ -8,16 +8,19 @@ import numpy as np
 import pytest
 
 from configs import attack_celeba
-from tldmi_jax import priors
-from tldmi_jax.attacks import common, outputs, runner
-from tldmi_jax.train import classifier
+from tldmi_jax import priors, reconstructions
+from tldmi_jax.attacks import common, runner
+from tldmi_jax.pipelines import runlocal
 
 
 @pytest.fixture(scope='module')
 def target(tmp_path_factory):
-    return classifier.runlocal_target(
-        str(tmp_path_factory.mktemp('target')), arch='small', steps=20
-    )
+    return runlocal.tiny_classifier(str(tmp_path_factory.mktemp('target')), arch='small', steps=20)
+
+
+def _run(config, workdir):
+    """What launch/attack.py does: runlocal stand-ins for missing inputs, then the stage."""
+    return runner.run(runlocal.fill_in('attack', config, workdir), workdir)
 
 
 def _config(attack, target, **attack_fields):
@@ -31,11 +34,11 @@ def _config(attack, target, **attack_fields):
 
 @pytest.mark.parametrize(
     'attack, per_identity',
-    [('gmi', 5), ('kedmi', 5), ('lomma_gmi', 5), ('lomma_kedmi', 5), ('plgmi', 5)],
+    [('gmi', 5), ('kedmi', 5), ('gmi+lomma', 5), ('kedmi+lomma', 5), ('plgmi', 5)],
 )
 def test_attack_end_to_end(attack, per_identity, target, tmp_path):
-    summary = runner.run(_config(attack, target), str(tmp_path))
-    arrays, meta = outputs.load(str(tmp_path))
+    summary = _run(_config(attack, target), str(tmp_path))
+    arrays, meta = reconstructions.load(str(tmp_path))
     assert meta['attack'] == attack and summary['protocol_hash'] == meta['protocol_hash']
     assert len(meta['final_losses']) == 2 and np.isfinite(meta['final_losses'][1]['loss'])
     assert arrays['images'].shape == (4 * per_identity, 32, 32, 3)
@@ -50,20 +53,20 @@ def test_attack_end_to_end(attack, per_identity, target, tmp_path):
 def test_gmi_lowers_identity_loss_on_a_fixed_target(target, tmp_path):
     config = _config('gmi', target, steps=1)
     config.identities.count = 2
-    runner.run(config, str(tmp_path / 'one'))
+    _run(config, str(tmp_path / 'one'))
     config.attack.steps = 30
     config.checkpoint_every_steps = 30
-    runner.run(config, str(tmp_path / 'many'))
+    _run(config, str(tmp_path / 'many'))
     rec = lambda d: [json.loads(x) for x in open(tmp_path / d / 'metrics.jsonl')][0]  # noqa: E731
     assert rec('many')['attack/final_iden'] < rec('one')['attack/final_iden']
 
 
 def test_rerun_skips_finished_batches(target, tmp_path):
     config = _config('gmi', target)
-    runner.run(config, str(tmp_path))
+    _run(config, str(tmp_path))
     before = np.load(tmp_path / 'reconstructions.npz')['images']
     os.remove(tmp_path / 'batches' / 'batch_001.npz')  # as if killed during batch 2
-    runner.run(config, str(tmp_path))
+    _run(config, str(tmp_path))
     np.testing.assert_array_equal(np.load(tmp_path / 'reconstructions.npz')['images'], before)
 
 
@@ -71,10 +74,10 @@ def test_same_config_and_seed_give_identical_reconstructions(target, tmp_path):
     """Determinism: KEDMI (random init and sampling) twice, bit for bit; every key derives
     from config.seed (1 vs 4 devices: tests/attacks/test_attack_sharding.py)."""
     config = _config('kedmi', target)
-    first = runner.run(config, str(tmp_path / 'a'))
-    second = runner.run(config, str(tmp_path / 'b'))
-    a, _ = outputs.load(str(tmp_path / 'a'))
-    b, _ = outputs.load(str(tmp_path / 'b'))
+    first = _run(config, str(tmp_path / 'a'))
+    second = _run(config, str(tmp_path / 'b'))
+    a, _ = reconstructions.load(str(tmp_path / 'a'))
+    b, _ = reconstructions.load(str(tmp_path / 'b'))
     for key in ('images', 'identity', 'seed', 'batch'):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     untimed = [

@@ -9,6 +9,7 @@ from flax import traverse_util
 from configs import evaluate_celeba
 from tldmi_jax.evaluation import evaluate, report
 from tldmi_jax.models import inception
+from tldmi_jax.reporting import files
 from tldmi_jax.utils import checkpoint
 
 
@@ -43,5 +44,5 @@ def test_report_table_and_json(tmp_path):
     metrics = {'attack/acc@1': 0.5, 'attack/acc@1_std': 0.1, 'attack/fid': float('nan')}
     table = report.format_table(metrics)
     assert '| 0.5 ± 0.1 |' in table and '`attack/fid` | n/a |' in table
-    path = report.write_json(str(tmp_path / 'm.json'), metrics)
+    path = files.write_json(str(tmp_path / 'm.json'), metrics)
     assert '"attack/fid": null' in open(path).read()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tldmi_jax import data
+from tldmi_jax import classifiers, data
 from tldmi_jax.evaluation import features
 
 
@@ -16,7 +16,7 @@ from tldmi_jax.evaluation import features
 def test_resize_equals_pil_bilinear(src, dst):
     image = np.random.default_rng(0).uniform(size=(src, src)).astype(np.float32)
     pil = np.asarray(Image.fromarray(image, mode='F').resize((dst, dst), Image.BILINEAR))
-    ours = np.asarray(features.resize(jnp.asarray(image)[None, :, :, None], dst))[0, :, :, 0]
+    ours = np.asarray(classifiers.resize(jnp.asarray(image)[None, :, :, None], dst))[0, :, :, 0]
     np.testing.assert_allclose(ours, pil, atol=1e-5)
 
 
@@ -28,7 +28,7 @@ def test_run_batched_pads_to_one_shape():
         return x.sum(axis=(1, 2, 3)), x[:, 0, 0, :]
 
     images = np.random.default_rng(0).uniform(size=(7, 2, 2, 3)).astype(np.float32)
-    sums, corner = features.run_batched(fn, images, 3)
+    sums, corner = classifiers.run_batched(fn, images, 3)
     assert seen == [(3, 2, 2, 3)] * 3
     np.testing.assert_allclose(sums, images.sum(axis=(1, 2, 3)), rtol=1e-6)
     np.testing.assert_array_equal(corner, images[:, 0, 0, :])
@@ -65,8 +65,8 @@ def test_cache_and_hashes(tmp_path):
     assert len(calls) == 2
     params = {'params': {'w': np.ones(3, np.float32)}}
     changed = {'params': {'w': np.array([1, 1, 2], np.float32)}}
-    assert features.variables_hash(params) == features.variables_hash(params)
-    assert features.variables_hash(params) != features.variables_hash(changed)
+    assert classifiers.variables_hash(params) == classifiers.variables_hash(params)
+    assert classifiers.variables_hash(params) != classifiers.variables_hash(changed)
 
 
 def test_cache_after_a_kill_mid_write(tmp_path):

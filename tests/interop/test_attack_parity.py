@@ -3,7 +3,7 @@
 PyTorch reference modules (the tiny GMI/KEDMI GANs of `test_convert_gans`, the tiny TL-DMI
 VGG16 of `test_convert`) get random weights, are converted with the library
 (`gans.convert_prior`, `convert_checkpoint('vgg16')`) and loaded as the attack runner loads
-them (`priors.load_prior`, `classifier.load_classifier`). From the same initial latents,
+them (`priors.load_prior`, `classifiers.load`). From the same initial latents,
 the project's attack code and a PyTorch transcription of the originals' update give the
 same latents within 1e-4 after 10 steps:
 
@@ -38,10 +38,9 @@ from tests.interop.test_convert_gans import (
     save_pair,
 )
 from tests.interop.test_convert_gans import randomise as randomise_gan
-from tldmi_jax import priors
+from tldmi_jax import classifiers, config_lib, priors
 from tldmi_jax.attacks import common, gmi, kedmi, latent_search
 from tldmi_jax.interop import convert, gans
-from tldmi_jax.train import classifier
 
 torch = pytest.importorskip('torch')
 F = torch.nn.functional
@@ -80,8 +79,8 @@ def target(tmp_path_factory):
     convert.convert_checkpoint(
         'vgg16', str(tmp / 'VGG16_tiny.tar'), str(tmp / 'vgg16'), arch='vgg16_tiny', image_size=SIZE
     )
-    model, variables = classifier.load_classifier(str(tmp / 'vgg16'))
-    return ref, common.classifier_fn(model, variables)
+    model, variables = classifiers.load(str(tmp / 'vgg16'))
+    return ref, classifiers.bind(model, variables)
 
 
 def converted_prior(tmp_path, kind, g_ref, d_ref):
@@ -96,7 +95,9 @@ def converted_prior(tmp_path, kind, g_ref, d_ref):
 
 def attack_setup(prior, target_fn, module):
     ctx = common.AttackContext(prior=prior, target=target_fn, num_classes=CLASSES, image_size=SIZE)
-    cfg = ml_collections.ConfigDict(dict(module.DEFAULTS, reference_batch=BATCH))
+    cfg = ml_collections.ConfigDict(
+        dict(config_lib.ATTACK_DEFAULTS[module.NAME], reference_batch=BATCH)
+    )
     assert (cfg.lr, cfg.lam, cfg.clip) == (LR, LAM, CLIP)
     return module.make_problem(ctx, cfg)
 

@@ -48,12 +48,12 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=ROOT)
 
 
-def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `cmd` to completion from the repository root; asserts it succeeded."""
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def run(
+    cmd: list[str], timeout: float = 600, status: int = 0, cwd: str = ROOT
+) -> subprocess.CompletedProcess:
+    """Runs `cmd` to completion (from the repository root); asserts its exit status."""
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == status, proc.stderr[-3000:]
     return proc
 
 

@@ -4,7 +4,7 @@ import json
 import os
 
 from tests.launch import crash
-from tldmi_jax.train import classifier
+from tldmi_jax.pipelines import runlocal
 
 CONFIG = 'attack_celeba.py:attack=kedmi,runlocal'
 STEPS = 60  # Per identity batch; two batches.
@@ -42,7 +42,7 @@ def _attack_json(workdir, clean):
 
 
 def test_killed_attack_resumes_to_identical_reconstructions(tmp_path):
-    target = classifier.runlocal_target(str(tmp_path / 'target'), arch='small', steps=10)
+    target = runlocal.tiny_classifier(str(tmp_path / 'target'), arch='small', steps=10)
     clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
     summary = json.loads(crash.run(_cmd(clean, target)).stdout.strip().splitlines()[-1])
     assert summary['attack'] == 'kedmi' and summary['num_reconstructions'] == 20

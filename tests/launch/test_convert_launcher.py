@@ -1,4 +1,4 @@
-"""End to end: launch/convert.py on a tiny TL-DMI VGG16 checkpoint, then load_classifier."""
+"""End to end: launch/convert.py on a tiny TL-DMI VGG16 checkpoint, then classifiers.load."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tldmi_jax.train import classifier
+from tldmi_jax import classifiers
 
 torch = pytest.importorskip('torch')
 tnn = torch.nn
@@ -58,7 +58,7 @@ def test_convert_launcher_then_load_classifier(tmp_path):
     assert 'bn.bias' in report['ignored'] and not report['left_fresh']
     assert json.loads((dst / 'conversion.json').read_text()) == report
 
-    model, variables = classifier.load_classifier(str(dst))
+    model, variables = classifiers.load(str(dst))
     x = np.random.default_rng(0).uniform(size=(2, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         feature = net.bn(net.feature(torch.from_numpy(x)).flatten(1))

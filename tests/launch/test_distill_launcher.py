@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.launch import crash
-from tldmi_jax.train import classifier
+from tldmi_jax import classifiers
 from tldmi_jax.utils import checkpoint
 
 CONFIG = 'distill_celeba.py:runlocal'
@@ -34,7 +34,7 @@ def test_runlocal_distillation_end_to_end(reference):
         assert s['steps'] == 10
         assert 0.0 <= s['holdout/agreement@1'] <= 1.0
         assert 0.0 <= s['test/acc@1'] <= 1.0
-        model, _ = classifier.load_classifier(s['dir'])
+        model, _ = classifiers.load(s['dir'])
         assert model.num_classes == 4
         records = [json.loads(line) for line in open(os.path.join(s['dir'], 'metrics.jsonl'))]
         losses = [r['train/kd_loss'] for r in records if 'train/kd_loss' in r]

@@ -7,7 +7,8 @@ import pytest
 
 from configs import sweep_celeba
 from tldmi_jax import config_lib
-from tldmi_jax.reporting import sweep, tables
+from tldmi_jax.pipelines import sweep
+from tldmi_jax.reporting import tables
 
 
 def test_rows_and_files(tmp_path):
@@ -60,4 +61,4 @@ def test_load_config_file_and_sweep_config(tmp_path):
         config_lib.load_config_file('nope.py', str(tmp_path))
     full = sweep_celeba.get_config()
     assert set(full.targets) == {'none', 'tldmi', 'tldmi_k33', 'tldmi_k36', 'tldmi_k39'}
-    assert full.attacks == ['gmi', 'kedmi', 'lomma_kedmi', 'plgmi']
+    assert full.attacks == ['gmi', 'kedmi', 'kedmi+lomma', 'plgmi']

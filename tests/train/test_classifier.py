@@ -8,6 +8,7 @@ import pytest
 from flax import traverse_util
 
 from configs import celeba, fashion_mnist
+from tldmi_jax import classifiers
 from tldmi_jax.data import testing
 from tldmi_jax.train import classifier
 from tldmi_jax.utils import checkpoint, metrics
@@ -115,8 +116,8 @@ def test_bad_selection_split(tmp_path):
 
 
 def test_load_classifier_from_workdir(pretrained):
-    model, variables = classifier.load_classifier(pretrained)
+    model, variables = classifiers.load(pretrained)
     features, logits = model.apply(variables, np.zeros((2, 32, 32, 3), np.float32))
     assert logits.shape == (2, 4)
     with pytest.raises(ValueError, match='is not a ir152_tiny checkpoint'):
-        classifier.load_classifier(pretrained, arch='ir152_tiny')
+        classifiers.load(pretrained, arch='ir152_tiny')

@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from configs import celeba
-from tldmi_jax import data, defenses
+from tldmi_jax import classifiers, data, defenses
 from tldmi_jax.defenses import mid
 from tldmi_jax.train import classifier
 from tldmi_jax.utils import checkpoint, metrics
@@ -130,7 +130,7 @@ def test_dpsgd_reports_the_accountant_epsilon(runs, defense):
 
 def test_load_classifier_rebuilds_mid(runs):
     workdir, _ = runs('mid')
-    model, variables = classifier.load_classifier(workdir)
+    model, variables = classifiers.load(workdir)
     assert isinstance(model, mid.VIB)
     assert 'vib' in variables['params']
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)

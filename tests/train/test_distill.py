@@ -11,8 +11,8 @@ import pytest
 from flax import traverse_util
 
 from configs import distill_celeba
-from tldmi_jax import data, models
-from tldmi_jax.train import classifier, distill
+from tldmi_jax import classifiers, data, models
+from tldmi_jax.train import distill
 from tldmi_jax.utils import checkpoint
 
 NUM_CLASSES = 4  # The runlocal synthetic data.
@@ -69,7 +69,7 @@ def test_step_lr_schedule():
 
 def test_student_kl_to_target_decreases(target_dir):
     config = _config(target_dir)
-    target, target_vars = classifier.load_classifier(target_dir)
+    target, target_vars = classifiers.load(target_dir)
     model, params, stats = distill.init_student(config, 'efficientnet_b0_tiny', NUM_CLASSES, 0)
     tx, _ = distill.make_optimizer(config, steps_per_epoch=10)
     state = distill.StudentState(
@@ -156,7 +156,7 @@ def test_interrupted_run_resumes_to_identical_students(target_dir, tmp_path, mon
 
     # The students load as classifiers and agree with the recorded metrics.
     for s in summary['students']:
-        model, variables = classifier.load_classifier(s['dir'])
+        model, variables = classifiers.load(s['dir'])
         assert model.num_classes == NUM_CLASSES
         assert 0.0 <= s['holdout/agreement@1'] <= 1.0
         assert 0.0 <= s['test/acc@1'] <= 1.0

@@ -10,6 +10,7 @@ import pytest
 
 from configs import gan_celeba
 from tldmi_jax import priors
+from tldmi_jax.pipelines import runlocal
 from tldmi_jax.train import gan, gan_losses
 from tldmi_jax.utils import checkpoint, metrics
 
@@ -34,8 +35,7 @@ def target(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('gan_target'))
     config = _config('kedmi')
     config.target.runlocal_steps = 8
-    gan.load_target(config, workdir)
-    return os.path.join(workdir, 'target')
+    return runlocal.fill_in('gan', config, workdir).target.checkpoint
 
 
 def test_losses_match_closed_forms():

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from tests.payloads import Payload
-from tldmi_jax.attacks import outputs, runner
+from tldmi_jax import reconstructions
+from tldmi_jax.attacks import runner
 from tldmi_jax.data import builders
 from tldmi_jax.evaluation import features
 from tldmi_jax.train import gan
@@ -39,14 +40,14 @@ def marker(tmp_path):
 
 def test_reconstructions_given_to_evaluate_are_not_unpickled(tmp_path, marker):
     np.savez(
-        tmp_path / outputs.FILENAME,
+        tmp_path / reconstructions.FILENAME,
         images=_evil_array(marker),
         identity=np.zeros(1, np.int32),
         seed=np.zeros(1, np.int32),
         batch=np.zeros(1, np.int32),
     )
     with pytest.raises(ValueError, match='allow_pickle'):
-        outputs.load(str(tmp_path))
+        reconstructions.load(str(tmp_path))
 
 
 def test_feature_cache_ignores_a_pickled_file(tmp_path, marker):

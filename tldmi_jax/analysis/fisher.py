@@ -39,10 +39,9 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from tldmi_jax import config_lib, data
-from tldmi_jax.attacks import outputs
+from tldmi_jax import classifiers, config_lib, data, reconstructions
 from tldmi_jax.data import pipeline, preprocess
-from tldmi_jax.evaluation import features, report, runlocal
+from tldmi_jax.reporting import files
 from tldmi_jax.utils import atomic, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
@@ -193,7 +192,7 @@ def plot(path: str, groups: list[str], curves: dict[str, list[float]], title: st
 def _resized_batches(images, labels, size, chunk) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(images), chunk):
         x = jnp.asarray(images[start : start + chunk], jnp.float32)
-        yield np.asarray(features.resize(x, size)), labels[start : start + chunk]
+        yield np.asarray(classifiers.resize(x, size)), labels[start : start + chunk]
 
 
 def _subsample(indices: np.ndarray, cap: int, seed: int) -> np.ndarray:
@@ -214,17 +213,18 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     metrics.quiet_libraries()
     workdir_lib.prepare(config, workdir)
-    if config.runlocal:
-        config = runlocal.fill_in(config, workdir)
     if not config.target.checkpoint or not config.attack_dir:
         raise ValueError('Set --config.target.checkpoint and --config.attack_dir.')
-    recon, meta = outputs.load(config.attack_dir)
+    recon, meta = reconstructions.load(config.attack_dir)
     recorded = meta.get('target', {}) or {}
-    model, variables, size = features.load_classifier_block(
+    model, variables, size = classifiers.load_block(
         config.target,
         fallback_arch=recorded.get('arch'),
         fallback_size=meta.get('image_size'),
         name='target',
+    )
+    reconstructions.check_target(
+        config.attack_dir, meta, config.target.checkpoint, classifiers.fingerprint(variables)
     )
     if not hasattr(model, 'layer_groups'):
         raise ValueError(f'{type(model).__name__} has no layer_groups.')
@@ -296,15 +296,15 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             {
                 'identities': identities.tolist(),
                 'seeds': np.unique(recon['seed']).tolist(),
-                'target': features.variables_hash(variables),
-                'data': features.split_fingerprint(dc.name, dc.split, source, dc.get('kwargs')),
+                'target': classifiers.variables_hash(variables),
+                'data': pipeline.split_fingerprint(dc.name, dc.split, source, dc.get('kwargs')),
                 'classification_identities': config.fisher.classification_identities,
                 'max_examples': cap,
             }
         ),
     }
-    report.write_json(os.path.join(workdir, 'fisher.json'), result)
-    report.write_csv(os.path.join(workdir, 'fisher.csv'), groups)
+    files.write_json(os.path.join(workdir, 'fisher.json'), result)
+    files.write_csv(os.path.join(workdir, 'fisher.csv'), groups)
     names = [g['group'] for g in groups]
     plot(
         os.path.join(workdir, 'fisher.png'),

@@ -8,18 +8,15 @@ keeping every instance independent of the others.
 """
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tldmi_jax import classifiers
 from tldmi_jax.priors import Prior
 from tldmi_jax.priors import plgmi as plgmi_prior
-
-# (features [B, F], logits [B, K]) of a classifier in inference mode.
-ClassifierFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,20 +33,11 @@ class AttackContext:
     """
 
     prior: Prior
-    target: ClassifierFn
-    augmented: Sequence[ClassifierFn] = ()
+    target: classifiers.BoundFn
+    augmented: Sequence[classifiers.BoundFn] = ()
     num_classes: int = 0
     image_size: int = 64
     p_reg: jax.Array | None = None
-
-
-def classifier_fn(model: nn.Module, variables: dict) -> ClassifierFn:
-    """Binds a classifier's variables; inference mode (running BatchNorm statistics)."""
-
-    def apply(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return model.apply(variables, images, train=False)
-
-    return apply
 
 
 def resize_to(images: jax.Array, size: int) -> jax.Array:
@@ -141,7 +129,7 @@ def prior_plus_identity(
 
 
 def public_feature_mean(
-    target: ClassifierFn, images: np.ndarray, batch_size: int = 100
+    target: classifiers.BoundFn, images: np.ndarray, batch_size: int = 100
 ) -> np.ndarray:
     """p_reg: the mean of the target's penultimate features over public images [N, H, W, C]."""
     apply = jax.jit(lambda x: target(x)[0])

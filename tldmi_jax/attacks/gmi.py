@@ -14,19 +14,9 @@ import optax
 from tldmi_jax.attacks import common
 from tldmi_jax.attacks.latent_search import Problem
 
+NAME = 'gmi'
 PRIOR_KIND = 'gmi'
-DEFAULTS = dict(
-    steps=3000,  # iters_mi of TL-DMI's attack config (LOMMA's: 2400).
-    lr=0.02,
-    momentum=0.9,
-    lam=100.0,  # Weight of the identity loss.
-    clip=1.0,  # z is clamped to [-clip, clip] after every update.
-    num_seeds=5,
-    samples=1,  # Reconstructions per (identity, seed).
-    iden_loss='ce',
-    use_augmented=False,
-    reg_weight=0.0,
-)
+LOMMA = True  # LOMMA's identity terms apply (`attack.lomma`).
 
 
 def prior_loss(ctx: common.AttackContext, images: jax.Array, label: jax.Array) -> jax.Array:

@@ -19,19 +19,9 @@ import optax
 from tldmi_jax.attacks import common
 from tldmi_jax.attacks.latent_search import Problem
 
+NAME = 'kedmi'
 PRIOR_KIND = 'kedmi'
-DEFAULTS = dict(
-    steps=3000,
-    lr=0.02,
-    lam=100.0,
-    clip=1.0,
-    num_seeds=1,  # One distribution per identity ...
-    samples=5,  # ... from which 5 reconstructions are drawn.
-    init_log_var=0.0,
-    iden_loss='ce',
-    use_augmented=False,
-    reg_weight=0.0,
-)
+LOMMA = True  # LOMMA's identity terms apply (`attack.lomma`).
 
 
 def prior_loss(ctx: common.AttackContext, images: jax.Array, label: jax.Array) -> jax.Array:

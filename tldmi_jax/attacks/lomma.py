@@ -1,4 +1,4 @@
-"""LOMMA (Nguyen et al., CVPR 2023) on top of GMI or KEDMI.
+"""LOMMA (Nguyen et al., CVPR 2023): an option of GMI and KEDMI (`attack.lomma=VARIANT`).
 
 LOMMA changes only the identity term: the logit loss -logit_y (instead of CE) averaged over
 the target and the augmented models distilled from it, plus `reg_weight` (TL-DMI's `lam`
@@ -15,17 +15,12 @@ on public images. The variants of the original code:
 
 import ml_collections
 
-from tldmi_jax.attacks import common, gmi, kedmi
-from tldmi_jax.attacks.latent_search import Problem
-
 VARIANTS = {
     'baseline': dict(iden_loss='ce', use_augmented=False, reg=False),
     'L_logit': dict(iden_loss='logit', use_augmented=False, reg=True),
     'L_aug': dict(iden_loss='ce', use_augmented=True, reg=False),
     'ours': dict(iden_loss='logit', use_augmented=True, reg=True),
 }
-BASES = {'gmi': gmi, 'kedmi': kedmi}
-DEFAULTS = dict(variant='ours', reg_weight=1.0, p_reg_samples=5000)
 
 
 def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -38,10 +33,3 @@ def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.use_augmented = spec['use_augmented']
     cfg.reg_weight = cfg.reg_weight if spec['reg'] else 0.0
     return cfg
-
-
-def make_problem(ctx: common.AttackContext, cfg: ml_collections.ConfigDict, base: str) -> Problem:
-    """LOMMA on `base` ('gmi' or 'kedmi')."""
-    if base not in BASES:
-        raise ValueError(f'LOMMA base must be one of {sorted(BASES)}, got {base!r}.')
-    return BASES[base].make_problem(ctx, configure(cfg))

@@ -14,15 +14,9 @@ from tldmi_jax.attacks import common
 from tldmi_jax.attacks.latent_search import Problem
 from tldmi_jax.priors import plgmi as plgmi_prior
 
+NAME = 'plgmi'
 PRIOR_KIND = 'plgmi'
-DEFAULTS = dict(
-    steps=600,
-    lr=0.1,
-    num_seeds=5,
-    samples=1,
-    iden_loss='margin',
-    views=2,
-)
+LOMMA = False  # Its own max-margin identity loss; LOMMA does not apply.
 
 
 def make_problem(ctx: common.AttackContext, cfg: ml_collections.ConfigDict) -> Problem:

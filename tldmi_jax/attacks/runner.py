@@ -1,14 +1,14 @@
-"""`run(config, workdir)`: load target, prior and helpers, attack identity batches, save.
+"""`run(config, workdir)`: the attack stage: attack identity batches, save reconstructions.
 
-The attack module (`tldmi_jax.attacks.<name>`) supplies the problem; this file only loads
-and checks inputs, iterates over identity batches with `LatentSearch`, and writes
-`reconstructions.npz`, one PNG grid per batch and `attack.json`. All inputs are checked
-before anything is written, so a bad input leaves no partial workdir.
+The attack module (`tldmi_jax.attacks.ATTACKS`) supplies the problem; this file only loads
+and checks the finished inputs (target, prior, LOMMA's augmented models), iterates over
+identity batches with `LatentSearch`, and writes `reconstructions.npz`
+(`tldmi_jax.reconstructions`), one PNG grid per batch and `attack.json`. All inputs are
+checked before anything is written, so a bad input leaves no partial workdir. Under
+`:runlocal` the launcher makes missing inputs first (`tldmi_jax.pipelines.runlocal`).
 """
 
 import dataclasses
-import hashlib
-import importlib
 import json
 import os
 import time
@@ -19,49 +19,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tldmi_jax import config_lib, data, priors
-from tldmi_jax.attacks import common, latent_search, lomma, outputs
+from tldmi_jax import attacks, classifiers, config_lib, data, priors, reconstructions
+from tldmi_jax.attacks import common, latent_search
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
-from tldmi_jax.train import classifier
 from tldmi_jax.utils import atomic, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
-
-ATTACKS = ('gmi', 'kedmi', 'lomma_gmi', 'lomma_kedmi', 'plgmi')
-
-
-def _module_and_base(name: str):
-    if name not in ATTACKS:
-        raise ValueError(f'Unknown attack {name!r}; use one of {", ".join(ATTACKS)}.')
-    base = name.split('_', 1)[1] if name.startswith('lomma_') else name
-    return importlib.import_module(f'tldmi_jax.attacks.{base}'), base
-
-
-def resolve_attack_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The attack's hyperparameters: module DEFAULTS, then every non-None config field.
-
-    For LOMMA the base attack's fields are then set from `variant` (`lomma.configure`), so
-    the result drives the base module's `make_problem` directly.
-    """
-    module, _ = _module_and_base(config.attack.name)
-    cfg = dict(module.DEFAULTS)
-    if config.attack.name.startswith('lomma_'):
-        cfg.update(lomma.DEFAULTS)
-    for key, value in config.attack.items():
-        if value is not None:
-            cfg[key] = value
-    cfg.setdefault('reference_batch', 60)
-    cfg = ml_collections.ConfigDict(cfg)
-    # LOMMA's variant decides the identity terms (loss, augmented models, regulariser).
-    return lomma.configure(cfg) if config.attack.name.startswith('lomma_') else cfg
-
-
-def fingerprint(tree: Any) -> str:
-    """A short hash of every array in a pytree (identifies weights, not paths)."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()[:16]
 
 
 def identity_batches(config: ml_collections.ConfigDict, num_classes: int) -> list[np.ndarray]:
@@ -86,49 +49,56 @@ class _Inputs:
     prior_meta: dict
     batches: list
     cfg: ml_collections.ConfigDict
+    spec: attacks.Spec
+
+
+def _check_prior(prior: priors.Prior, spec: attacks.Spec, path: str, num_classes: int) -> None:
+    """The prior is of the attack's kind and, if conditional, of the target's classes."""
+    kind = spec.module.PRIOR_KIND
+    if prior.kind != kind:
+        raise ValueError(
+            f'Attack {spec.label} needs a {kind} prior; {path} holds a {prior.kind} prior.'
+        )
+    if prior.kind != 'gmi' and prior.num_classes != num_classes:
+        raise ValueError(
+            f'The {prior.kind} prior {path} was trained for a target with {prior.num_classes} '
+            f'classes, but the target has {num_classes}; train the prior against this target '
+            '(launch/train_gan.py --config.target.checkpoint=...)'
+        )
 
 
 def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
     """Loads and checks every input; raises ValueError before anything is written."""
-    module, _ = _module_and_base(config.attack.name)
-    cfg = resolve_attack_config(config)
+    spec = attacks.resolve(config.attack)
+    cfg = attacks.hyperparameters(config.attack)
     sharding.check_devices(config.get('devices', 0))
     target_path = config.target.checkpoint
     if not target_path:
         raise ValueError('Set --config.target.checkpoint (a trainer workdir or model dir).')
-    model, variables = classifier.load_classifier(target_path, arch=config.target.get('arch'))
+    model, variables = classifiers.load(target_path, arch=config.target.get('arch'))
     num_classes = model.num_classes
-    target_size = input_size(target_path, config)
+    target_size = classifiers.input_size(target_path, config.data.image_size)
     if not config.prior.checkpoint:
         raise ValueError('Set --config.prior.checkpoint (a train_gan workdir or prior dir).')
     prior = priors.load_prior(config.prior.checkpoint)
-    if prior.kind != module.PRIOR_KIND:
-        raise ValueError(
-            f'Attack {config.attack.name} needs a {module.PRIOR_KIND} prior; '
-            f'{config.prior.checkpoint} holds a {prior.kind} prior.'
-        )
-    if prior.kind == 'plgmi' and prior.num_classes != num_classes:
-        raise ValueError(
-            f'The PLG-MI generator has {prior.num_classes} classes but the target has '
-            f'{num_classes}.'
-        )
+    _check_prior(prior, spec, config.prior.checkpoint, num_classes)
     batches = identity_batches(config, num_classes)
-    target = common.classifier_fn(model, variables)
+    target = classifiers.bind(model, variables)
     augmented = []
     if cfg.get('use_augmented'):
         paths = [p for p in (config.augmented.checkpoints or '').split(',') if p]
         if not paths:
             raise ValueError('This LOMMA variant needs --config.augmented.checkpoints=DIR,DIR,...')
         for path in paths:
-            aug_model, aug_vars = classifier.load_classifier(path)
+            aug_model, aug_vars = classifiers.load(path)
             if aug_model.num_classes != num_classes:
                 raise ValueError(
                     f'Augmented model {path} has {aug_model.num_classes} classes; '
                     f'the target has {num_classes}.'
                 )
-            augmented.append(common.classifier_fn(aug_model, aug_vars))
+            augmented.append(classifiers.bind(aug_model, aug_vars))
     p_reg = None
-    if config.attack.name.startswith('lomma_') and cfg.get('reg_weight'):
+    if spec.lomma and cfg.get('reg_weight'):
         p_reg = _p_reg(config, cfg, target, target_size, workdir)
     ctx = common.AttackContext(
         prior=prior,
@@ -143,23 +113,14 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
         'checkpoint': target_path,
         'num_classes': num_classes,
         'image_size': target_size,
-        'fingerprint': fingerprint(variables),
+        'fingerprint': classifiers.fingerprint(variables),
     }
     prior_meta = {
         'kind': prior.kind,
         'checkpoint': config.prior.checkpoint,
-        'fingerprint': fingerprint(prior.variables),
+        'fingerprint': classifiers.fingerprint(prior.variables),
     }
-    return _Inputs(ctx, target_meta, prior_meta, batches, cfg)
-
-
-def input_size(target_path: str, config: ml_collections.ConfigDict) -> int:
-    """The target's input size: its trainer config.json, else `config.data.image_size`."""
-    cfg_path = os.path.join(target_path, 'config.json')
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            return int(json.load(f).get('data', {}).get('image_size', config.data.image_size))
-    return int(config.data.image_size)
+    return _Inputs(ctx, target_meta, prior_meta, batches, cfg, spec)
 
 
 def _p_reg(config, cfg, target, image_size: int, workdir: str) -> np.ndarray:
@@ -215,16 +176,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) the attack of `config` in `workdir`; returns the attack summary."""
     metrics.quiet_libraries()
     workdir_lib.prepare(config, workdir)
-    _module_and_base(config.attack.name)  # An unknown attack fails before runlocal trains.
-    sharding.check_devices(config.get('devices', 0))
-    if config.get('runlocal') and not (config.target.checkpoint and config.prior.checkpoint):
-        from tldmi_jax.attacks import runlocal  # Builds tiny upstream artefacts.
-
-        config = runlocal.prepare(config, workdir)
     inputs = _load_inputs(config, workdir)
     cfg = inputs.cfg
-    module, _ = _module_and_base(config.attack.name)
-    problem = module.make_problem(inputs.ctx, cfg)  # LOMMA: the base module, configured.
+    problem = inputs.spec.module.make_problem(inputs.ctx, cfg)  # LOMMA: the base, configured.
     os.makedirs(os.path.join(workdir, 'batches'), exist_ok=True)
     workdir_lib.save_config(config, workdir)
     search = latent_search.LatentSearch(
@@ -247,7 +201,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 ids,
                 cfg.steps,
                 ckpt_dir=os.path.join(workdir, 'checkpoints', f'batch_{index:03d}'),
-                progress=f'{config.attack.name} batch {index + 1}/{len(inputs.batches)}',
+                progress=f'{inputs.spec.label} batch {index + 1}/{len(inputs.batches)}',
             )
             steps_run += cfg.steps
             b, s, k = images.shape[:3]
@@ -268,7 +222,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     final_losses = [json.loads(str(a['losses'])) if 'losses' in a else {} for a in arrays]
     ids = [int(i) for b in inputs.batches for i in b]
     protocol = {
-        'attack': config.attack.name,
+        'attack': inputs.spec.label,
         'hyperparameters': cfg.to_dict(),
         'identities': ids,
         'seed': config.seed,
@@ -276,7 +230,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'prior': inputs.prior_meta['fingerprint'],
     }
     summary = {
-        'attack': config.attack.name,
+        'attack': inputs.spec.label,
         'hyperparameters': cfg.to_dict(),
         'target': inputs.target_meta,
         'prior': inputs.prior_meta,
@@ -290,6 +244,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'wall_seconds_this_run': wall,
         'iterations_per_second': steps_run / wall if steps_run else None,
     }
-    outputs.save(workdir, images, identity, seed, batch, summary)
+    reconstructions.save(workdir, images, identity, seed, batch, summary)
     writer.close()
     return summary

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -168,3 +170,22 @@ def split_validation(
     is_val = np.zeros(num_records, dtype=bool)
     is_val[val] = True
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+def array_hash(array: np.ndarray) -> str:
+    """A short hash of an array's dtype, shape and contents."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f'{array.dtype}:{array.shape};'.encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def split_fingerprint(name: str, split: str, source: Any, kwargs: dict | None = None) -> dict:
+    """Identifies a dataset split by name, options, size and labels (no image decoding)."""
+    return {
+        'dataset': name,
+        'split': split,
+        'kwargs': dict(kwargs or {}),
+        'size': len(source),
+        'labels': array_hash(np.asarray(source.labels, np.int64)),
+    }

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tldmi_jax.evaluation import features
+from tldmi_jax import classifiers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,8 +144,8 @@ class Evaluator:
     """big_vision-style evaluator: `Evaluator(predict_fn, **cfg).run(recon)` yields metrics.
 
     `predict_fn(images [B, h, w, C] in [0, 1]) -> (features, logits)` is the evaluation
-    model (e.g. `features.classifier_fn(model, variables, 112)`); `run` takes the arrays of
-    `tldmi_jax.attacks.outputs.load` (images, identity, seed, batch), so an attack can log
+    model (e.g. `features.resized_fn(model, variables, 112)`); `run` takes the arrays of
+    `tldmi_jax.reconstructions.load` (images, identity, seed, batch), so an attack can log
     `attack/acc@1` while it optimises.
     """
 
@@ -161,7 +161,7 @@ class Evaluator:
         self.reproduce_top5_bug = reproduce_top5_bug
 
     def run(self, recon: dict[str, np.ndarray]) -> Iterator[tuple[str, float]]:
-        _, logits = features.run_batched(self.predict_fn, recon['images'], self.batch_size)
+        _, logits = classifiers.run_batched(self.predict_fn, recon['images'], self.batch_size)
         result = attack_accuracy(
             logits,
             recon['identity'],

@@ -1,7 +1,7 @@
 """`evaluate(config, workdir)`: every metric of the MI protocol for one attack output.
 
 Inputs: the reconstructions of an attack workdir (`config.attack_dir`,
-`tldmi_jax.attacks.outputs`), the evaluation model (`config.eval_model.checkpoint`, the
+`tldmi_jax.reconstructions`), the evaluation model (`config.eval_model.checkpoint`, the
 112 px FaceNet/IR-50 trained with `configs/eval_celeba.py`), the private data
 (`config.data`), the target (`config.target.checkpoint`, else the one `attack.json`
 names) and, for FID/KID/PRDC, converted FID Inception weights
@@ -16,8 +16,8 @@ Outputs in `workdir`: `metrics.json` (`attack/acc@1`, `attack/acc@1_std`, `attac
 Reconstructions are resized bilinearly to the evaluation model's input (64 -> 112 in the
 real protocol; see `features`). Without Inception weights (and outside runlocal) FID, KID
 and PRDC are skipped with a warning naming `config.fid.inception_checkpoint`; nothing is
-ever downloaded. With `config.runlocal`, missing upstream artefacts are made by
-`tldmi_jax.evaluation.runlocal` and the tiny Inception runs with random weights.
+ever downloaded. With `config.runlocal` the tiny Inception runs with random weights (the
+launcher makes missing upstream artefacts first, `tldmi_jax.pipelines.runlocal`).
 """
 
 import os
@@ -28,12 +28,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tldmi_jax import config_lib, data
-from tldmi_jax.attacks import outputs
+from tldmi_jax import classifiers, config_lib, data, reconstructions
 from tldmi_jax.data import pipeline, preprocess
-from tldmi_jax.evaluation import attack_acc, features, fid, knn, report, runlocal
+from tldmi_jax.evaluation import attack_acc, features, fid, knn, report
 from tldmi_jax.models import inception
-from tldmi_jax.train import classifier
+from tldmi_jax.reporting import files
 from tldmi_jax.utils import checkpoint, metrics
 from tldmi_jax.utils import workdir as workdir_lib
 
@@ -105,11 +104,11 @@ def _distribution_metrics(
         rng = np.random.default_rng(config.seed)
         indices = np.sort(rng.choice(indices, max_real, replace=False))
     key = {
-        'inception': features.variables_hash(variables),
+        'inception': classifiers.variables_hash(variables),
         'arch': config.fid.arch,
         'original_range_mapping': mapping,
         'data': split_key,
-        'indices': features.array_hash(indices),
+        'indices': pipeline.array_hash(indices),
         'image_size': size,
     }
     prep = preprocess.get_preprocess(config.data.name, size)
@@ -121,7 +120,7 @@ def _distribution_metrics(
     if success.sum() < 2:
         notes.append(f'Only {int(success.sum())} successful reconstruction(s): FID/KID/PRDC n/a.')
         return result, notes
-    fake = features.run_batched(fn, recon[success], bs)[0]
+    fake = classifiers.run_batched(fn, recon[success], bs)[0]
     result['attack/fid'] = fid.fid_score(real, fake)
     result['attack/kid'] = fid.kid(
         real,
@@ -136,11 +135,17 @@ def _distribution_metrics(
     return result, notes
 
 
-def natural_accuracy(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> float | None:
-    """Top-1 accuracy of the target on the private test split (None if no target).
+def load_target(
+    config: ml_collections.ConfigDict, meta: dict[str, Any]
+) -> tuple[Any, Any, int] | None:
+    """The target `(model, variables, image_size)`, or None (with a warning) if there is none.
 
-    The target is `config.target.checkpoint`, else the checkpoint `attack.json` names (if
-    it exists on this machine).
+    The target is `config.target.checkpoint`, else the checkpoint `attack.json` names (if it
+    exists on this machine). When `attack.json` records the fingerprint of the target the
+    attack was made against, a different target is refused.
+
+    Raises:
+      ValueError: the target is not the one the reconstructions were made against.
     """
     block = config.target.copy_and_resolve_references()
     recorded = meta.get('target', {}) or {}
@@ -154,23 +159,26 @@ def natural_accuracy(config: ml_collections.ConfigDict, meta: dict[str, Any]) ->
             )
             return None
         block.checkpoint = path
-    model, variables, size = features.load_classifier_block(
+    model, variables, size = classifiers.load_block(
         block,
         fallback_arch=recorded.get('arch'),
         fallback_size=meta.get('image_size'),
         name='target',
     )
+    reconstructions.check_target(
+        config.attack_dir, meta, block.checkpoint, classifiers.fingerprint(variables)
+    )
+    return model, variables, size
+
+
+def natural_accuracy(config: ml_collections.ConfigDict, target: tuple[Any, Any, int]) -> float:
+    """Top-1 accuracy of the target `(model, variables, size)` on the private test split."""
+    model, variables, size = target
     source = _source(config, config.data.test_split)
     prep = preprocess.get_preprocess(config.data.name, size)
     test = pipeline.load_all(source, np.arange(len(source)), prep)
-    predict = jax.jit(classifier.make_predict_fn(model))
-    res = classifier.evaluate(
-        predict,
-        variables['params'],
-        variables['batch_stats'],
-        test['image'],
-        test['label'],
-        config.batch_size,
+    res = classifiers.evaluate(
+        classifiers.jit_apply(model), variables, test['image'], test['label'], config.batch_size
     )
     return res['acc@1']
 
@@ -187,22 +195,21 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """
     metrics.quiet_libraries()
     workdir_lib.prepare(config, workdir)
-    if config.runlocal:
-        config = runlocal.fill_in(config, workdir)
     if not config.attack_dir or not config.eval_model.checkpoint:
         raise ValueError('Set --config.attack_dir and --config.eval_model.checkpoint.')
-    recon, meta = outputs.load(config.attack_dir)
+    recon, meta = reconstructions.load(config.attack_dir)
     images, identity = recon['images'], recon['identity'].astype(np.int64)
-    model, variables, eval_size = features.load_classifier_block(
+    model, variables, eval_size = classifiers.load_block(
         config.eval_model, fallback_arch='facenet', fallback_size=112, name='eval_model'
     )
-    eval_fn = features.classifier_fn(model, variables, eval_size)
-    recon_feats, logits = features.run_batched(eval_fn, images, config.batch_size)
+    eval_fn = features.resized_fn(model, variables, eval_size)
+    recon_feats, logits = classifiers.run_batched(eval_fn, images, config.batch_size)
     if identity.min() < 0 or identity.max() >= logits.shape[1]:
         raise ValueError(
             f'Identities {identity.min()}..{identity.max()} are outside the evaluation '
             f"model's {logits.shape[1]} classes."
         )
+    target = load_target(config, meta)
     workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
     acc = attack_acc.attack_accuracy(
         logits,
@@ -214,13 +221,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     confidence = _softmax(logits.astype(np.float64))[np.arange(len(identity)), identity]
 
     source = _source(config, config.data.train_split)
-    split_key = features.split_fingerprint(
+    split_key = pipeline.split_fingerprint(
         config.data.name, config.data.train_split, source, config.data.get('kwargs')
     )
     ids = np.unique(identity)
     indices = np.flatnonzero(np.isin(np.asarray(source.labels), ids))
     cache = features.FeatureCache(os.path.join(workdir, 'feature_cache'))
-    eval_hash = features.variables_hash(variables)
+    eval_hash = classifiers.variables_hash(variables)
     prep = preprocess.get_preprocess(config.data.name, eval_size)
 
     def private_features():
@@ -230,7 +237,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return {'features': feats, 'labels': labels, 'indices': indices}
 
     key = {'model': eval_hash, 'image_size': eval_size, 'data': split_key}
-    key['indices'] = features.array_hash(indices)
+    key['indices'] = pipeline.array_hash(indices)
     private = cache.get_or_compute('eval', key, private_features)
     dist, nearest = knn.knn_distances(
         recon_feats,
@@ -243,7 +250,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     dist_metrics, notes = _distribution_metrics(
         config, cache, images, acc.correct1, source, indices, split_key
     )
-    natural = natural_accuracy(config, meta)
+    natural = None if target is None else natural_accuracy(config, target)
     if natural is None:
         notes.append('Target natural accuracy skipped: set `config.target.checkpoint`.')
     if config.reproduce_top5_bug:
@@ -303,7 +310,7 @@ def _write_outputs(
 ) -> None:
     """Writes metrics.json/.jsonl, the CSV tables, the pairs grid and report.md."""
     identity = recon['identity']
-    report.write_json(os.path.join(workdir, 'metrics.json'), result)
+    files.write_json(os.path.join(workdir, 'metrics.json'), result)
     metrics.truncate(workdir, -1)  # One record: this evaluation's, not one per attempt.
     writer = metrics.MetricWriter(workdir, tensorboard=False)
     scalars = {k: v for k, v in result.items() if not isinstance(v, str | None)}
@@ -313,8 +320,8 @@ def _write_outputs(
         identity,
         {'acc@1': acc.correct1, 'acc@5': acc.correct5, 'knn_dist': dist, 'confidence': confidence},
     )
-    report.write_csv(os.path.join(workdir, 'per_identity.csv'), rows)
-    report.write_csv(os.path.join(workdir, 'groups.csv'), acc.groups)
+    files.write_csv(os.path.join(workdir, 'per_identity.csv'), rows)
+    files.write_csv(os.path.join(workdir, 'groups.csv'), acc.groups)
 
     order = np.lexsort((recon['batch'], recon['seed'], identity))[: config.report.max_pairs]
     grid = None

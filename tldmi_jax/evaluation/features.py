@@ -1,26 +1,25 @@
 """Feature extraction in fixed-size batches, and an on-disk cache keyed by model and data.
 
 A *feature function* maps a float32 [B, h, w, C] batch in [0, 1] to a tuple of arrays with
-leading dimension B. `classifier_fn` builds one for a classifier (resized to its input
-size, inference-mode BatchNorm, returning `(features, logits)`); `inception_fn` one for the
-FID Inception (returning `(pool3,)`). `run_batched` applies it to in-memory arrays and
-`run_on_source` streams a dataset split through it; both pad the last batch so that one
+leading dimension B. `resized_fn` builds one for a classifier (resized to its input size,
+inference-mode BatchNorm, returning `(features, logits)`); `inception_fn` one for the FID
+Inception (returning `(pool3,)`). `classifiers.run_batched` applies it to in-memory arrays
+and `run_on_source` streams a dataset split through it; both pad the last batch so that one
 compiled shape serves every batch, and neither holds more than a few batches of images.
 
-Resizing is bilinear with `jax.image.resize(..., antialias=True)`, which equals PIL's
+Resizing is bilinear (`classifiers.resize`, antialiased), which equals PIL's
 `Image.BILINEAR` on float images in both directions (tested to 1e-5). The original's
 `low2high` (64 -> 112 for the evaluation model) goes through PIL on uint8 images
 (`ToPILImage` truncates `x * 255` to uint8 first), so it differs from this by the uint8
 quantisation only (at most 1/255 per pixel).
 
 `FeatureCache` keeps features of private images under `workdir/feature_cache/`, keyed by a
-hash of the model's variables (`variables_hash`) and of the data split (`split_fingerprint`:
+hash of the model's variables (`classifiers.variables_hash`) and of the data split
+(`pipeline.split_fingerprint`:
 dataset, split, size, labels, the selected records and the preprocessing), so a rerun with
 the same evaluation model and data reuses them and any change recomputes.
 """
 
-import hashlib
-import json
 import os
 import zipfile
 from collections.abc import Callable
@@ -31,109 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import traverse_util
 
-from tldmi_jax import config_lib, models
+from tldmi_jax import classifiers, config_lib
 from tldmi_jax.data import pipeline
-from tldmi_jax.train import classifier
 from tldmi_jax.utils import atomic
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
-def variables_hash(variables: Any) -> str:
-    """A short hash of every leaf's path, dtype, shape and bytes (model identity)."""
-    digest = hashlib.sha256()
-    flat = traverse_util.flatten_dict(jax.device_get(variables), sep='/')
-    for name in sorted(flat):
-        leaf = np.ascontiguousarray(flat[name])
-        digest.update(f'{name}:{leaf.dtype}:{leaf.shape};'.encode())
-        digest.update(leaf.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def array_hash(array: np.ndarray) -> str:
-    """A short hash of an array's dtype, shape and contents."""
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f'{array.dtype}:{array.shape};'.encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def split_fingerprint(name: str, split: str, source: Any, kwargs: dict | None = None) -> dict:
-    """Identifies a dataset split by name, options, size and labels (no image decoding)."""
-    return {
-        'dataset': name,
-        'split': split,
-        'kwargs': dict(kwargs or {}),
-        'size': len(source),
-        'labels': array_hash(np.asarray(source.labels, np.int64)),
-    }
-
-
-def load_classifier_block(
-    block: Any,
-    *,
-    fallback_arch: str | None = None,
-    fallback_size: int | None = None,
-    name: str = 'model',
-) -> tuple[nn.Module, Any, int]:
-    """Loads the classifier a config block names (`checkpoint`, `arch`, `num_classes`, ...).
-
-    Empty fields fall back to the trainer workdir's `config.json` (when `checkpoint` is a
-    workdir of `launch/train.py`), then to `fallback_arch` / `fallback_size`, then (size
-    only) to the architecture's default input size.
-
-    Args:
-      block: a ConfigDict with `checkpoint` and optional `arch`, `num_classes`,
-        `image_size` (''/0 mean unset).
-      fallback_arch: arch used when neither the block nor config.json names one.
-      fallback_size: input size used when neither names one.
-      name: the block's config field (`eval_model`, `target`), for error messages.
-
-    Returns:
-      `(model, variables, image_size)`.
-
-    Raises:
-      ValueError: no architecture is known, or `block.image_size` differs from the size
-        the model was trained at (its `config.json`); inputs of any size are resized to the
-        model's own, so that field only matters without a `config.json`.
-    """
-    path = block.checkpoint
-    saved = {}
-    if os.path.exists(os.path.join(path, 'config.json')):
-        with open(os.path.join(path, 'config.json')) as f:
-            saved = json.load(f)
-    arch = block.get('arch') or saved.get('model', {}).get('arch') or fallback_arch
-    if not arch:
-        raise ValueError(f'{path}: set the architecture (no config.json names it).')
-    trained = saved.get('data', {}).get('image_size')
-    if block.get('image_size') and trained and int(block.image_size) != int(trained):
-        raise ValueError(
-            f'config.{name}.image_size={block.image_size} but {path} was trained at {trained} '
-            f'px; set --config.{name}.image_size=0 (images are resized to the trained size)'
-        )
-    size = (
-        block.get('image_size')
-        or saved.get('data', {}).get('image_size')
-        or fallback_size
-        or models.default_image_size(arch)
-    )
-    model, variables = classifier.load_classifier(
-        path, arch=arch, num_classes=block.get('num_classes') or None, image_size=int(size)
-    )
-    return model, variables, int(size)
-
-
-def resize(images: jax.Array, size: int) -> jax.Array:
-    """Bilinear resize of [B, h, w, C] to [B, size, size, C] (PIL-equal; a no-op if equal)."""
-    if images.shape[1:3] == (size, size):
-        return images
-    shape = (images.shape[0], size, size, images.shape[3])
-    return jax.image.resize(images, shape, method='bilinear', antialias=True)
-
-
-def classifier_fn(model: nn.Module, variables: Any, image_size: int) -> FeatureFn:
+def resized_fn(model: nn.Module, variables: Any, image_size: int) -> FeatureFn:
     """`images [B, h, w, C] in [0, 1] -> (features, logits)`, resized to `image_size`.
 
     Args:
@@ -145,9 +50,11 @@ def classifier_fn(model: nn.Module, variables: Any, image_size: int) -> FeatureF
       A jitted function returning numpy-convertible `(features [B, D], logits [B, K])`.
     """
 
+    apply_model = classifiers.apply_fn(model)
+
     @jax.jit
     def apply(variables, images):
-        return model.apply(variables, resize(images, image_size), train=False)
+        return apply_model(variables, classifiers.resize(images, image_size))
 
     return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
 
@@ -181,37 +88,11 @@ def inception_fn(
             images = jnp.floor((images * 0.5 + 0.5) * 255.0) / 255.0
         if images.shape[-1] == 1:  # Greyscale data (e.g. Fashion-MNIST): replicate.
             images = jnp.repeat(images, 3, axis=-1)
-        x = resize(images, size) * 2.0 - 1.0
+        x = classifiers.resize(images, size) * 2.0 - 1.0
         features, _ = model.apply(variables, x, train=False)
         return (features,)
 
     return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
-
-
-def _concat(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
-
-
-def run_batched(fn: FeatureFn, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
-    """Applies `fn` to `images` in batches of `batch_size` (last one padded).
-
-    Args:
-      fn: a feature function.
-      images: float32 [N, h, w, C] in [0, 1], N >= 1.
-      batch_size: examples per call.
-
-    Returns:
-      `fn`'s outputs concatenated over the N images (float32 numpy arrays).
-    """
-    images = np.asarray(images, np.float32)
-    if len(images) == 0:
-        raise ValueError('run_batched needs at least one image.')
-    parts = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        out = fn(pipeline.pad_batch(chunk, batch_size))
-        parts.append(tuple(np.asarray(o, np.float32)[: len(chunk)] for o in out))
-    return _concat(parts)
 
 
 def run_on_source(
@@ -245,7 +126,8 @@ def run_on_source(
         out = fn(pipeline.pad_batch(batch['image'], batch_size))
         parts.append(tuple(np.asarray(o, np.float32)[:n] for o in out))
         labels.append(batch['label'])
-    return _concat(parts), np.concatenate(labels).astype(np.int32)
+    outputs = tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+    return outputs, np.concatenate(labels).astype(np.int32)
 
 
 class FeatureCache:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from tldmi_jax.evaluation import features
+from tldmi_jax import classifiers
 
 
 def knn_distances(
@@ -94,5 +94,5 @@ class Evaluator:
         self.batch_size = batch_size
 
     def run(self, recon: dict[str, np.ndarray]) -> Iterator[tuple[str, float]]:
-        feats, _ = features.run_batched(self.predict_fn, recon['images'], self.batch_size)
+        feats, _ = classifiers.run_batched(self.predict_fn, recon['images'], self.batch_size)
         yield 'attack/knn_dist', knn_dist(feats, recon['identity'], self.ref, self.ref_ids)

@@ -12,7 +12,6 @@ through `tldmi_jax.defenses` (`wrap_model`, `build`).
 """
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -27,7 +26,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from tldmi_jax import config_lib, data, defenses, models
+from tldmi_jax import classifiers, data, defenses, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.defenses import transfer
 from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
@@ -137,34 +136,6 @@ def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bo
     return step_fn
 
 
-def make_predict_fn(model):
-    """`(params, batch_stats, images) -> (features, logits)` in inference mode."""
-
-    def predict(params, batch_stats, images):
-        return _apply(model, params, batch_stats, images, train=False)[0]
-
-    return predict
-
-
-def evaluate(predict, params, batch_stats, images: np.ndarray, labels: np.ndarray, batch_size):
-    """Top-1 and top-5 accuracy over arrays, padding the last batch (one compiled shape)."""
-    n = len(labels)
-    if n == 0:
-        return {'acc@1': float('nan'), 'acc@5': float('nan')}
-    top1 = top5 = 0
-    for start in range(0, n, batch_size):
-        chunk = images[start : start + batch_size]
-        real = len(chunk)
-        _, logits = predict(params, batch_stats, pipeline.pad_batch(chunk, batch_size))
-        logits = np.asarray(logits)[:real]
-        y = labels[start : start + real]
-        k = min(5, logits.shape[-1])
-        topk = np.argsort(-logits, axis=-1)[:, :k]
-        top1 += int(np.sum(topk[:, 0] == y))
-        top5 += int(np.sum(np.any(topk == y[:, None], axis=-1)))
-    return {'acc@1': top1 / n, 'acc@5': top5 / n}
-
-
 def _load_data(config: ml_collections.ConfigDict):
     dc = config.data
     kwargs = dict(dc.get('kwargs', {}) or {})
@@ -252,6 +223,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sharding.check_devices(config.get('devices', 0))
     train_src, train_idx, prep, val, test = _load_data(config)
     num_classes = config.model.get('num_classes') or train_src.num_classes
+    if num_classes < train_src.num_classes:
+        raise ValueError(
+            f'config.model.num_classes={num_classes} but {config.data.name} has '
+            f'{train_src.num_classes} classes (labels 0..{train_src.num_classes - 1}); set it '
+            'to at least that, or 0 to take it from the data'
+        )
     channels = config.data.get('channels', 3)
     if test[0].shape[-1] != channels:
         raise ValueError(
@@ -308,7 +285,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ),
         donate_argnums=0,
     )
-    predict = jax.jit(make_predict_fn(model))
+    apply = classifiers.jit_apply(model)
+
+    def evaluate(params, batch_stats, images, labels):
+        variables = {'params': params, 'batch_stats': batch_stats}
+        return classifiers.evaluate(apply, variables, images, labels, bs)
 
     logging.info('Data parallel over %d device(s).', mesh.size)
     state = sharding.replicate(state, mesh)
@@ -355,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 acc, tic, seen = {}, time.perf_counter(), 0
             if val is not None and (step % eval_every == 0 or step == total_steps):
-                res = evaluate(predict, state.params, state.batch_stats, *val, bs)
+                res = evaluate(state.params, state.batch_stats, *val)
                 split = 'test' if config.get('select_on', 'val') == 'test' else 'val'
                 writer.write(step, {f'{split}/{k}': v for k, v in res.items()})
                 if res['acc@1'] > float(state.best_val):
@@ -382,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         sel_params, sel_stats = best['params'], best['batch_stats']
     else:
         sel_params, sel_stats = state.params, state.batch_stats
-    res = evaluate(predict, sel_params, sel_stats, *test, bs)
+    res = evaluate(sel_params, sel_stats, *test)
     final = {
         'target/natural_acc': res['acc@1'],
         'target/natural_acc@5': res['acc@5'],
@@ -396,113 +377,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     atomic.write_json(os.path.join(workdir, 'results.json'), final)
     return final
-
-
-def load_classifier(
-    path: str,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    image_size: int | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Loads a trained classifier: a trainer workdir or a model checkpoint directory.
-
-    Architecture, class count and input size come from the arguments or, where those are
-    None, from the `config.json` a trainer writes into its workdir.
-
-    Args:
-      path: a trainer workdir (uses `model_best/`, else `model_final/`) or a model dir.
-      arch: a `tldmi_jax.models.ARCHS` name.
-      num_classes: number of logits.
-      image_size: input size used to check the checkpoint against the architecture.
-
-    Returns:
-      `(model, variables)` with variables `{'params', 'batch_stats'}`.
-
-    Raises:
-      ValueError: if arch/num_classes are unknown, or the checkpoint does not fit the
-        architecture (listing every mismatched name).
-    """
-    cfg_path = os.path.join(path, 'config.json')
-    saved = {}
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            saved = json.load(f)
-    tree = checkpoint.load_model(path)
-    arch = arch or saved.get('model', {}).get('arch')
-    if not arch:
-        raise ValueError(f'{path}: give the architecture (no config.json to read it from).')
-    if not num_classes:
-        num_classes = int(np.shape(_find_logit_bias(tree['params']))[0])
-    image_size = (
-        image_size or saved.get('data', {}).get('image_size') or models.default_image_size(arch)
-    )
-    channels = saved.get('data', {}).get('channels', 3)
-    model = models.get_model(arch, num_classes, **(saved.get('model', {}).get('kwargs') or {}))
-    model = defenses.wrap_for_checkpoint(model, tree['params'])  # A MID model's VIB head.
-    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
-    try:
-        params = checkpoint.merge_params(tree['params'], shapes['params'], (), 'params')
-        stats = checkpoint.merge_params(
-            tree['batch_stats'], shapes.get('batch_stats', {}), (), 'batch_stats'
-        )
-    except ValueError as e:
-        raise ValueError(
-            f'{path} is not a {arch} checkpoint with {num_classes} classes: {e}'
-        ) from e
-    return model, {'params': params, 'batch_stats': stats}
-
-
-def _find_logit_bias(params: Any) -> Any:
-    """The classifier bias (`fc/bias`, the last layer of every registered model)."""
-    if 'fc' in params and 'bias' in params['fc']:
-        return params['fc']['bias']
-    raise ValueError('Cannot infer num_classes: no fc/bias in the checkpoint; pass num_classes.')
-
-
-def runlocal_target(
-    path: str,
-    *,
-    dataset: str = 'synthetic',
-    data_kwargs: dict | None = None,
-    root: str | None = None,
-    data_dir: str | None = None,
-    image_size: int = 32,
-    arch: str = 'vgg16',
-    seed: int = 0,
-    steps: int | None = None,
-) -> str:
-    """Trains (once; reused if `path` holds a finished run) the tiny target of `runlocal`.
-
-    Launchers that need an upstream target call this when none is given, so each runs
-    alone with only `:runlocal`.
-
-    Returns:
-      `path`, a trainer workdir that `load_classifier` reads.
-    """
-    if os.path.exists(os.path.join(path, 'results.json')):
-        return path
-    tc = config_lib.runlocal_classifier(
-        config_lib.classifier_config(
-            dataset=dataset,
-            arch=arch,
-            num_classes=0,
-            image_size=image_size,
-            channels=3,
-            lr=0.01,
-            epochs=1,
-            batch_size=8,
-        )
-    )
-    tc.seed = seed
-    if data_kwargs is not None:
-        tc.data.kwargs = ml_collections.ConfigDict(dict(data_kwargs))
-    tc.data.name = dataset
-    tc.data.root, tc.data.data_dir = root, data_dir
-    tc.data.image_size = image_size
-    if steps:
-        tc.total_steps = steps
-        tc.eval_every_steps = tc.checkpoint_every_steps = tc.log_every_steps = steps
-    logging.info('runlocal: no target given; training a tiny %s in %s', tc.model.arch, path)
-    train_and_evaluate(tc, path)
-    return path

@@ -13,11 +13,11 @@ shape) and `data.holdout_fraction` of the public images is held out to measure a
 Workdir layout::
 
     config.json                   the resolved config
-    target/                       runlocal only: the tiny target trained first
+    target/                       runlocal only: the tiny target (`pipelines.runlocal`)
     student_{i}_{arch}/           one per student, in config order
       config.json                 model.arch / num_classes, data.image_size / channels
       checkpoints/                orbax CheckpointManager (resumable state)
-      model_final/                the distilled model (`classifier.load_classifier(dir)`)
+      model_final/                the distilled model (`classifiers.load(dir)`)
       metrics.jsonl, tensorboard/ training curves and final metrics
       results.json                final metrics; its presence marks the student done
     metrics.jsonl                 per finished student: step = its index, `{name}/...` keys
@@ -36,7 +36,6 @@ import os
 import time
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -46,7 +45,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from tldmi_jax import config_lib, data, models
+from tldmi_jax import classifiers, config_lib, data, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.train import classifier
 from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
@@ -164,20 +163,9 @@ def make_train_step(student, target, tx, *, key: jax.Array, temperature: float, 
     return step_fn
 
 
-def make_predict(model: nn.Module):
-    """Jitted `(variables, images) -> logits` in inference mode."""
-    return jax.jit(lambda variables, x: model.apply(variables, x, train=False)[1])
-
-
-def predict_logits(predict, variables: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits [N, K] of `predict` over an array, padding the last batch (one shape)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        out.append(
-            np.asarray(predict(variables, pipeline.pad_batch(chunk, batch_size)))[: len(chunk)]
-        )
-    return np.concatenate(out)
+def predict_logits(apply, variables: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits [N, K] over an array; `apply` is `classifiers.jit_apply(model)`."""
+    return classifiers.predict(apply, variables, images, batch_size)[1]
 
 
 def compare(student: np.ndarray, target: np.ndarray, labels: np.ndarray | None = None):
@@ -242,16 +230,10 @@ def load_data(config: ml_collections.ConfigDict) -> DistillData:
     )
 
 
-def _load_target(config: ml_collections.ConfigDict, workdir: str, num_classes: int):
-    """Loads the target, checking it exists and has `num_classes` logits."""
-    path = config.target.checkpoint or classifier.runlocal_target(
-        os.path.join(workdir, 'target'),
-        dataset=config.data.name,
-        data_kwargs=dict(config.data.kwargs or {}),
-        image_size=config.data.image_size,
-        seed=config.seed,
-    )
-    model, variables = classifier.load_classifier(
+def _load_target(config: ml_collections.ConfigDict, num_classes: int):
+    """Loads the target, checking it has `num_classes` logits."""
+    path = config.target.checkpoint
+    model, variables = classifiers.load(
         path, arch=config.target.arch or None, image_size=config.data.image_size
     )
     if model.num_classes != num_classes:
@@ -289,9 +271,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             known = ', '.join(sorted(models.ARCHS))
             raise ValueError(f'Unknown student arch {arch!r}; known: {known}')
     path = config.target.checkpoint
-    if not path and not config.get('runlocal'):
+    if not path:
         raise ValueError('config.target.checkpoint is required: the trained target to distil.')
-    if path and not os.path.isdir(path):
+    if not os.path.isdir(path):
         raise FileNotFoundError(f'Target checkpoint not found: {path}')
     given = {a for a, p in (config.init.get('checkpoints') or {}).items() if p}
     extra = given - set(students)
@@ -381,7 +363,7 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
 
     checkpoint.save_model(os.path.join(out_dir, 'model_final'), state.params, state.batch_stats)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    predict = make_predict(model)
+    predict = classifiers.jit_apply(model)
     final = {'steps': step}
     if ds.holdout is not None:
         logits = predict_logits(predict, variables, ds.holdout, bs)
@@ -408,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       directory and final metrics (`holdout/agreement@1`, `test/acc@1`, ...).
 
     Raises:
-      ValueError: an unknown student arch, no target checkpoint outside runlocal, or a
+      ValueError: an unknown student arch, no target checkpoint, or a
         target whose class count differs from the config's.
       FileNotFoundError: the target checkpoint path does not exist.
     """
@@ -424,9 +406,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     workdir_lib.save_config(config, workdir)  # The data is valid: the run starts here.
     num_classes = config.model.num_classes or ds.num_classes
-    target_path, target, target_vars = _load_target(config, workdir, num_classes)
+    target_path, target, target_vars = _load_target(config, num_classes)
     bs = config.batch_size
-    predict = make_predict(target)
+    predict = classifiers.jit_apply(target)
     ds.test_target = predict_logits(predict, target_vars, ds.test_images, bs)
     target_res = compare(ds.test_target, ds.test_target, ds.test_labels)
     # The splits, seeds and target the student metrics depend on.

@@ -8,7 +8,8 @@ Latents, interpolates, noise and augmentations use keys derived from (seed, step
 data order from (seed, epoch), so a resumed run equals an uninterrupted one.
 
 KEDMI and PLG-MI need the target (`config.target.checkpoint`, a classifier workdir or
-model dir); under `runlocal` without one, a tiny target is trained into `workdir/target`.
+model dir); under `:runlocal` without one, the launcher trains a tiny target into
+`workdir/target` first (`tldmi_jax.pipelines.runlocal`).
 PLG-MI first pseudo-labels the public set: for each class the `top_n` images to which the
 target gives the highest softmax probability (cached in `workdir/pseudo_labels.npz`).
 """
@@ -27,10 +28,10 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from tldmi_jax import data, priors
+from tldmi_jax import classifiers, data, priors
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
-from tldmi_jax.train import classifier, gan_losses
+from tldmi_jax.train import gan_losses
 from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
@@ -149,7 +150,8 @@ def top_n_selection(probs: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarr
 
 def _target_probs(target, target_vars, source, prep, batch_size: int) -> np.ndarray:
     """Softmax of the target on every record of `source`, in jitted padded batches."""
-    predict = jax.jit(lambda v, x: jax.nn.softmax(target.apply(v, x, train=False)[1], -1))
+    apply = classifiers.apply_fn(target)
+    predict = jax.jit(lambda v, x: jax.nn.softmax(apply(v, x)[1], -1))
     out = []
     for batch in pipeline.epoch_batches(
         source,
@@ -189,34 +191,21 @@ def pseudo_labels(config, workdir, target_path, target, target_vars, source, pre
     return indices, labels
 
 
-def load_target(config: ml_collections.ConfigDict, workdir: str):
+def load_target(config: ml_collections.ConfigDict):
     """The target `(model, variables, num_classes, path)` for kedmi/plgmi; Nones for gmi."""
     kind = config.prior.kind
     if kind == 'gmi':
         return None, None, 0, None
     ckpt = config.target.get('checkpoint')
     if not ckpt:
-        if not config.get('runlocal', False):
-            raise ValueError(
-                f'The {kind} prior is trained against a target: set '
-                '--config.target.checkpoint=<classifier workdir or model dir>.'
-            )
-        dc = config.data
-        ckpt = classifier.runlocal_target(
-            os.path.join(workdir, 'target'),
-            dataset=dc.name,
-            data_kwargs=dict(dc.get('kwargs') or {}),
-            root=dc.root,
-            data_dir=dc.data_dir,
-            image_size=dc.image_size,
-            arch=config.target.arch,
-            seed=config.seed,
-            steps=config.target.runlocal_steps,
+        raise ValueError(
+            f'The {kind} prior is trained against a target: set '
+            '--config.target.checkpoint=<classifier workdir or model dir>.'
         )
-    model, variables = classifier.load_classifier(ckpt)
+    model, variables = classifiers.load(ckpt)
     size = config.data.image_size
     dummy = jax.ShapeDtypeStruct((1, size, size, config.prior.get('channels', 3)), jnp.float32)
-    _, logits = jax.eval_shape(lambda x: model.apply(variables, x, train=False), dummy)
+    _, logits = jax.eval_shape(lambda x: classifiers.apply_fn(model)(variables, x), dummy)
     num_classes = int(logits.shape[-1])
     wanted = int(config.prior.num_classes or 0)
     if wanted and wanted != num_classes:
@@ -286,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     metrics.quiet_libraries()
     workdir_lib.prepare(config, workdir)
     sharding.check_devices(config.get('devices', 0))
-    target, target_vars, num_classes, target_path = load_target(config, workdir)
+    target, target_vars, num_classes, target_path = load_target(config)
     dc = config.data
     source = data.get_source(
         dc.name,

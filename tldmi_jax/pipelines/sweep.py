@@ -17,7 +17,8 @@ utility-vs-privacy plot are rewritten after every cell.
 Each stage's config comes from its own config file (e.g. `gan_celeba.py:prior=kedmi`), so the
 sweep never duplicates a stage's defaults; `data.root`/`data.data_dir` go to every stage,
 `stage_overrides` set nested fields of a stage, and each target's `overrides` set its training
-fields.
+fields. Stage config files are found relative to `configs_dir`, which is itself relative to
+the sweep config file's directory (empty: that directory), whatever the current directory.
 """
 
 import json
@@ -29,19 +30,18 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from tldmi_jax import config_lib
+from tldmi_jax import attacks, config_lib
+from tldmi_jax.attacks import runner
+from tldmi_jax.evaluation import evaluate
+from tldmi_jax.pipelines import runlocal
 from tldmi_jax.reporting import tables
+from tldmi_jax.train import classifier, distill, gan
 from tldmi_jax.utils import atomic, metrics
 from tldmi_jax.utils import workdir as workdir_lib
 
-# Which prior (or helper models) each attack needs, and whether it depends on the target.
-_NEEDS = {
-    'gmi': ('gmi',),
-    'kedmi': ('kedmi',),
-    'lomma_gmi': ('gmi', 'students'),
-    'lomma_kedmi': ('kedmi', 'students'),
-    'plgmi': ('plgmi',),
-}
+
+class CellsFailed(RuntimeError):
+    """Some cells of a finished sweep failed (the others ran); the message lists them."""
 
 
 def _apply(config: ml_collections.ConfigDict, overrides: Any, prefix: str = '') -> None:
@@ -65,16 +65,25 @@ def _apply(config: ml_collections.ConfigDict, overrides: Any, prefix: str = '') 
 _VARIANT_ARG = {'gan': 'prior', 'attack': 'attack'}
 
 
-def _stage_config(sweep: ml_collections.ConfigDict, spec: Any, stage: str, variant: str = ''):
+def configs_dir(sweep: ml_collections.ConfigDict, config_file_dir: str = '') -> str:
+    """Where the stage config files are: `sweep.configs_dir` resolved against the directory
+    of the sweep's config file (empty: that directory itself; no file: the current one)."""
+    return os.path.join(config_file_dir or os.getcwd(), sweep.get('configs_dir') or '')
+
+
+def _stage_config(
+    sweep: ml_collections.ConfigDict, spec: Any, stage: str, variant: str = '', base: str = ''
+):
     """A stage's config, with the sweep's data paths and the stage overrides set.
 
     Args:
       sweep: the sweep config.
-      spec: a config file 'file.py[:args]' (relative to `sweep.configs_dir`), or the config
-        itself inline (a ConfigDict; for 'gan' and 'attack' one per variant:
+      spec: a config file 'file.py[:args]' (relative to `base`), or the config itself
+        inline (a ConfigDict; for 'gan' and 'attack' one per variant:
         `{'gmi': ConfigDict, 'kedmi': ...}`).
       stage: 'train' | 'gan' | 'distill' | 'attack' | 'evaluate'.
       variant: the prior kind (gan) or attack name (attack).
+      base: the directory of the stage config files (`configs_dir`).
     """
     if isinstance(spec, ml_collections.ConfigDict):
         if variant:
@@ -85,7 +94,7 @@ def _stage_config(sweep: ml_collections.ConfigDict, spec: Any, stage: str, varia
     else:
         if variant:
             spec = _with_arg(spec, f'{_VARIANT_ARG[stage]}={variant}')
-        config = config_lib.load_config_file(spec, sweep.configs_dir)
+        config = config_lib.load_config_file(spec, base)
     for field in ('root', 'data_dir'):
         value = sweep.data.get(field)
         if value and 'data' in config and field in config.data:
@@ -104,9 +113,13 @@ def _done(path: str) -> bool:
 
 
 class _Sweep:
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, base: str):
         self.config = config
         self.workdir = workdir
+        self.base = base
+
+    def stage_config(self, spec: Any, stage: str, variant: str = ''):
+        return _stage_config(self.config, spec, stage, variant, self.base)
 
     def target(self, name: str) -> str:
         spec = self.config.targets[name]
@@ -114,23 +127,19 @@ class _Sweep:
             return spec.checkpoint
         path = os.path.join(self.workdir, 'targets', name)
         if not _done(path):
-            from tldmi_jax.train import classifier
-
-            config = _stage_config(self.config, spec.train, 'train')
+            config = self.stage_config(spec.train, 'train')
             _apply(config, spec.get('overrides', {}))
             logging.info('sweep: training target %s in %s', name, path)
             classifier.train_and_evaluate(config, path)
         return path
 
     def prior(self, kind: str, target_name: str, target: str) -> str:
-        from tldmi_jax.train import gan
-
         if kind == 'gmi':
             path = os.path.join(self.workdir, 'priors', 'gmi')
         else:
             path = os.path.join(self.workdir, 'targets', target_name, 'priors', kind)
         if not _done(path):
-            config = _stage_config(self.config, self.config.stages.gan, 'gan', kind)
+            config = self.stage_config(self.config.stages.gan, 'gan', kind)
             if kind != 'gmi':
                 config.target.checkpoint = target
             logging.info('sweep: training the %s prior in %s', kind, path)
@@ -138,10 +147,8 @@ class _Sweep:
         return path
 
     def students(self, target_name: str, target: str) -> str:
-        from tldmi_jax.train import distill
-
         path = os.path.join(self.workdir, 'targets', target_name, 'augmented')
-        config = _stage_config(self.config, self.config.stages.distill, 'distill')
+        config = self.stage_config(self.config.stages.distill, 'distill')
         config.target.checkpoint = target
         summary = distill.train_and_evaluate(config, path)
         return ','.join(s['dir'] for s in summary['students'])
@@ -152,32 +159,20 @@ class _Sweep:
             return self.config.eval_model.checkpoint
         if not self.config.get('runlocal', False):
             return None
-        from tldmi_jax.evaluation import runlocal as eval_runlocal
-        from tldmi_jax.train import classifier
-
-        return classifier.runlocal_target(
-            os.path.join(self.workdir, 'eval_model'),
-            arch=eval_runlocal.EVAL_ARCH,
-            image_size=eval_runlocal.EVAL_SIZE,
-            seed=1,
-            steps=eval_runlocal.TRAIN_STEPS,
-        )
+        return runlocal.eval_model(os.path.join(self.workdir, 'eval_model'))
 
     def cell(self, target_name: str, attack: str) -> dict[str, Any]:
-        from tldmi_jax.attacks import runner
-        from tldmi_jax.evaluation import evaluate
-
         cell_dir = os.path.join(self.workdir, 'cells', f'{target_name}__{attack}')
         target = self.target(target_name)
-        needs = _NEEDS[attack]
-        acfg = _stage_config(self.config, self.config.stages.attack, 'attack', attack)
+        acfg = self.stage_config(self.config.stages.attack, 'attack', attack)
+        needs = attacks.needs(attacks.resolve(acfg.attack))
         acfg.target.checkpoint = target
         acfg.prior.checkpoint = self.prior(needs[0], target_name, target)
         if 'students' in needs:
             acfg.augmented.checkpoints = self.students(target_name, target)
         attack_dir = os.path.join(cell_dir, 'attack')
         runner.run(acfg, attack_dir)
-        ecfg = _stage_config(self.config, self.config.stages.evaluate, 'evaluate')
+        ecfg = self.stage_config(self.config.stages.evaluate, 'evaluate')
         ecfg.attack_dir = attack_dir
         ecfg.target.checkpoint = target
         if self.eval_model():
@@ -201,22 +196,31 @@ def _target_info(sweep: _Sweep, name: str) -> dict[str, Any]:
     return info
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+def run(
+    config: ml_collections.ConfigDict, workdir: str, config_file_dir: str = ''
+) -> list[dict[str, Any]]:
     """Runs (or resumes) the sweep; returns one row per cell (see `tables.COLUMNS`).
 
     Stage workdirs are recorded as absolute paths in their configs, so the same sweep
     reached through a relative or an absolute `workdir` resumes alike.
+
+    Args:
+      config: the sweep config (e.g. `configs/sweep_celeba.py`).
+      workdir: the sweep's output directory.
+      config_file_dir: the directory of the sweep's config file, against which
+        `configs_dir` resolves (empty: the current directory).
     """
     workdir = os.path.abspath(workdir)
     metrics.quiet_libraries()
-    unknown = [a for a in config.attacks if a not in _NEEDS]
-    if unknown:
-        raise ValueError(f'Unknown attacks {unknown}; use some of {sorted(_NEEDS)}.')
+    for name in config.attacks:
+        # Normalised as the stage config files do (`gmi+lomma`, the old `lomma_gmi`).
+        name, lomma = config_lib.attack_name(name)
+        attacks.resolve(ml_collections.ConfigDict({'name': name, 'lomma': lomma}))
     if not config.targets:
         raise ValueError('No targets in config.targets.')
     workdir_lib.prepare(config, workdir)
     workdir_lib.save_config(config, workdir)
-    sweep = _Sweep(config, workdir)
+    sweep = _Sweep(config, workdir, configs_dir(config, config_file_dir))
     rows = []
     cells = [(t, a) for t in config.targets for a in config.attacks]
     for index, (target_name, attack) in enumerate(cells):
@@ -246,3 +250,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
         rows.append({**_target_info(sweep, target_name), 'attack': attack, **tables.row(record)})
         tables.write(workdir, rows)
     return rows
+
+
+def check_done(rows: list[dict[str, Any]], workdir: str) -> None:
+    """Raises `CellsFailed` naming every cell that did not finish (after the others ran)."""
+    failed = [r for r in rows if r.get('status') != 'done']
+    if failed:
+        cells = '; '.join(f'{r["target"]} x {r["attack"]}: {r.get("error", "?")}' for r in failed)
+        raise CellsFailed(
+            f'{len(failed)} of {len(rows)} sweep cells failed ({cells}); the others finished. '
+            f'Details: {os.path.join(workdir, "results.md")} and cells/*/cell.json; fix the '
+            'cause and rerun the same command (finished cells are skipped)'
+        )

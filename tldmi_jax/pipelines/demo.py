@@ -6,7 +6,7 @@
 2. `eval_model/`: the evaluation model, another architecture, on the private classes 0-4;
 3. `sweep/`: the targets (no defense; TL-DMI fine-tuned from each depth of
    `config.tldmi_depths`, initialised from `pretrain/`), the GMI prior on the public
-   classes, every target attacked and evaluated (`tldmi_jax.reporting.sweep`);
+   classes, every target attacked and evaluated (`tldmi_jax.pipelines.sweep`);
 4. `fisher/`: per-layer Fisher information of the no-defense target, classification task
    (private images) vs MI task (its reconstructions);
 5. `report.md` and `report.html` (self-contained: images inline), `summary.json`, and
@@ -29,8 +29,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from tldmi_jax.data import builders, fashion_mnist_mi, preprocess
-from tldmi_jax.reporting import grids, sweep, tables
+from tldmi_jax import reconstructions
+from tldmi_jax.analysis import fisher
+from tldmi_jax.data import builders, fashion_mnist_mi, preprocess, testing
+from tldmi_jax.pipelines import sweep
+from tldmi_jax.reporting import grids, tables
+from tldmi_jax.train import classifier
 from tldmi_jax.utils import atomic, metrics
 from tldmi_jax.utils import workdir as workdir_lib
 
@@ -64,8 +68,6 @@ def data_root(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     if not root and config.runlocal:
         root = os.path.join(workdir, 'runlocal_data')
         if not os.path.isdir(root):
-            from tldmi_jax.data import testing
-
             with atomic.replacing_dir(root) as tmp:
                 testing.write_fake_fashion_mnist(tmp, train_per_class=40, test_per_class=10)
     try:
@@ -86,8 +88,6 @@ def _train(cfg: ml_collections.ConfigDict, path: str) -> dict[str, Any]:
     if os.path.exists(results):
         with open(results) as f:
             return json.load(f)
-    from tldmi_jax.train import classifier
-
     return classifier.train_and_evaluate(cfg, path)
 
 
@@ -143,8 +143,6 @@ def _fisher(config, workdir: str, root) -> dict[str, Any]:
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f)
-    from tldmi_jax.analysis import fisher
-
     cfg = _stage(config, config.stages.fisher, root)
     cfg.runlocal = False
     cfg.target.checkpoint = os.path.join(workdir, 'sweep', 'targets', 'none')
@@ -167,9 +165,7 @@ def _real_images(root, per_class: int, seed: int) -> dict[int, np.ndarray]:
 
 def write_grid(path: str, attack_dir: str, real: dict[int, np.ndarray]) -> str:
     """One row per attacked class: real private images, then every seed's reconstruction."""
-    from tldmi_jax.attacks import outputs
-
-    recon, _ = outputs.load(attack_dir)
+    recon, _ = reconstructions.load(attack_dir)
     order = np.lexsort((recon['seed'], recon['identity']))
     identity, images = recon['identity'][order], recon['images'][order]
     classes = np.unique(identity)

@@ -1,4 +1,4 @@
-"""The attack output format that evaluation, Fisher analysis and reports read.
+"""The attack output format: what attacks write and evaluation, Fisher analysis and reports read.
 
 An attack workdir holds `reconstructions.npz` with
 
@@ -79,3 +79,26 @@ def load(workdir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         with open(meta_path) as f:
             meta = json.load(f)
     return arrays, meta
+
+
+def check_target(attack_dir: str, meta: dict[str, Any], path: str, fingerprint: str) -> None:
+    """Refuses a target other than the one `attack.json` says the attack inverted.
+
+    Args:
+      attack_dir: the attack workdir (for the message).
+      meta: its `attack.json` (`load`'s second value); without a recorded fingerprint
+        (an older or hand-made attack directory) nothing is checked.
+      path: the target given to the consumer.
+      fingerprint: `classifiers.fingerprint` of that target's variables.
+
+    Raises:
+      ValueError: naming both fingerprints and the fix.
+    """
+    recorded = meta.get('target', {}) or {}
+    expected = recorded.get('fingerprint')
+    if expected and expected != fingerprint:
+        raise ValueError(
+            f'{attack_dir} was made against another target (fingerprint {expected}, '
+            f'{recorded.get("checkpoint")}), not {path} (fingerprint {fingerprint}); give the '
+            'target the attack inverted (--config.target.checkpoint) or rerun the attack'
+        )
