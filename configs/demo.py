@@ -26,10 +26,11 @@ import ml_collections
 
 from tldmi_jax import config_lib
 
-# TL-DMI depth sweep: the first fine-tuned layer group of the demo CNN (block0..block3, head).
-# Everything before it is frozen at its public pre-training; `block3` is the headline TL-DMI.
-TLDMI_DEPTHS = ('block2', 'block3', 'head')
-HEADLINE = 'block3'
+# TL-DMI depth sweep: the cut point where fine-tuning starts (stage1..stage4, head: the demo
+# CNN's four conv blocks, 1-based, and its classifier; see tldmi_jax/models). Everything before
+# it is frozen at its public pre-training; `stage4` is the headline TL-DMI.
+TLDMI_DEPTHS = ('stage3', 'stage4', 'head')
+HEADLINE = 'stage4'
 
 
 def _classifier(arg, epochs: int) -> ml_collections.ConfigDict:
@@ -135,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --- targets: no defense (scratch) and TL-DMI from every depth of `tldmi_depths` ---
     st.target = _classifier(arg, epochs=2)  # The recipe of every target.
-    config.tldmi_depths = list(TLDMI_DEPTHS)  # First fine-tuned layer group per TL-DMI row.
+    config.tldmi_depths = list(TLDMI_DEPTHS)  # Cut point (fine_tune_from) per TL-DMI row.
     config.headline_depth = HEADLINE  # The TL-DMI row the summary sentence is about.
 
     # --- 2. the evaluation model: another architecture, trained on the private classes ---

@@ -29,8 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         defense=arg.defense,
         dont_load=('fc/.*',),
     )
-    # TL-DMI on the demo CNN: freeze the first two conv blocks.
-    config.defense.fine_tune_from = 'block2' if arg.defense == 'tldmi' else ''
+    # TL-DMI on the demo CNN: freeze the first two conv blocks (stage1-2), fine-tune from stage3.
+    config.defense.fine_tune_from = 'stage3' if arg.defense == 'tldmi' else ''
     config.checkpoint_every_steps = 100
 
     if arg.runlocal:

@@ -66,4 +66,4 @@ def test_original_recipes():
 
 def test_fashion_config():
     config = fashion_mnist.get_config('defense=tldmi')
-    assert config.data.name == 'fashion_mnist_mi' and config.defense.fine_tune_from == 'block2'
+    assert config.data.name == 'fashion_mnist_mi' and config.defense.fine_tune_from == 'stage3'

@@ -130,12 +130,13 @@ def classifier_config(
     config.defense = ml_collections.ConfigDict()
     config.defense.name = defense  # none|tldmi|mid|bido|negls|dpsgd, or '+'-joined: tldmi+bido.
     config.defense.freeze_layers = -1  # Original index k (-1: the arch's official one).
-    config.defense.fine_tune_from = ''  # Named cut point, e.g. 'stage4' or 'conv4_2'.
+    config.defense.fine_tune_from = ''  # Cut point: stage1..N, head (1-based) or a layer group.
     config.defense.theta_c = 0.0  # Trainable-parameter budget (0: unused).
     config.defense.rules = ''  # 'regex:frozen;.*:trainable' rules (first match wins).
     config.defense.freeze_stem = False  # True freezes the IR stem as the paper intends.
     config.defense.bn_policy = 'update'  # update (original) | freeze.
-    # Used only when `name` contains the defense (see tldmi_jax/defenses/).
+    # Used only when `name` contains the defense (see tldmi_jax/defenses/). These are the only
+    # defaults: defenses.build reads every field below and fails if one is missing.
     config.defense.mid_beta = 0.003  # MID: KL weight (mi-defense's default; 0.01, 0.02 stronger).
     config.defense.mid_k = 0  # MID: bottleneck size (0: half the feature size, as the original).
     config.defense.bido_measure = 'hsic'  # BiDO: hsic (normalised, original) | coco | hsic_biased.

@@ -88,6 +88,8 @@ class LayersTest(parameterized.TestCase):
         ('ir152_tiny', 16, ('body_0', 'body_1', 'body_2')),  # Stages 1-3.
         ('small_tiny', 16, ('block0',)),
         ('resnet18', 32, ('layer1_1', 'layer2_1', 'layer3_1')),  # Last of two blocks.
+        # Stages 1-6 of 7, from the stage1..7 cut points (before them: stages 1-7).
+        ('efficientnet_b0_tiny', 32, tuple(f'features_{s}_0' for s in range(1, 7))),
     )
     def test_default_layers(self, arch, size, expected):
         model = models.get_model(arch, 3)

@@ -5,14 +5,13 @@ import dp_accounting
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 from absl.testing import parameterized
 from flax import traverse_util
 
-from tldmi_jax import defenses
+from tldmi_jax import config_lib, defenses
 from tldmi_jax.defenses import dpsgd, transfer
 from tldmi_jax.models.layers import BatchNorm
 from tldmi_jax.train import classifier
@@ -62,14 +61,22 @@ class _Toy(nn.Module):
 
 
 def _spec(**kw):
-    spec = dict(
-        name='tldmi+dpsgd',
-        rules='hidden/.*:frozen;.*:trainable',
-        dp_clip_norm=0.1,
-        dp_noise_multiplier=0.0,
+    """The defense block of a classifier config (every hyperparameter), overridden."""
+    config = config_lib.classifier_config(
+        dataset='synthetic',
+        arch='small',
+        num_classes=3,
+        image_size=2,
+        channels=3,
+        lr=1.0,
+        epochs=1,
+        batch_size=4,
+        defense='tldmi+dpsgd',
     )
+    spec = config.defense
+    spec.update(rules='hidden/.*:frozen;.*:trainable', dp_clip_norm=0.1, dp_noise_multiplier=0.0)
     spec.update(kw)
-    return ml_collections.ConfigDict(spec)
+    return spec
 
 
 def test_step_equals_mean_of_clipped_per_example_grads():

@@ -78,7 +78,10 @@ def test_groups_and_freezing():
     model = mid.wrap(models.get_model('vgg16_tiny', 4))
     names = [n for n, _ in model.layer_groups]
     assert names[-2:] == ['vib', 'head'] and names[0] == 'conv1_1'
-    assert model.cut_points['head'] == 'vib' and model.cut_points['block4'] == 'conv4_1'
+    assert model.cut_points['head'] == 'vib' and model.cut_points['stage4'] == 'conv4_1'
+    # The inner model's old names still resolve through the wrapper.
+    assert models.cut_point_group(model, 'block4') == 'conv4_1'
+    assert models.cut_points(model)['head'] == 'vib'
     assert model.OFFICIAL_FREEZE_LAYERS == 26
     variables = _init(model)
     spec = ml_collections.ConfigDict(dict(name='tldmi+mid', fine_tune_from='head'))

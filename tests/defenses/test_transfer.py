@@ -1,5 +1,7 @@
 """TL-DMI freezing: rule resolution, label trees, optimizer masking, BatchNorm policies."""
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -10,8 +12,11 @@ import optax
 import pytest
 from flax import traverse_util
 
+from configs import demo
+from tldmi_jax import models
 from tldmi_jax.defenses import transfer
 from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.reporting import demo as demo_report
 from tldmi_jax.train import classifier
 
 
@@ -196,3 +201,78 @@ def test_frozen_leaves_hold_no_optimizer_state(toy):
         if label == 'trainable'
     )
     assert sorted(int(np.size(x)) for x in momentum_leaves) == trainable_sizes
+
+
+@functools.cache
+def _abstract(arch):
+    """A registered model and its variable shapes (no compute, full size included)."""
+    model = models.get_model(arch, 5)
+    size = models.default_image_size(arch)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return model, jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+
+
+def _plan(arch, cut):
+    model, variables = _abstract(arch)
+    spec = _spec(fine_tune_from=cut)
+    return transfer.resolve(model, variables['params'], variables['batch_stats'], spec)
+
+
+def _aliases(arch):
+    """Old cut-point names -> the new name with the same meaning (hard-coded)."""
+    family = arch.removesuffix('_tiny')
+    if family == 'vgg16':  # 1-based blocks.
+        return {f'block{b}': f'stage{b}' for b in range(1, 6)}
+    if family == 'small':  # 0-based blocks: `block2` froze two of them.
+        return {f'block{i}': f'stage{i + 1}' for i in range(4 if arch == family else 2)}
+    if family.startswith('resnet'):
+        return {f'layer{s}': f'stage{s}' for s in range(1, 5)}
+    if family.startswith('efficientnet'):
+        stages = {f'features_{s}': f'stage{s}' for s in range(1, 8)}
+        return {'features_0': 'stem', **stages, 'features_8': 'head_conv'}
+    return {}  # The IR models always used stage1..4.
+
+
+@pytest.mark.parametrize('arch', sorted(models.ARCHS))
+def test_every_stage_and_head_resolve_and_train_fewer(arch):
+    model, _ = _abstract(arch)
+    names = [n for n in model.cut_points if n.startswith('stage')]
+    assert names == [f'stage{k}' for k in range(1, len(names) + 1)] and len(names) >= 2
+    counts = [_plan(arch, name).trainable_params for name in [*names, 'head']]
+    assert all(a > b > 0 for a, b in zip(counts, counts[1:], strict=False)), counts
+
+
+@pytest.mark.parametrize('arch', sorted(models.ARCHS))
+def test_old_names_resolve_to_the_same_plan(arch):
+    assert arch.startswith(('ir', 'facenet')) or _aliases(arch)
+    for old, new in _aliases(arch).items():
+        by_old, by_new = _plan(arch, old), _plan(arch, new)
+        assert by_old.labels == by_new.labels, (old, new)
+        assert by_old.trainable_params == by_new.trainable_params
+
+
+@pytest.mark.parametrize('runlocal', [False, True])
+def test_demo_freeze_plans_equal_the_old_names(runlocal):
+    """The demo's TL-DMI targets freeze exactly what `block2`, `block3`, `head` froze."""
+    config = demo.get_config('runlocal' if runlocal else None)
+    assert config.tldmi_depths == ['stage3', 'stage4', 'head']
+    assert config.headline_depth == 'stage4'
+    old = {'stage3': 'block2', 'stage4': 'block3', 'head': 'head'}
+    targets = demo_report.sweep_config(config, '/nonexistent', None).targets
+    for depth in config.tldmi_depths:
+        train = targets[f'tldmi_{depth}'].train
+        assert train.defense.fine_tune_from == depth
+        new_plan = transfer.describe(train)
+        train.defense.fine_tune_from = old[depth]
+        old_plan = transfer.describe(train)
+        assert new_plan.labels == old_plan.labels, depth
+        assert new_plan.trainable_params == old_plan.trainable_params
+        frozen = [r.group for r in new_plan.table if r.trainable == 0]
+        assert (
+            frozen
+            == {
+                'stage3': ['block0', 'block1'],
+                'stage4': ['block0', 'block1', 'block2'],
+                'head': ['block0', 'block1', 'block2', 'block3'],
+            }[depth]
+        )

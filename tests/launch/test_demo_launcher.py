@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, 'configs', 'demo.py') + ':runlocal'
-TARGETS = ('none', 'tldmi_block2', 'tldmi_block3', 'tldmi_head')
+TARGETS = ('none', 'tldmi_stage3', 'tldmi_stage4', 'tldmi_head')
 
 
 def _run_demo(workdir):
@@ -79,7 +79,7 @@ def test_demo_writes_every_artefact(demo_run):
             assert isinstance(row[key], float), (key, row)
         assert 0.0 <= row['target/natural_acc'] <= 1.0
     headline = summary['headline']
-    assert headline['sentence'].startswith('TL-DMI (fine-tuning from block3) ')
+    assert headline['sentence'].startswith('TL-DMI (fine-tuning from stage4) ')
     assert headline['sentence'] in proc.stdout
     assert headline['acc@1_drop'] == pytest.approx(headline['none/acc@1'] - headline['tldmi/acc@1'])
     # 4. Fisher information of the no-defense target, both tasks, every layer group.

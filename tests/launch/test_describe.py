@@ -23,6 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
         ('ir152', {'freeze_layers': 0}, 62_599_848, 62_599_848),  # IR k=0: no freezing
         ('ir152', {'freeze_stem': True}, 62_599_848, 17_827_176 - 1_920),  # the paper's intent
         ('ir152', {'fine_tune_from': 'stage4'}, 62_599_848, 17_827_176 - 1_920),
+        ('vgg16', {'fine_tune_from': 'stage4'}, 16_774_184, 15_036_392),  # conv block 4 on
+        ('vgg16', {'fine_tune_from': 'block4'}, 16_774_184, 15_036_392),  # its old name
+        ('vgg16', {'fine_tune_from': 'conv4_2'}, 16_774_184, 13_855_208),  # a group: = k=26
     ],
 )
 def test_official_trainable_counts(arch, overrides, total, trainable):

@@ -66,7 +66,7 @@ def test_pytorch_fid_names_map_one_to_one(shapes):
     assert inception.torch_name_to_flax('Mixed_5b.branch1x1.bn.num_batches_tracked') is None
     with pytest.raises(ValueError, match='AuxLogits'):
         inception.torch_name_to_flax('AuxLogits.fc.weight')
-    groups = [name for name, _ in inception.LAYER_GROUPS]
+    groups = [name for name, _ in inception.FIDInceptionV3().layer_groups]
     assert groups[0] == 'Conv2d_1a_3x3' and groups[-2:] == ['Mixed_7c', 'head']
 
 

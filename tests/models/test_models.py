@@ -107,8 +107,8 @@ def test_layer_groups_partition_variables(arch):
             assert len(groups) == 1, f'{collection} {path} matches {groups}'
             used.add(groups[0])
     assert used == set(names), f'empty groups: {set(names) - used}'
-    for alias, group in model.cut_points.items():
-        assert group in names, (alias, group)
+    for name, group in models.cut_points(model).items():
+        assert group in names, (name, group)
 
 
 @pytest.mark.parametrize('arch', FULL_ARCHS + TINY_ARCHS)
@@ -270,8 +270,7 @@ def test_vgg_official_freezing():
     with pytest.raises(ValueError):
         model.official_frozen_groups(-1)
     assert vgg.VGG16.OFFICIAL_FREEZE_LAYERS == 26
-    assert model.cut_points['block4'] == 'conv4_1'
-    assert vgg.LAYER_GROUPS == model.layer_groups
+    assert model.cut_points['stage4'] == 'conv4_1'
 
 
 def test_ir_official_freezing():
@@ -336,3 +335,102 @@ def test_registry():
         models.default_image_size('nope')
     for arch in TINY_ARCHS:
         assert models.default_image_size(arch) in (16, 32)
+
+
+# The 1-based cut-point vocabulary: the layer group where `stageK` starts, per architecture
+# family (`_tiny` variants use the same names).
+def _ir_starts(units):
+    starts = [0]
+    for n in units[:-1]:
+        starts.append(starts[-1] + n)
+    return [f'body_{i}' for i in starts]
+
+
+_STAGE_GROUPS = {
+    'vgg16': [f'conv{b}_1' for b in range(1, 6)],
+    'vgg16_tiny': [f'conv{b}_1' for b in range(1, 6)],
+    'small': ['block0', 'block1', 'block2', 'block3'],
+    'small_tiny': ['block0', 'block1'],
+    'ir152': _ir_starts((3, 8, 36, 3)),
+    'facenet64': _ir_starts((3, 4, 14, 3)),
+    'ir50': _ir_starts((3, 4, 14, 3)),
+    'facenet': _ir_starts((3, 4, 14, 3)),
+    'ir152_tiny': _ir_starts((1, 1, 1, 1)),
+    'facenet64_tiny': _ir_starts((1, 1, 1, 1)),
+    'facenet_tiny': _ir_starts((1, 1, 1, 1)),
+    'resnet18': ['layer1', 'layer2', 'layer3', 'layer4'],
+    'resnet152': ['layer1', 'layer2', 'layer3', 'layer4'],
+    'resnet18_tiny': ['layer1', 'layer2', 'layer3', 'layer4'],
+    'efficientnet_b0': [f'stage{s}' for s in range(1, 8)],
+    'efficientnet_b1': [f'stage{s}' for s in range(1, 8)],
+    'efficientnet_b2': [f'stage{s}' for s in range(1, 8)],
+    'efficientnet_b0_tiny': [f'stage{s}' for s in range(1, 8)],
+}
+
+
+def _old_cut_points(arch: str) -> dict[str, str]:
+    """The cut-point names before the vocabulary and the group each one named then."""
+    family = arch.removesuffix('_tiny')
+    if family == 'vgg16':  # 1-based blocks.
+        return {f'block{b}': f'conv{b}_1' for b in range(1, 6)}
+    if family == 'small':  # 0-based blocks: `block2` froze two of them.
+        return {f'block{i}': f'block{i}' for i in range(len(_STAGE_GROUPS[arch]))}
+    if family.startswith('resnet'):
+        return {f'layer{s}': f'layer{s}' for s in range(1, 5)}
+    if family.startswith('efficientnet'):
+        old = {f'features_{s}': f'stage{s}' for s in range(1, 8)}
+        return {'features_0': 'stem', **old, 'features_8': 'head_conv'}
+    return {f'stage{s}': g for s, g in enumerate(_STAGE_GROUPS[arch], start=1)}  # IR: as today.
+
+
+def test_vocabulary_table_covers_the_registry():
+    assert set(_STAGE_GROUPS) == set(models.ARCHS)
+
+
+@pytest.mark.parametrize('arch', sorted(models.ARCHS))
+def test_cut_point_vocabulary(arch):
+    model = models.get_model(arch, NUM_CLASSES)
+    stages = _STAGE_GROUPS[arch]
+    expected = {f'stage{k}': g for k, g in enumerate(stages, start=1)}
+    assert model.cut_points == {**expected, 'head': 'head'}
+    assert list(model.cut_points) == [*expected, 'head']  # In forward order.
+    points = models.cut_points(model)
+    for name, _ in model.layer_groups:  # Every group is a (fine-grained) cut point.
+        assert points[name] == name
+    for name, group in expected.items():
+        assert models.cut_point_group(model, name) == group
+
+
+@pytest.mark.parametrize('arch', sorted(models.ARCHS))
+def test_old_cut_point_names_keep_their_meaning(arch):
+    model = models.get_model(arch, NUM_CLASSES)
+    for old, group in _old_cut_points(arch).items():
+        assert models.cut_point_group(model, old) == group, old
+    assert models.cut_point_group(model, 'head') == 'head'
+
+
+def test_small_and_vgg_block2_differ_as_before():
+    small_model = models.get_model('small', NUM_CLASSES)
+    vgg_model = models.get_model('vgg16', NUM_CLASSES)
+    assert models.cut_point_group(small_model, 'block2') == 'block2'  # = stage3
+    assert models.cut_point_group(small_model, 'stage3') == 'block2'
+    assert models.cut_point_group(vgg_model, 'block2') == 'conv2_1'  # = stage2
+    assert models.cut_point_group(vgg_model, 'stage2') == 'conv2_1'
+    assert small.SmallCNN(num_classes=3).cut_point_aliases['block2'] == 'stage3'
+
+
+def test_old_name_logs_one_deprecation_line(caplog):
+    model = models.get_model('small_tiny', NUM_CLASSES)
+    with caplog.at_level('WARNING'):
+        assert models.cut_point_group(model, 'stage2') == 'block1'
+        assert models.cut_point_group(model, 'block1') == 'block1'
+    lines = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(lines) == 1 and "'block1'" in lines[0] and "'stage2'" in lines[0]
+
+
+def test_unknown_cut_point_lists_the_vocabulary():
+    model = models.get_model('resnet18_tiny', NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"Unknown cut point 'stage5'.*'stage4', 'head'"):
+        models.cut_point_group(model, 'stage5')
+    with pytest.raises(ValueError, match=r"old name \['layer1'"):
+        models.cut_point_group(model, 'block1')

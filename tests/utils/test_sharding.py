@@ -14,7 +14,7 @@ import numpy as np
 _SCRIPT = r"""
 import sys
 import jax, jax.numpy as jnp, ml_collections, numpy as np, optax
-from tldmi_jax import defenses, models
+from tldmi_jax import config_lib, defenses, models
 from tldmi_jax.analysis import fisher
 from tldmi_jax.defenses import transfer
 from tldmi_jax.train import classifier
@@ -39,8 +39,9 @@ for _ in range(3):
     assert len(batch['image'].sharding.device_set) == mesh.size
     state, _ = step(state, batch)
 # DP-SGD (every layer trainable, noise on): per-example gradients, clipped and noised.
-spec = ml_collections.ConfigDict({'name': 'dpsgd', 'dp_clip_norm': 1.0,
-                                  'dp_noise_multiplier': 1.0})
+spec = config_lib.classifier_config(dataset='synthetic', arch='small_tiny', num_classes=3,
+                                    image_size=16, channels=3, lr=0.1, epochs=1, batch_size=8,
+                                    defense='dpsgd').defense  # dp_clip_norm = noise = 1.0
 dp_plan = transfer.resolve(model, v['params'], v['batch_stats'], spec)
 dp_tx = transfer.make_optimizer(optax.sgd(0.1), dp_plan.labels)
 objective = defenses.build(spec, model, v['params'], dp_plan, num_classes=3, train_size=80,

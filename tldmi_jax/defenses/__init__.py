@@ -249,24 +249,41 @@ class Objective:
         }
 
 
+# Every hyperparameter `build` reads from `config.defense`, with its type. The defaults live
+# only in `config_lib.classifier_config`; a spec without one of these fields is an error.
+_HYPERPARAMETERS = {
+    'mid_beta': float,
+    'bido_measure': str,
+    'bido_lambda_x': float,
+    'bido_lambda_y': float,
+    'bido_sigma': float,
+    'bido_label_kernel': str,
+    'bido_layers': str,
+    'ls_alpha': float,
+    'ls_start_epoch': int,
+    'ls_end_epoch': int,
+    'ls_original_ramp': bool,
+    'dp_clip_norm': float,
+    'dp_noise_multiplier': float,
+    'dp_delta': float,
+    'dp_accountant': str,
+}
+
+
 def _hyperparameters(spec: ml_collections.ConfigDict) -> dict[str, Any]:
-    g = spec.get
-    return dict(
-        mid_beta=float(g('mid_beta', 0.003)),
-        bido_measure=str(g('bido_measure', 'hsic')),
-        bido_lambda_x=float(g('bido_lambda_x', 0.05)),
-        bido_lambda_y=float(g('bido_lambda_y', 0.5)),
-        bido_sigma=float(g('bido_sigma', 5.0)),
-        bido_label_kernel=str(g('bido_label_kernel', 'linear')),
-        ls_alpha=float(g('ls_alpha', -0.05)),
-        ls_start_epoch=int(g('ls_start_epoch', 50)),
-        ls_end_epoch=int(g('ls_end_epoch', 75)),
-        ls_original_ramp=bool(g('ls_original_ramp', False)),
-        dp_clip_norm=float(g('dp_clip_norm', 1.0)),
-        dp_noise_multiplier=float(g('dp_noise_multiplier', 1.0)),
-        dp_delta=float(g('dp_delta', 1e-5)),
-        dp_accountant=str(g('dp_accountant', 'rdp')),
-    )
+    """Reads every defense hyperparameter from `spec`, with no fallback defaults.
+
+    Raises:
+      ValueError: naming every missing (or unset) field.
+    """
+    missing = [field for field in _HYPERPARAMETERS if spec.get(field) is None]
+    if missing:
+        fields = ', '.join(f'config.defense.{field}' for field in missing)
+        raise ValueError(
+            f'Missing defense hyperparameters: {fields}. config_lib.classifier_config defines '
+            'every one with its default; build the defense block from it.'
+        )
+    return {field: kind(spec[field]) for field, kind in _HYPERPARAMETERS.items()}
 
 
 def build(
@@ -285,7 +302,8 @@ def build(
     """The training objective of `spec` for a (wrapped) model, or None for plain CE.
 
     Args:
-      spec: `config.defense`.
+      spec: `config.defense`, with every field of `config_lib.classifier_config`'s defense
+        block (there are no defaults here).
       model: the model from `wrap_model`.
       params: its parameters (for BiDO's layer names).
       plan: the resolved freeze plan (trainable leaves, BatchNorm policy).
@@ -297,8 +315,8 @@ def build(
       mesh: the 'data' mesh the training batch is sharded over (None: one device).
 
     Raises:
-      ValueError: for a bad name or hyperparameter, or a loss defense with no trainable
-        parameter.
+      ValueError: for a bad name or hyperparameter, a missing hyperparameter field (for a
+        loss defense), or a loss defense with no trainable parameter.
     """
     parts = parse(spec.get('name'))
     if not any(p in _LOSS_DEFENSES for p in parts):
@@ -328,7 +346,7 @@ def build(
         )
     layers = ()
     if 'bido' in parts:
-        layers = bido.resolve_layers(model, params, spec.get('bido_layers', '') or '')
+        layers = bido.resolve_layers(model, params, hp['bido_layers'])
     return Objective(
         model=model,
         parts=parts,

@@ -2,8 +2,10 @@
 
 A freeze spec (`config.defense`) takes exactly one of these forms:
 
-* `fine_tune_from='stage4'`: a named cut point (any `model.layer_groups` name or a
-  `model.cut_points` alias); that group and every later one are trainable.
+* `fine_tune_from='stage4'`: a named cut point, where fine-tuning starts: `stage1`..`stageN`
+  or `head` (one 1-based vocabulary on every architecture, see `tldmi_jax.models`), any
+  `model.layer_groups` name, or an old name (`block2`, `layer3`, ...; deprecated, same
+  meaning as before). That group and every later one are trainable.
 * `freeze_layers=k`: the original code's per-architecture child index, translated onto
   group names by `model.official_frozen_groups(k, freeze_stem)` (VGG16: k=0 is a linear
   probe; IR models: k=0 freezes nothing; the IR stem stays trainable as the original's
@@ -36,6 +38,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from tldmi_jax import models
 from tldmi_jax.models.layers import BatchNorm
 
 TRAINABLE = 'trainable'
@@ -140,13 +143,7 @@ def _group_rules(model: nn.Module, frozen: Sequence[str]) -> tuple[tuple[str, st
 
 def _cut_index(model: nn.Module, cut: str) -> int:
     names = [name for name, _ in model.layer_groups]
-    target = dict(getattr(model, 'cut_points', {}) or {}).get(cut, cut)
-    if target not in names:
-        aliases = sorted(getattr(model, 'cut_points', {}) or {})
-        raise ValueError(
-            f'Unknown cut point {cut!r}; use a group name {names} or an alias {aliases}.'
-        )
-    return names.index(target)
+    return names.index(models.cut_point_group(model, cut))
 
 
 def _group_sizes(model: nn.Module, params: Any) -> list[int]:
@@ -348,7 +345,7 @@ def describe(config: ml_collections.ConfigDict) -> FreezePlan:
 
     Parameters come from `jax.eval_shape(model.init, ...)`, so full-size models are free.
     """
-    from tldmi_jax import defenses, models  # Local: both import this module's neighbours.
+    from tldmi_jax import defenses  # Local: `defenses` imports this module.
 
     num_classes = config.model.get('num_classes') or 10
     model = models.get_model(config.model.arch, num_classes, **(config.model.get('kwargs') or {}))

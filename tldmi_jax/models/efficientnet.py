@@ -25,7 +25,9 @@ Parameter paths map one-to-one onto torchvision keys: `features_{s}_{j}/block_{b
 `features.{s}.{j}.block.{b}.0`, `.../block_{b}/bn` is `...block.{b}.1`, the SE convs are
 `.../block_{b}/fc1` and `fc2`; `features_0/{conv,bn}` and `features_8/{conv,bn}` are
 `features.0.{0,1}` and `features.8.{0,1}`; `fc` is LOMMA's `fc_layer`.
-Layer groups: `stem`, `stage1`..`stage7`, `head_conv`, `head`.
+Layer groups: `stem`, `stage1`..`stage7`, `head_conv`, `head`. Cut points: `stage1`..`stage7`
+(the groups of the same name) and `head`; the old names `features_{i}` (torchvision's child
+index: 0 the stem, 1-7 the stages, 8 the head conv) are aliases.
 """
 
 import math
@@ -197,11 +199,15 @@ class EfficientNet(nn.Module):
 
     @property
     def cut_points(self) -> dict[str, str]:
-        """Aliases `features_{i}` (torchvision child index) and `head` for group names."""
+        """`stage{s}` (1-based) -> the group of the same name, and `head`."""
+        stages = {f'stage{s}': f'stage{s}' for s in range(1, len(_STAGES) + 1)}
+        return {**stages, 'head': 'head'}
+
+    @property
+    def cut_point_aliases(self) -> dict[str, str]:
+        """Old names `features_{i}` (torchvision's child index) for cut points and groups."""
         names = [name for name, _ in self.layer_groups[:-1]]
-        points = {f'features_{i}': name for i, name in enumerate(names)}
-        points['head'] = 'head'
-        return points
+        return {f'features_{i}': name for i, name in enumerate(names)}
 
     def official_frozen_groups(self, k: int, freeze_stem: bool = False) -> tuple[str, ...]:
         """Groups frozen by `freeze_layers=k`, read over torchvision's `features` children.
@@ -289,6 +295,3 @@ class _TinyEfficientNetB0(EfficientNetB0):
 
     width_mult: float = 0.125
     stage_depths: Sequence[int] = (1,) * 7
-
-
-LAYER_GROUPS = EfficientNetB0(num_classes=1000).layer_groups

@@ -311,8 +311,6 @@ INCEPTIONS: dict[str, type[FIDInceptionV3]] = {
     'fid_inception_tiny': _TinyFIDInceptionV3,
 }
 
-LAYER_GROUPS = FIDInceptionV3().layer_groups
-
 
 def get_inception(name: str) -> FIDInceptionV3:
     """Builds an Inception by `INCEPTIONS` name.

@@ -13,6 +13,7 @@ Structure of face.evoLVe `Backbone` with `bottleneck_IR` units, as used by the o
 
 At 64 px the body output is 4x4x512 (8192 inputs to `output_layer/fc`), at 112 px 7x7x512.
 Layer groups: `stem` (`input_layer`), `body_0` ... `body_{n-1}`, `head` (`output_layer`, `fc`).
+Cut points: `stage{s}` (1-based) is the first unit of stage s, and `head`.
 """
 
 from collections.abc import Sequence
@@ -126,13 +127,17 @@ class IResNet(nn.Module):
 
     @property
     def cut_points(self) -> dict[str, str]:
-        """Aliases `stage{s}` (first unit of stage s) and `head` for group names."""
+        """`stage{s}` (1-based) -> the first unit of stage s (`body_{i}`), and `head`."""
         points, first = {}, 0
         for s, units in enumerate(self.stage_units):
             points[f'stage{s + 1}'] = f'body_{first}'
             first += units
-        points['head'] = 'head'
-        return points
+        return {**points, 'head': 'head'}
+
+    @property
+    def cut_point_aliases(self) -> dict[str, str]:
+        """None: the IR models always used `stage{s}`."""
+        return {}
 
     def official_frozen_groups(self, k: int, freeze_stem: bool = False) -> tuple[str, ...]:
         """Groups frozen by the original code's `freeze_layers=k`.
@@ -222,6 +227,3 @@ class _TinyFaceNet(FaceNet):
     widths: Sequence[int] = (8, 16, 16, 32)
     stem_width: int = 8
     feat_dim: int = 16
-
-
-LAYER_GROUPS = IR152(num_classes=1000).layer_groups

@@ -8,6 +8,8 @@ of a stage whose shape changes has a 1x1 conv + BN `downsample` shortcut.
 Parameter paths: `conv1/kernel`, `bn1/{scale,bias}`, `layer{L}_{b}/{conv1,bn1,conv2,bn2,conv3,
 bn3,downsample_conv,downsample_bn}/...` (b counts from 0, as torchvision's `layer{L}.{b}`),
 `fc/{kernel,bias}`. Layer groups: `stem` (conv1 + bn1), `layer1`..`layer4`, `head` (fc).
+Cut points: `stage{L}` is group `layer{L}` (both 1-based), and `head`; the old cut-point names
+`layer{L}` are aliases.
 """
 
 from collections.abc import Sequence
@@ -112,8 +114,14 @@ class ResNet(nn.Module):
 
     @property
     def cut_points(self) -> dict[str, str]:
-        """Alias `head`; the stage names `layer{L}` are group names already."""
-        return {'head': 'head'}
+        """`stage{L}` -> group `layer{L}` (both 1-based), and `head`."""
+        stages = {f'stage{s + 1}': f'layer{s + 1}' for s in range(len(self.stage_blocks))}
+        return {**stages, 'head': 'head'}
+
+    @property
+    def cut_point_aliases(self) -> dict[str, str]:
+        """Old names: `layer{L}` (torchvision's) is `stage{L}`."""
+        return {f'layer{s + 1}': f'stage{s + 1}' for s in range(len(self.stage_blocks))}
 
     def official_frozen_groups(self, k: int, freeze_stem: bool = False) -> tuple[str, ...]:
         """Groups frozen by DaredEVAL's TL-DMI `freeze_layers=k` on a torchvision ResNet.
@@ -185,6 +193,3 @@ class _TinyResNet18(ResNet18):
     stage_blocks: Sequence[int] = (1, 1, 1, 1)
     widths: Sequence[int] = (8, 8, 16, 16)
     stem_width: int = 8
-
-
-LAYER_GROUPS = ResNet18(num_classes=1000).layer_groups

@@ -3,7 +3,8 @@
 `block{i}`: Conv3x3 (same padding) -> BN -> ReLU -> max-pool 2x2, for each width; then
 the pooled map is flattened (NCHW order) into the features, optionally projected by a
 Dense layer `feat`, and classified by `fc`. Layer groups: `block0` ... `block{n-1}`, `head`
-(`feat` + `fc`).
+(`feat` + `fc`). Cut points (1-based): `stage{k}` is group `block{k-1}`; the old cut-point
+names `block{i}` (0-based) keep their meaning as aliases of `stage{i+1}`.
 """
 
 from collections.abc import Sequence
@@ -53,8 +54,14 @@ class SmallCNN(nn.Module):
 
     @property
     def cut_points(self) -> dict[str, str]:
-        """Alias `head`; the block names are group names already."""
-        return {'head': 'head'}
+        """`stage{k}` (1-based) -> group `block{k-1}`, and `head`."""
+        stages = {f'stage{i + 1}': f'block{i}' for i in range(len(self.widths))}
+        return {**stages, 'head': 'head'}
+
+    @property
+    def cut_point_aliases(self) -> dict[str, str]:
+        """Old 0-based names: `block{i}` is `stage{i+1}`."""
+        return {f'block{i}': f'stage{i + 1}' for i in range(len(self.widths))}
 
     def official_frozen_groups(self, k: int, freeze_stem: bool = False) -> tuple[str, ...]:
         """Groups frozen by `freeze_layers=k`, defined here as the first `k` blocks.
@@ -102,6 +109,3 @@ class _TinySmallCNN(SmallCNN):
     """Two narrow blocks, for tests at 16 px."""
 
     widths: Sequence[int] = (8, 16)
-
-
-LAYER_GROUPS = SmallCNN(num_classes=10).layer_groups

@@ -7,7 +7,8 @@ with a 2x2 max-pool after each of the five blocks, flatten (512 x 2 x 2 = 2048 a
 
 Parameter paths: `conv{block}_{i}/conv/{kernel,bias}`, `conv{block}_{i}/bn/{scale,bias}`,
 `head_bn/scale`, `fc/{kernel,bias}`. Each `conv{block}_{i}` (conv + its BN) is one layer
-group; `head_bn` + `fc` form the group `head`.
+group; `head_bn` + `fc` form the group `head`. Cut points: `stage{b}` (1-based) is the first
+conv of block b, `conv{b}_1`; the old names `block{b}` are aliases with the same meaning.
 """
 
 from collections.abc import Sequence
@@ -63,10 +64,14 @@ class VGG(nn.Module):
 
     @property
     def cut_points(self) -> dict[str, str]:
-        """Aliases `block{b}` (first conv of block b) and `head` for group names."""
-        points = {f'block{b + 1}': f'conv{b + 1}_1' for b in range(len(self.depths))}
-        points['head'] = 'head'
-        return points
+        """`stage{b}` (1-based) -> the first conv of block b (`conv{b}_1`), and `head`."""
+        stages = {f'stage{b + 1}': f'conv{b + 1}_1' for b in range(len(self.depths))}
+        return {**stages, 'head': 'head'}
+
+    @property
+    def cut_point_aliases(self) -> dict[str, str]:
+        """Old names: `block{b}` is `stage{b}` (both 1-based)."""
+        return {f'block{b + 1}': f'stage{b + 1}' for b in range(len(self.depths))}
 
     def _child_indices(self) -> list[tuple[str, int, int]]:
         """`(conv_name, conv child index, bn child index)` in torchvision `features`."""
@@ -142,6 +147,3 @@ class _TinyVGG16(VGG):
     """VGG16-BN layout (13 convs, same names) at 1/8 width, for tests at 32 px."""
 
     widths: Sequence[int] = (8, 16, 32, 64, 64)
-
-
-LAYER_GROUPS = VGG16(num_classes=1000).layer_groups
