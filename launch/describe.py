@@ -12,6 +12,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
+from tldmi_jax import defenses
 from tldmi_jax.defenses import transfer
 from tldmi_jax.utils import cli
 
@@ -21,7 +22,7 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
     del argv
-    plan = transfer.describe(_CONFIG.value)
+    plan = defenses.describe(_CONFIG.value)
     print(f'freeze spec: {plan.source}; BatchNorm policy: {plan.bn_policy}')
     print(transfer.format_table(plan))
     print(

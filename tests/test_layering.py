@@ -37,8 +37,6 @@ RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 # restructures its module; this list only shrinks).
 HIDDEN_TO_REMOVE = {
     ('tldmi_jax.interop.gans', 'tldmi_jax.interop.convert'),
-    ('tldmi_jax.defenses.transfer', 'tldmi_jax.defenses'),
-    ('tldmi_jax.defenses.transfer', 'tldmi_jax.models'),
     ('tldmi_jax.utils.checkpoint', 'tldmi_jax.utils.metrics'),
 }
 

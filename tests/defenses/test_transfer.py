@@ -13,10 +13,10 @@ import pytest
 from flax import traverse_util
 
 from configs import demo
-from tldmi_jax import models
+from tldmi_jax import defenses, models
 from tldmi_jax.defenses import transfer
 from tldmi_jax.models.layers import BatchNorm
-from tldmi_jax.reporting import demo as demo_report
+from tldmi_jax.pipelines import demo as demo_report
 from tldmi_jax.train import classifier
 
 
@@ -262,9 +262,9 @@ def test_demo_freeze_plans_equal_the_old_names(runlocal):
     for depth in config.tldmi_depths:
         train = targets[f'tldmi_{depth}'].train
         assert train.defense.fine_tune_from == depth
-        new_plan = transfer.describe(train)
+        new_plan = defenses.describe(train)
         train.defense.fine_tune_from = old[depth]
-        old_plan = transfer.describe(train)
+        old_plan = defenses.describe(train)
         assert new_plan.labels == old_plan.labels, depth
         assert new_plan.trainable_params == old_plan.trainable_params
         frozen = [r.group for r in new_plan.table if r.trainable == 0]

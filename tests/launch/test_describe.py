@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import celeba
-from tldmi_jax.defenses import transfer
+from tldmi_jax import defenses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_official_trainable_counts(arch, overrides, total, trainable):
     config = celeba.get_config(f'arch={arch},defense=tldmi')
     config.defense.update(overrides)
-    plan = transfer.describe(config)
+    plan = defenses.describe(config)
     assert (plan.total_params, plan.trainable_params) == (total, trainable)
     assert (
         abs(total - {'vgg16': 16.78e6, 'ir152': 62.60e6, 'facenet64': 35.44e6}[arch]) / total
@@ -56,7 +56,7 @@ def test_describe_launcher_prints_table_and_json():
 
 
 def test_describe_includes_the_mid_head():
-    plan = transfer.describe(celeba.get_config('arch=vgg16,defense=tldmi+mid'))
+    plan = defenses.describe(celeba.get_config('arch=vgg16,defense=tldmi+mid'))
     rows = {r.group: r for r in plan.table}
     assert 'vib' in rows and rows['vib'].trainable == rows['vib'].params > 0
     assert rows['conv1_1'].trainable == 0

@@ -29,6 +29,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from tldmi_jax import models
 from tldmi_jax.defenses import bido, dpsgd, label_smoothing, mid, transfer
 
 NAMES = ('none', 'tldmi', 'mid', 'bido', 'negls', 'dpsgd')
@@ -360,4 +361,20 @@ def build(
         sample_rate=min(1.0, batch_size / max(train_size, 1)),
         hp=hp,
         mesh=mesh,
+    )
+
+
+def describe(config: ml_collections.ConfigDict) -> transfer.FreezePlan:
+    """Resolves `config.defense` for `config.model` without computing anything.
+
+    Parameters come from `jax.eval_shape(model.init, ...)`, so full-size models are free.
+    """
+    num_classes = config.model.get('num_classes') or 10
+    model = models.get_model(config.model.arch, num_classes, **(config.model.get('kwargs') or {}))
+    model = wrap_model(model, config.defense)  # MID adds its VIB head.
+    size = config.data.image_size
+    dummy = jax.ShapeDtypeStruct((1, size, size, config.data.get('channels', 3)), jax.numpy.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+    return transfer.resolve(
+        model, variables['params'], variables.get('batch_stats', {}), config.defense
     )

@@ -338,19 +338,3 @@ def format_table(plan: FreezePlan) -> str:
 def trainable_mask(labels: Any) -> Any:
     """Boolean pytree: True where the leaf is trainable."""
     return jax.tree.map(lambda label: label == TRAINABLE, labels)
-
-
-def describe(config: ml_collections.ConfigDict) -> FreezePlan:
-    """Resolves `config.defense` for `config.model` without computing anything.
-
-    Parameters come from `jax.eval_shape(model.init, ...)`, so full-size models are free.
-    """
-    from tldmi_jax import defenses  # Local: `defenses` imports this module.
-
-    num_classes = config.model.get('num_classes') or 10
-    model = models.get_model(config.model.arch, num_classes, **(config.model.get('kwargs') or {}))
-    model = defenses.wrap_model(model, config.defense)  # MID adds its VIB head.
-    size = config.data.image_size
-    dummy = jax.ShapeDtypeStruct((1, size, size, config.data.get('channels', 3)), jax.numpy.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
-    return resolve(model, variables['params'], variables.get('batch_stats', {}), config.defense)

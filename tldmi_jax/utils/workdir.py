@@ -2,7 +2,7 @@
 
 Every stage entry point (`classifier.train_and_evaluate`, `gan.train_and_evaluate`,
 `distill.train_and_evaluate`, `attacks.runner.run`, `evaluation.evaluate.evaluate`,
-`analysis.fisher.analyze`, `reporting.sweep.run`) calls
+`analysis.fisher.analyze`, `pipelines.sweep.run`) calls
 
     workdir.prepare(config, path)      # first: nothing is written before this check
     ...                                # load and validate the inputs
