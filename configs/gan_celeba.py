@@ -27,9 +27,9 @@ from tldmi_jax import config_lib
 # Original recipes: GMI/KEDMI `config/celeba/training_GAN/*/celeba.json` of TL-DMI, PLG-MI
 # `train_cgan.py` defaults (Adam betas (0, 0.9), 30k G iterations x n_dis 5).
 _RECIPES = {
-    'gmi': dict(z_dim=100, b1=0.5, b2=0.999, epochs=120, total_steps=0),
-    'kedmi': dict(z_dim=100, b1=0.5, b2=0.999, epochs=120, total_steps=0),
-    'plgmi': dict(z_dim=128, b1=0.0, b2=0.9, epochs=0, total_steps=150_000),
+    'gmi': dict(b1=0.5, b2=0.999, epochs=120, total_steps=0),
+    'kedmi': dict(b1=0.5, b2=0.999, epochs=120, total_steps=0),
+    'plgmi': dict(b1=0.0, b2=0.9, epochs=0, total_steps=150_000),
 }
 
 
@@ -57,19 +57,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.dequantize = arg.prior == 'plgmi'  # Add U(0, 1/256) to reals (PLG-MI).
 
     # --- model (prior) ---
-    config.prior = ml_collections.ConfigDict()
+    # Architecture options (z_dim, g_dim, d_dim, channels, ...): config_lib.PRIOR_OPTIONS.
+    config.prior = ml_collections.ConfigDict(config_lib.prior_options(arg.prior, arg.runlocal))
     config.prior.kind = arg.prior  # gmi | kedmi | plgmi.
     config.prior.num_classes = 0 if arg.prior == 'gmi' else 1000  # Target classes (0: target's).
-    config.prior.z_dim = recipe['z_dim']  # Latent size (100 GMI/KEDMI, 128 PLG-MI).
-    config.prior.g_dim = 64  # Generator base width.
-    config.prior.d_dim = 64  # Discriminator base width.
-    config.prior.channels = 3  # Image channels of the data (1: grayscale).
-    if arg.prior == 'kedmi':
-        config.prior.mbd_features = 64  # Minibatch-discrimination kernels.
-        config.prior.mbd_kernel_dims = 50  # Dimensions per kernel.
-    if arg.prior == 'plgmi':
-        config.prior.bottom_width = 4  # First generator feature map side.
-        config.prior.out_act = 'unit'  # 'unit': images in [0, 1]; 'tanh': original raw tanh.
 
     # --- target (kedmi, plgmi) ---
     config.target = ml_collections.ConfigDict()
@@ -111,13 +102,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.kwargs = ml_collections.ConfigDict(dict(num_classes=4, image_size=32))
         if arg.prior != 'gmi':
             config.prior.num_classes = 4
-        config.prior.g_dim = 8
-        config.prior.d_dim = 8
-        if arg.prior == 'kedmi':
-            config.prior.mbd_features = 16
-            config.prior.mbd_kernel_dims = 8
         if arg.prior == 'plgmi':
-            config.prior.z_dim = 32
             config.plgmi.top_n = 16
         config.target.runlocal_steps = 30
         config.batch_size = 8

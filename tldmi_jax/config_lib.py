@@ -173,6 +173,50 @@ def classifier_config(
     return config
 
 
+# Every GAN prior's architecture options (`tldmi_jax.priors.make_prior`): the one place they
+# live. The originals' sizes, and the tiny widths of tests and runlocal (changes only).
+PRIOR_OPTIONS: dict[str, dict[str, Any]] = {
+    'gmi': dict(
+        z_dim=100,  # Latent size.
+        g_dim=64,  # Generator base width.
+        d_dim=64,  # Discriminator base width.
+        channels=3,  # Image channels (1: grayscale).
+    ),
+    'kedmi': dict(
+        z_dim=100,
+        g_dim=64,
+        d_dim=64,
+        mbd_features=64,  # Minibatch-discrimination kernels.
+        mbd_kernel_dims=50,  # Dimensions per kernel.
+        channels=3,
+    ),
+    'plgmi': dict(
+        z_dim=128,
+        g_dim=64,
+        d_dim=64,
+        bottom_width=4,  # First generator feature map side.
+        out_act='unit',  # 'unit': images in [0, 1]; 'tanh': the original's raw tanh.
+        channels=3,
+    ),
+}
+TINY_PRIOR_OPTIONS: dict[str, dict[str, Any]] = {
+    'gmi': dict(g_dim=8, d_dim=8),
+    'kedmi': dict(g_dim=8, d_dim=8, mbd_features=16, mbd_kernel_dims=8),
+    'plgmi': dict(z_dim=32, g_dim=8, d_dim=8),
+}
+
+
+def prior_options(kind: str, tiny: bool = False) -> dict[str, Any]:
+    """The architecture options of prior `kind` (tiny widths for tests and runlocal).
+
+    Raises:
+      ValueError: for an unknown kind.
+    """
+    if kind not in PRIOR_OPTIONS:
+        raise ValueError(f'Unknown prior kind {kind!r}; known: {", ".join(PRIOR_OPTIONS)}.')
+    return {**PRIOR_OPTIONS[kind], **(TINY_PRIOR_OPTIONS[kind] if tiny else {})}
+
+
 def runlocal_classifier(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks a classifier config to a tiny model on generated data (seconds on a CPU)."""
     config.data.name = 'synthetic'

@@ -40,48 +40,13 @@ from absl import logging
 
 from tldmi_jax.models import efficientnet, irse, resnet, small, vgg
 
+# The registry, collected from the model modules (each exports `ARCHS`: name -> (class,
+# input size it is used at)); the `_tiny` variants have the same parameter names.
+_MODULES = (vgg, irse, resnet, small, efficientnet)
 ARCHS: dict[str, Callable[..., nn.Module]] = {
-    'vgg16': vgg.VGG16,
-    'ir152': irse.IR152,
-    'facenet64': irse.FaceNet64,
-    'facenet': irse.FaceNet,
-    'ir50': irse.FaceNet64,
-    'resnet18': resnet.ResNet18,
-    'resnet152': resnet.ResNet152,
-    'small': small.SmallCNN,
-    'efficientnet_b0': efficientnet.EfficientNetB0,
-    'efficientnet_b1': efficientnet.EfficientNetB1,
-    'efficientnet_b2': efficientnet.EfficientNetB2,
-    # Tiny variants with the same parameter names, for tests and `runlocal`.
-    'vgg16_tiny': vgg._TinyVGG16,
-    'ir152_tiny': irse._TinyIR152,
-    'facenet64_tiny': irse._TinyFaceNet64,
-    'facenet_tiny': irse._TinyFaceNet,
-    'resnet18_tiny': resnet._TinyResNet18,
-    'small_tiny': small._TinySmallCNN,
-    'efficientnet_b0_tiny': efficientnet._TinyEfficientNetB0,
+    name: cls for module in _MODULES for name, (cls, _) in module.ARCHS.items()
 }
-
-_IMAGE_SIZES = {
-    'vgg16': 64,
-    'ir152': 64,
-    'facenet64': 64,
-    'facenet': 112,
-    'ir50': 64,
-    'resnet18': 224,
-    'resnet152': 224,
-    'small': 32,
-    'efficientnet_b0': 64,
-    'efficientnet_b1': 64,
-    'efficientnet_b2': 64,
-    'vgg16_tiny': 32,
-    'ir152_tiny': 16,
-    'facenet64_tiny': 16,
-    'facenet_tiny': 32,
-    'resnet18_tiny': 32,
-    'small_tiny': 16,
-    'efficientnet_b0_tiny': 32,
-}
+_IMAGE_SIZES = {name: size for module in _MODULES for name, (_, size) in module.ARCHS.items()}
 
 
 def _check_arch(arch: str) -> None:

@@ -295,3 +295,11 @@ class _TinyEfficientNetB0(EfficientNetB0):
 
     width_mult: float = 0.125
     stage_depths: Sequence[int] = (1,) * 7
+
+
+ARCHS = {  # name: (class, input size it is used at); collected by `models.ARCHS`.
+    'efficientnet_b0': (EfficientNetB0, 64),
+    'efficientnet_b1': (EfficientNetB1, 64),
+    'efficientnet_b2': (EfficientNetB2, 64),
+    'efficientnet_b0_tiny': (_TinyEfficientNetB0, 32),  # For tests and runlocal.
+}

@@ -227,3 +227,14 @@ class _TinyFaceNet(FaceNet):
     widths: Sequence[int] = (8, 16, 16, 32)
     stem_width: int = 8
     feat_dim: int = 16
+
+
+ARCHS = {  # name: (class, input size it is used at); collected by `models.ARCHS`.
+    'ir152': (IR152, 64),
+    'facenet64': (FaceNet64, 64),
+    'ir50': (FaceNet64, 64),  # FaceNet64 is TL-DMI's IR-50 at 64 px.
+    'facenet': (FaceNet, 112),  # The evaluation model.
+    'ir152_tiny': (_TinyIR152, 16),  # Same parameter names, for tests and runlocal.
+    'facenet64_tiny': (_TinyFaceNet64, 16),
+    'facenet_tiny': (_TinyFaceNet, 32),
+}

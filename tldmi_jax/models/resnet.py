@@ -193,3 +193,10 @@ class _TinyResNet18(ResNet18):
     stage_blocks: Sequence[int] = (1, 1, 1, 1)
     widths: Sequence[int] = (8, 8, 16, 16)
     stem_width: int = 8
+
+
+ARCHS = {  # name: (class, input size it is used at); collected by `models.ARCHS`.
+    'resnet18': (ResNet18, 224),
+    'resnet152': (ResNet152, 224),
+    'resnet18_tiny': (_TinyResNet18, 32),  # Same parameter names, for tests and runlocal.
+}

@@ -109,3 +109,9 @@ class _TinySmallCNN(SmallCNN):
     """Two narrow blocks, for tests at 16 px."""
 
     widths: Sequence[int] = (8, 16)
+
+
+ARCHS = {  # name: (class, input size it is used at); collected by `models.ARCHS`.
+    'small': (SmallCNN, 32),
+    'small_tiny': (_TinySmallCNN, 16),  # Same parameter names, for tests and runlocal.
+}

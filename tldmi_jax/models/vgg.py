@@ -147,3 +147,9 @@ class _TinyVGG16(VGG):
     """VGG16-BN layout (13 convs, same names) at 1/8 width, for tests at 32 px."""
 
     widths: Sequence[int] = (8, 16, 32, 64, 64)
+
+
+ARCHS = {  # name: (class, input size it is used at); collected by `models.ARCHS`.
+    'vgg16': (VGG16, 64),
+    'vgg16_tiny': (_TinyVGG16, 32),  # Same parameter names, for tests and runlocal.
+}

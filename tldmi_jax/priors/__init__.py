@@ -23,10 +23,11 @@ import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 
+from tldmi_jax import config_lib
 from tldmi_jax.priors import gmi, kedmi, plgmi
 from tldmi_jax.utils import atomic, checkpoint
 
-FAMILIES: dict[str, ModuleType] = {'gmi': gmi, 'kedmi': kedmi, 'plgmi': plgmi}
+FAMILIES: dict[str, ModuleType] = {m.KIND: m for m in (gmi, kedmi, plgmi)}  # The registry.
 PRIOR_DIR = 'prior'  # Where a train_gan workdir keeps its final prior.
 SPEC_FILE = 'prior.json'
 _TREE_DIR = 'variables'
@@ -99,7 +100,7 @@ def build_modules(kind: str, *, num_classes: int = 0, image_size: int = 64, tiny
       ValueError: unknown kind or option, or sizes the family cannot build.
     """
     family = _family(kind)
-    options = dict(family.TINY if tiny else family.DEFAULTS)
+    options = config_lib.prior_options(kind, tiny=tiny)
     unknown = sorted(set(kw) - set(options))
     if unknown:
         raise ValueError(f'{kind} prior has no option(s) {unknown}; known: {sorted(options)}.')

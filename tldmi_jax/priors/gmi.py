@@ -27,9 +27,7 @@ import jax.numpy as jnp
 from tldmi_jax.models.layers import BatchNorm
 from tldmi_jax.priors import layers
 
-Z_DIM = 100
-DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, channels=3)
-TINY = dict(z_dim=Z_DIM, g_dim=8, d_dim=8, channels=3)
+KIND = 'gmi'  # Its options: `config_lib.prior_options('gmi')`.
 
 
 def num_doublings(image_size: int) -> int:

@@ -18,9 +18,7 @@ import jax
 
 from tldmi_jax.priors import gmi, layers
 
-Z_DIM = 100
-DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, mbd_features=64, mbd_kernel_dims=50, channels=3)
-TINY = dict(z_dim=Z_DIM, g_dim=8, d_dim=8, mbd_features=16, mbd_kernel_dims=8, channels=3)
+KIND = 'kedmi'  # Its options: `config_lib.prior_options('kedmi')`.
 
 Generator = gmi.Generator
 

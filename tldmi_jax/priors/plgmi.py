@@ -31,9 +31,7 @@ import jax.numpy as jnp
 from tldmi_jax.models.layers import BatchNorm
 from tldmi_jax.priors import layers
 
-Z_DIM = 128
-DEFAULTS = dict(z_dim=Z_DIM, g_dim=64, d_dim=64, bottom_width=4, out_act='unit', channels=3)
-TINY = dict(z_dim=32, g_dim=8, d_dim=8, bottom_width=4, out_act='unit', channels=3)
+KIND = 'plgmi'  # Its options: `config_lib.prior_options('plgmi')`.
 
 _XAVIER_RELU = nn.initializers.variance_scaling(2.0, 'fan_avg', 'uniform')  # gain sqrt(2)
 _XAVIER = nn.initializers.xavier_uniform()
