@@ -53,5 +53,6 @@ def test_missing_field_is_named(missing):
 
 
 def test_plain_defenses_need_no_hyperparameters():
-    spec = ml_collections.ConfigDict(dict(name='tldmi'))
-    assert defenses.build(spec, None, None, None, **_BUILD_KW) is None
+    spec = ml_collections.ConfigDict(dict(name='tldmi', fine_tune_from='stage2'))
+    objective = _build(spec)  # Plain cross-entropy: no defense hyperparameter is read.
+    assert objective.parts == ('tldmi',) and objective.hp == {}

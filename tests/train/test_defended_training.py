@@ -4,16 +4,20 @@ import json
 import math
 import os
 
+import chex
 import dp_accounting
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
 from configs import celeba
-from tldmi_jax import classifiers, data, defenses
-from tldmi_jax.defenses import mid
+from tldmi_jax import classifiers, data, defenses, models
+from tldmi_jax.defenses import mid, transfer
 from tldmi_jax.train import classifier
 from tldmi_jax.utils import checkpoint, metrics
 
@@ -169,9 +173,48 @@ def test_parse_names():
 
 
 @pytest.mark.parametrize('name', ['none', 'tldmi'])
-def test_plain_defenses_keep_the_plain_step(name):
-    spec = ml_collections.ConfigDict(dict(name=name))
-    assert defenses.build(spec, None, None, None, **dict.fromkeys(_BUILD_KW, 1)) is None
+@pytest.mark.parametrize('bn_policy', ['update', 'freeze'])
+def test_plain_defenses_keep_the_plain_step(name, bn_policy):
+    """`none`/`tldmi` get an objective of plain cross-entropy and no defense term."""
+    spec = ml_collections.ConfigDict(dict(name=name, bn_policy=bn_policy))
+    if name == 'tldmi':
+        spec.fine_tune_from = 'stage2'
+    model = models.get_model('small_tiny', 3)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    params, stats = variables['params'], variables['batch_stats']
+    plan = transfer.resolve(model, params, stats, spec)
+    objective = defenses.build(spec, model, params, plan, **dict.fromkeys(_BUILD_KW, 1))
+    assert objective.parts == (name,) and objective.hp == {}
+    images = np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype(np.float32)
+    labels = jnp.array([0, 1, 2, 0])
+    rng = jax.random.key(1)
+    loss, logits, new_stats, grads, extra = objective.loss_and_grads(
+        params, stats, images, labels, rng, jnp.asarray(0)
+    )
+
+    def plain(p):  # Frozen BatchNorms run in inference mode under `freeze` (the plan's).
+        with nn.intercept_methods(transfer.bn_policy_interceptor(plan) or _identity):
+            (_, out), updates = model.apply(
+                {'params': p, 'batch_stats': stats},
+                images,
+                train=True,
+                rngs={'dropout': rng},
+                mutable=['batch_stats'],
+            )
+        ce = optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
+        return ce, (out, updates['batch_stats'])
+
+    (want, (want_logits, want_stats)), want_grads = jax.value_and_grad(plain, has_aux=True)(params)
+    np.testing.assert_array_equal(loss, want)
+    np.testing.assert_array_equal(logits, want_logits)
+    chex.assert_trees_all_equal(new_stats, want_stats)
+    chex.assert_trees_all_equal(grads, want_grads)
+    assert list(extra) == ['train/ce']
+    np.testing.assert_array_equal(extra['train/ce'], want)
+
+
+def _identity(next_fun, args, kwargs, context):
+    return next_fun(*args, **kwargs)
 
 
 @pytest.mark.parametrize(

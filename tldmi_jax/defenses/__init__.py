@@ -12,9 +12,11 @@
   epsilon (`dpsgd.py`). BiDO's terms are batch statistics with no per-example form, so
   `bido+dpsgd` is rejected.
 
-`wrap_model` applies the model change (MID) and `build` returns the `Objective` that the
-trainer's step uses instead of plain cross-entropy, or None for `none`/`tldmi`, whose
-training step stays exactly the plain one.
+`wrap_model` applies the model change (MID) and `build` returns the `Objective` whose
+`loss_and_grads` the trainer's step calls, for every name: plain softmax cross-entropy for
+`none` and `tldmi` (`plain`), with the terms of the loss defenses added. The objective runs
+the model under the freeze plan's BatchNorm policy (`transfer.bn_policy_interceptor`), the
+one place where that policy is applied.
 """
 
 import dataclasses
@@ -87,19 +89,20 @@ def wrap_for_checkpoint(model: nn.Module, params: Any) -> nn.Module:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """The loss and gradient of a defended classifier (see `build`)."""
+    """The loss and gradient of a classifier under its defense (see `build` and `plain`)."""
 
     model: nn.Module
     parts: tuple[str, ...]
-    num_classes: int
-    steps_per_epoch: int
-    num_epochs: float
-    mask: Any
-    interceptor: Callable[..., Any] | None
-    layers: tuple[str, ...]
-    pool: bool
-    sample_rate: float
-    hp: dict[str, Any]
+    mask: Any  # Boolean tree like the params: True where trainable.
+    interceptor: Callable[..., Any] | None  # The BatchNorm policy (None: nothing to change).
+    # Only the loss defenses read the fields below.
+    num_classes: int = 0
+    steps_per_epoch: int = 1
+    num_epochs: float = 1.0
+    layers: tuple[str, ...] = ()
+    pool: bool = False
+    sample_rate: float = 1.0
+    hp: dict[str, Any] = dataclasses.field(default_factory=dict)
     mesh: Any = None  # The 'data' mesh of the batch (DP-SGD's per-example gradients).
 
     def _alpha(self, step: jax.Array) -> jax.Array:
@@ -146,6 +149,24 @@ class Objective:
     def _capture(self):
         return bido.capture_filter(self.layers) if 'bido' in self.parts else False
 
+    def _forward(self, params, batch_stats, images, rng):
+        """The training forward pass under the freeze plan's BatchNorm policy."""
+
+        def run():
+            return self.model.apply(
+                {'params': params, 'batch_stats': batch_stats},
+                images,
+                train=True,
+                rngs={'dropout': rng},
+                mutable=['batch_stats', 'intermediates'],
+                capture_intermediates=self._capture(),
+            )
+
+        if self.interceptor is None:
+            return run()
+        with nn.intercept_methods(self.interceptor):
+            return run()
+
     def loss_and_grads(self, params, batch_stats, images, labels, rng, step):
         """One step's loss, gradient and metrics.
 
@@ -163,23 +184,7 @@ class Objective:
             return self._private(params, batch_stats, images, labels, rng, step)
 
         def loss_fn(p):
-            variables = {'params': p, 'batch_stats': batch_stats}
-
-            def run():
-                return self.model.apply(
-                    variables,
-                    images,
-                    train=True,
-                    rngs={'dropout': rng},
-                    mutable=['batch_stats', 'intermediates'],
-                    capture_intermediates=self._capture(),
-                )
-
-            if self.interceptor is None:
-                (features, logits), state = run()
-            else:
-                with nn.intercept_methods(self.interceptor):
-                    (features, logits), state = run()
+            (features, logits), state = self._forward(p, batch_stats, images, rng)
             inter = state.get('intermediates', {})
             per_example, metrics = self._per_example(logits, labels, inter, step)
             loss = per_example.mean()
@@ -299,8 +304,8 @@ def build(
     steps_per_epoch: int,
     total_steps: int,
     mesh: Any = None,
-) -> Objective | None:
-    """The training objective of `spec` for a (wrapped) model, or None for plain CE.
+) -> Objective:
+    """The training objective of `spec` for a (wrapped) model (`plain` for none/tldmi).
 
     Args:
       spec: `config.defense`, with every field of `config_lib.classifier_config`'s defense
@@ -321,7 +326,7 @@ def build(
     """
     parts = parse(spec.get('name'))
     if not any(p in _LOSS_DEFENSES for p in parts):
-        return None
+        return plain(model, plan, parts)
     if plan.trainable_params == 0:
         raise ValueError(
             f'defense {spec.get("name")!r} trains through its loss, but the freeze spec '
@@ -348,19 +353,28 @@ def build(
     layers = ()
     if 'bido' in parts:
         layers = bido.resolve_layers(model, params, hp['bido_layers'])
-    return Objective(
-        model=model,
-        parts=parts,
+    return dataclasses.replace(
+        plain(model, plan, parts),
         num_classes=num_classes,
         steps_per_epoch=steps_per_epoch,
         num_epochs=total_steps / steps_per_epoch,
-        mask=transfer.trainable_mask(plan.labels),
-        interceptor=transfer.bn_policy_interceptor(plan),
         layers=layers,
         pool=bido.pools_blocks(model),
         sample_rate=min(1.0, batch_size / max(train_size, 1)),
         hp=hp,
         mesh=mesh,
+    )
+
+
+def plain(
+    model: nn.Module, plan: transfer.FreezePlan, parts: tuple[str, ...] = ('none',)
+) -> Objective:
+    """Softmax cross-entropy (`none`, `tldmi`) with the plan's trainable mask and BN policy."""
+    return Objective(
+        model=model,
+        parts=parts,
+        mask=transfer.trainable_mask(plan.labels),
+        interceptor=transfer.bn_policy_interceptor(plan),
     )
 
 

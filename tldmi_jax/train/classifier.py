@@ -6,17 +6,16 @@ original), applies the freeze spec of `config.defense` (TL-DMI), selects the bes
 a validation split carved from the private training set (or on the test split with
 `select_on='test'`, as the original code does), and reports natural accuracy on the
 private test split. Rerunning the same command resumes from the last checkpoint and ends
-with the same parameters as an uninterrupted run. The other defenses (MID, BiDO, label
-smoothing, DP-SGD, alone or with TL-DMI) change the model and the step's loss or gradient
-through `tldmi_jax.defenses` (`wrap_model`, `build`).
+with the same parameters as an uninterrupted run. The step's loss and gradient come from
+the defense's objective (`tldmi_jax.defenses.build`: plain cross-entropy for none/tldmi;
+MID, BiDO, label smoothing and DP-SGD, alone or with TL-DMI, change the model and the
+loss or gradient); the loop, logging and checkpoints from `tldmi_jax.train.loop`.
 """
 
 import functools
 import os
-import time
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -24,12 +23,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from tqdm import tqdm
 
 from tldmi_jax import classifiers, data, defenses, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.defenses import transfer
-from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
+from tldmi_jax.train import loop, optim
+from tldmi_jax.utils import checkpoint, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 
@@ -44,51 +43,14 @@ class TrainState(flax.struct.PyTreeNode):
     best_step: jax.Array
 
 
-def make_base_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """PyTorch-style SGD: `g + wd * p`, then (Nesterov) momentum, constant lr."""
-    name = optim.get('name', 'sgd')
-    if name == 'sgd':
-        return optax.chain(
-            optax.add_decayed_weights(optim.weight_decay),
-            optax.sgd(optim.lr, momentum=optim.momentum or None, nesterov=optim.nesterov),
-        )
-    if name == 'adam':
-        return optax.chain(
-            optax.add_decayed_weights(optim.weight_decay),
-            optax.adam(optim.lr, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999)),
-        )
-    raise ValueError(f'Unknown optimizer {name!r}; use sgd or adam.')
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy; logits [B, K], integer labels [B]."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def _apply(model, params, batch_stats, images, *, train, rng=None, interceptor=None):
-    """Runs the model; in training returns the updated batch_stats too."""
-    variables = {'params': params, 'batch_stats': batch_stats}
-    rngs = {'dropout': rng} if rng is not None else None
-
-    def run():
-        if train:
-            return model.apply(variables, images, train=True, mutable=['batch_stats'], rngs=rngs)
-        return model.apply(variables, images, train=False), {'batch_stats': batch_stats}
-
-    if interceptor is None:
-        return run()
-    with nn.intercept_methods(interceptor):
-        return run()
-
-
 def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bool, objective=None):
     """Builds the pure train step `(state, batch) -> (state, metrics)`.
 
-    `objective` (a `defenses.Objective`) supplies the loss and gradient of a defended
-    model; None trains with plain cross-entropy.
+    `objective` (from `defenses.build`) supplies the loss and gradient; None trains with
+    plain cross-entropy under `plan` (`defenses.plain`).
     """
-    interceptor = transfer.bn_policy_interceptor(plan)
-    mask = transfer.trainable_mask(plan.labels)
+    if objective is None:
+        objective = defenses.plain(model, plan)
     base_key = jax.random.fold_in(jax.random.key(seed), 1)
 
     def step_fn(state: TrainState, batch: dict[str, jax.Array]):
@@ -97,35 +59,16 @@ def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bo
         images = batch['image']
         if flip:
             images = preprocess.random_flip(flip_key, images)
-
-        def loss_fn(params):
-            (_, logits), updates = _apply(
-                model,
-                params,
-                state.batch_stats,
-                images,
-                train=True,
-                rng=dropout_key,
-                interceptor=interceptor,
-            )
-            return cross_entropy(logits, batch['label']), (logits, updates['batch_stats'])
-
-        if objective is None:
-            (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params
-            )
-            extra = {}
-        else:
-            loss, logits, batch_stats, grads, extra = objective.loss_and_grads(
-                state.params, state.batch_stats, images, batch['label'], dropout_key, state.step
-            )
+        loss, logits, batch_stats, grads, extra = objective.loss_and_grads(
+            state.params, state.batch_stats, images, batch['label'], dropout_key, state.step
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        trainable_grads = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, mask)
+        trainable = jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), grads, objective.mask)
         out = {
             'train/loss': loss,
             'train/acc@1': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-            'train/grad_norm': optax.tree.norm(trainable_grads),
+            'train/grad_norm': optax.tree.norm(trainable),
             **extra,
         }
         new_state = state.replace(
@@ -239,12 +182,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     plan = transfer.resolve(model, params, batch_stats, config.defense)
     logging.info('Freeze plan: %s\n%s', plan.source, transfer.format_table(plan))
-    tx = transfer.make_optimizer(make_base_optimizer(config.optim), plan.labels)
+    tx = transfer.make_optimizer(optim.make_base_optimizer(config.optim), plan.labels)
     bs = config.batch_size
-    sched = loop.make_schedule(
-        len(train_idx), bs, config.epochs, config.get('total_steps'), 'training images'
-    )
-    steps_per_epoch, total_steps = sched.steps_per_epoch, sched.total_steps
+    sched = loop.schedule(config, len(train_idx), 'training images')
     mesh = sharding.data_mesh(bs, config.get('devices', 0))
     objective = defenses.build(
         config.defense,
@@ -254,8 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         num_classes=num_classes,
         train_size=len(train_idx),
         batch_size=bs,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
+        steps_per_epoch=sched.steps_per_epoch,
+        total_steps=sched.total_steps,
         mesh=mesh,
     )
     workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
@@ -267,18 +207,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         best_val=jnp.asarray(-1.0, jnp.float32),
         best_step=jnp.asarray(-1, jnp.int32),
     )
-    mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
-
-    ckpt_every = sched.every(config.get('checkpoint_every_steps'))
-    log_every = config.get('log_every_steps') or 50
-    eval_every = sched.every(config.get('eval_every_steps'))
-
-    writer = metrics.MetricWriter(workdir)
-    if int(state.step) == 0:  # Once per run; a resumed run keeps the first record.
-        writer.write(
-            0, {'params/total': plan.total_params, 'params/trainable': plan.trainable_params}
-        )
-    host_metrics = objective.host_metrics if objective else lambda step: {}
+    train = loop.TrainLoop(
+        workdir,
+        sched,
+        desc='train',
+        log_every=config.get('log_every_steps') or 50,
+        checkpoint_every=config.get('checkpoint_every_steps'),
+        keep=config.get('keep_checkpoints', 2),
+    )
+    state = train.resume(state)
+    if train.step == 0:  # Once per run; a resumed run keeps the first record.
+        sizes = {'params/total': plan.total_params, 'params/trainable': plan.trainable_params}
+        train.writer.write(0, sizes)
     train_step = jax.jit(
         make_train_step(
             model, tx, plan, seed=config.seed, flip=config.data.flip, objective=objective
@@ -291,71 +231,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         variables = {'params': params, 'batch_stats': batch_stats}
         return classifiers.evaluate(apply, variables, images, labels, bs)
 
+    def select(step: int, state: TrainState) -> TrainState:
+        """Evaluates on the selection split; exports `model_best` when it improves."""
+        res = evaluate(state.params, state.batch_stats, *val)
+        split = 'test' if config.get('select_on', 'val') == 'test' else 'val'
+        train.writer.write(step, {f'{split}/{k}': v for k, v in res.items()})
+        if res['acc@1'] > float(state.best_val):
+            train.check_finite(step, state.params)
+            state = state.replace(
+                best_val=jnp.asarray(res['acc@1'], jnp.float32),
+                best_step=jnp.asarray(step, jnp.int32),
+            )
+            checkpoint.save_model(
+                os.path.join(workdir, 'model_best'), state.params, state.batch_stats
+            )
+        return state
+
     logging.info('Data parallel over %d device(s).', mesh.size)
-    state = sharding.replicate(state, mesh)
-    step = int(state.step)
-    acc: dict[str, list[float]] = {}
-    guard = loop.FiniteGuard()  # NaN/inf: stop, never checkpoint it (checked when fetched).
-    bar = tqdm(total=total_steps, initial=step, desc='train', dynamic_ncols=True, mininterval=1.0)
-    tic, seen = time.perf_counter(), 0
-    while step < total_steps:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        batches = pipeline.epoch_batches(
-            train_src,
-            train_idx,
-            bs,
-            preprocess=prep,
-            seed=config.seed,
-            epoch=epoch,
-            shuffle=True,
-            drop_remainder=True,
-            start_batch=start_batch,
-        )
-        for batch in batches:
-            images, labels = _as_arrays(batch)
-            batch = sharding.shard_batch({'image': images, 'label': labels}, mesh)
-            state, m = train_step(state, batch)
-            step += 1
-            seen += len(labels)
-            for k, v in m.items():
-                acc.setdefault(k, []).append(v)
-            bar.update(1)
-            if step % log_every == 0 or step == total_steps:
-                guard.check(acc, step, mngr)
-                summary = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
-                guard.record(step, summary)
-                rate = seen / max(time.perf_counter() - tic, 1e-9)
-                summary['train/images_per_sec'] = rate
-                summary['train/epoch'] = step / steps_per_epoch
-                summary.update(host_metrics(step))
-                writer.write(step, summary, log=False)  # Shown in the progress bar.
-                bar.set_postfix(
-                    loss=f'{summary["train/loss"]:.3f}',
-                    acc=f'{summary["train/acc@1"]:.3f}',
-                    img_s=f'{rate:.0f}',
-                )
-                acc, tic, seen = {}, time.perf_counter(), 0
-            if val is not None and (step % eval_every == 0 or step == total_steps):
-                res = evaluate(state.params, state.batch_stats, *val)
-                split = 'test' if config.get('select_on', 'val') == 'test' else 'val'
-                writer.write(step, {f'{split}/{k}': v for k, v in res.items()})
-                if res['acc@1'] > float(state.best_val):
-                    guard.check(acc, step, mngr, params=state.params)
-                    state = state.replace(
-                        best_val=jnp.asarray(res['acc@1'], jnp.float32),
-                        best_step=jnp.asarray(step, jnp.int32),
-                    )
-                    checkpoint.save_model(
-                        os.path.join(workdir, 'model_best'), state.params, state.batch_stats
-                    )
-            if step % ckpt_every == 0 or step == total_steps:
-                guard.check(acc, step, mngr, params=state.params)
-                checkpoint.save_state(mngr, step, state)
-            if step >= total_steps:
-                break
-    bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    state = train.run(
+        sharding.replicate(state, mesh),
+        loop.shuffled_batches(train_src, train_idx, bs, preprocess=prep, seed=config.seed),
+        lambda state, batch, step: train_step(state, batch),
+        mesh,
+        hooks=[] if val is None else [loop.Periodic(config.get('eval_every_steps'), select)],
+        extras=objective.host_metrics,
+    )
 
     checkpoint.save_model(os.path.join(workdir, 'model_final'), state.params, state.batch_stats)
     if val is not None and int(state.best_step) >= 0:
@@ -370,10 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         'params/total': plan.total_params,
         'params/trainable': plan.trainable_params,
         'best_step': int(state.best_step),
-        'steps': step,
-        **host_metrics(step),
+        'steps': train.step,
+        **objective.host_metrics(train.step),
     }
-    writer.write(step, final)
-    writer.close()
-    atomic.write_json(os.path.join(workdir, 'results.json'), final)
+    train.finish(final)
     return final

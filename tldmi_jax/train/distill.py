@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from typing import Any
 
 import flax.struct
@@ -43,12 +42,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from tqdm import tqdm
 
 from tldmi_jax import classifiers, config_lib, data, models
 from tldmi_jax.data import pipeline, preprocess
-from tldmi_jax.train import classifier
-from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
+from tldmi_jax.train import loop
+from tldmi_jax.train import optim as optim_lib
+from tldmi_jax.utils import atomic, checkpoint, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 
@@ -91,7 +90,7 @@ def kd_loss(
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-    """`classifier.make_base_optimizer` with torch's StepLR as an optax schedule.
+    """`optim.make_base_optimizer` with torch's StepLR as an optax schedule.
 
     Args:
       config: uses `config.optim` (`lr`, `decay_every_epochs`, `decay_factor`, and the
@@ -110,7 +109,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
     )
     # torch's SGD applies the lr after momentum, as optax.sgd does with a schedule.
     optim = ml_collections.ConfigDict(dict(config.optim.to_dict(), lr=schedule))
-    return classifier.make_base_optimizer(optim), schedule
+    return optim_lib.make_base_optimizer(optim), schedule
 
 
 def make_train_step(student, target, tx, *, key: jax.Array, temperature: float, t2: bool):
@@ -201,11 +200,6 @@ class DistillData:
     test_target: np.ndarray | None = None  # Target logits [N_test, K].
 
 
-def _source(config, name: str, split: str, root):
-    kwargs = dict(config.data.get('kwargs') or {})
-    return data.get_source(name, split, root=root, data_dir=config.data.data_dir, **kwargs)
-
-
 def load_data(config: ml_collections.ConfigDict) -> DistillData:
     """Loads the public split (split into train/holdout) and the private test split."""
     dc = config.data
@@ -294,17 +288,20 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
         json.dump(saved, f, indent=2)
     model, params, stats = init_student(config, arch, num_classes, index)
     bs = config.batch_size
-    sched = loop.make_schedule(
-        len(ds.train_idx), bs, config.epochs, config.total_steps, 'public images'
-    )
-    steps_per_epoch, total_steps = sched.steps_per_epoch, sched.total_steps
-    tx, schedule = make_optimizer(config, steps_per_epoch)
+    sched = loop.schedule(config, len(ds.train_idx), 'public images')
+    tx, schedule = make_optimizer(config, sched.steps_per_epoch)
     state = StudentState(
         step=jnp.asarray(0, jnp.int32), params=params, batch_stats=stats, opt_state=tx.init(params)
     )
-    mngr, state, _ = checkpoint.resume(out_dir, state, config.keep_checkpoints)
-
-    writer = metrics.MetricWriter(out_dir)
+    train = loop.TrainLoop(
+        out_dir,
+        sched,
+        desc=os.path.basename(out_dir),
+        log_every=config.log_every_steps or 50,
+        checkpoint_every=config.checkpoint_every_steps,
+        keep=config.keep_checkpoints,
+    )
+    state = train.resume(state)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 200), index)
     step_fn = make_train_step(
         model,
@@ -317,54 +314,20 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
     train_step = jax.jit(step_fn, donate_argnums=0)
     mesh = sharding.data_mesh(bs, config.get('devices', 0))
     state, target_vars = sharding.replicate((state, target_vars), mesh)
-    ckpt_every = sched.every(config.checkpoint_every_steps)
-    log_every = config.log_every_steps or 50
-    step = int(state.step)
-    acc: dict[str, list[Any]] = {}
-    name = os.path.basename(out_dir)
-    bar = tqdm(total=total_steps, initial=step, desc=name, dynamic_ncols=True, mininterval=1.0)
-    tic, seen = time.perf_counter(), 0
-    while step < total_steps:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        batches = pipeline.epoch_batches(
-            ds.public,
-            ds.train_idx,
-            bs,
-            preprocess=ds.prep,
-            seed=config.seed,
-            epoch=epoch,
-            shuffle=True,
-            drop_remainder=True,
-            start_batch=start_batch,
-        )
-        for batch in batches:
-            batch = sharding.shard_batch({'image': batch['image']}, mesh)
-            state, m = train_step(state, target_vars, batch)
-            step += 1
-            seen += bs
-            for k, v in m.items():
-                acc.setdefault(k, []).append(v)
-            bar.update(1)
-            if step % log_every == 0 or step == total_steps:
-                summary = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
-                summary['train/lr'] = float(schedule(step - 1))
-                summary['train/epoch'] = step / steps_per_epoch
-                summary['train/images_per_sec'] = seen / max(time.perf_counter() - tic, 1e-9)
-                writer.write(step, summary, log=False)
-                bar.set_postfix(kd=f'{summary["train/kd_loss"]:.4f}')
-                acc, tic, seen = {}, time.perf_counter(), 0
-            if step % ckpt_every == 0 or step == total_steps:
-                checkpoint.save_state(mngr, step, state)
-            if step >= total_steps:
-                break
-    bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    state = train.run(
+        state,
+        loop.shuffled_batches(
+            ds.public, ds.train_idx, bs, preprocess=ds.prep, seed=config.seed, keys=('image',)
+        ),
+        lambda state, batch, step: train_step(state, target_vars, batch),
+        mesh,
+        extras=lambda step: {'train/lr': float(schedule(step - 1))},
+    )
 
     checkpoint.save_model(os.path.join(out_dir, 'model_final'), state.params, state.batch_stats)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     predict = classifiers.jit_apply(model)
-    final = {'steps': step}
+    final = {'steps': train.step}
     if ds.holdout is not None:
         logits = predict_logits(predict, variables, ds.holdout, bs)
         res = compare(logits, ds.holdout_target)
@@ -372,9 +335,7 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
     logits = predict_logits(predict, variables, ds.test_images, bs)
     res = compare(logits, ds.test_target, ds.test_labels)
     final.update({f'test/{k}': v for k, v in res.items()})
-    writer.write(step, final)
-    writer.close()
-    atomic.write_json(os.path.join(out_dir, 'results.json'), final)
+    train.finish(final)
     return final
 
 

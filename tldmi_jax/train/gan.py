@@ -16,7 +16,6 @@ target gives the highest softmax probability (cached in `workdir/pseudo_labels.n
 
 import dataclasses
 import os
-import time
 from typing import Any
 
 import flax.struct
@@ -26,13 +25,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from tqdm import tqdm
 
 from tldmi_jax import classifiers, data, priors
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
-from tldmi_jax.train import gan_losses
-from tldmi_jax.utils import atomic, checkpoint, loop, metrics, sharding
+from tldmi_jax.train import gan_losses, loop
+from tldmi_jax.utils import atomic, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 KINDS = tuple(priors.FAMILIES)
@@ -223,30 +221,29 @@ def _stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
 
 
-def _epoch_batches(kind, config, source, indices, prep, epoch, start_batch):
-    """The batches of one epoch: a dict per D step with the arrays that kind needs."""
-    streams = 3 if kind == 'kedmi' else 1
-    iters = [
-        pipeline.epoch_batches(
+def _batches(kind: str, config, source, indices, prep) -> loop.Batches:
+    """`batches(epoch, start_batch)`: a dict per D step with the arrays that kind needs."""
+    streams = [
+        loop.shuffled_batches(
             source,
             indices,
             config.batch_size,
             preprocess=prep,
             seed=_stream_seed(config.seed, s),
-            epoch=epoch,
-            shuffle=True,
-            drop_remainder=True,
-            start_batch=start_batch,
         )
-        for s in range(streams)
+        for s in range(3 if kind == 'kedmi' else 1)
     ]
-    for parts in zip(*iters, strict=True):
-        batch = {'image': parts[0]['image']}
-        if kind == 'kedmi':
-            batch['unlabeled'], batch['unlabeled2'] = parts[1]['image'], parts[2]['image']
-        if kind == 'plgmi':
-            batch['label'] = parts[0]['label']
-        yield batch
+
+    def batches(epoch: int, start_batch: int):
+        for parts in zip(*(s(epoch, start_batch) for s in streams), strict=True):
+            batch = {'image': parts[0]['image']}
+            if kind == 'kedmi':
+                batch['unlabeled'], batch['unlabeled2'] = parts[1]['image'], parts[2]['image']
+            if kind == 'plgmi':
+                batch['label'] = parts[0]['label']
+            yield batch
+
+    return batches
 
 
 def _variables(state: GanState) -> dict:
@@ -310,18 +307,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         g_opt_state=g_tx.init(g_params),
         d_opt_state=d_tx.init(d_params),
     )
-    mngr, state, _ = checkpoint.resume(workdir, state, config.get('keep_checkpoints', 2))
-
-    bs = config.batch_size
-    sched = loop.make_schedule(
-        len(indices), bs, config.epochs, config.get('total_steps'), 'training images'
+    sched = loop.schedule(config, len(indices), 'training images')
+    train = loop.TrainLoop(
+        workdir,
+        sched,
+        desc=f'gan/{kind}',
+        log_every=config.get('log_every_steps') or 100,
+        checkpoint_every=config.get('checkpoint_every_steps'),
+        keep=config.get('keep_checkpoints', 2),
+        params=lambda state: (state.g_params, state.d_params),
     )
-    steps_per_epoch, total_steps = sched.steps_per_epoch, sched.total_steps
+    state = train.resume(state)
     n_critic = config.n_critic
     g_first = kind == 'plgmi'  # PLG-MI updates G at the start of each n_dis cycle.
-    log_every = config.get('log_every_steps') or 100
-    ckpt_every = sched.every(config.get('checkpoint_every_steps'))
-    sample_every = sched.every(config.get('sample_every_steps'))
 
     d_loss, g_loss = gan_losses.make_loss_fns(prior, config, target)
     d_step = jax.jit(make_d_step(d_loss, d_tx, config.seed), donate_argnums=0)
@@ -331,70 +329,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     y_fixed = jnp.arange(n_samples) % max(num_classes, 1)
     sample = jax.jit(lambda gv: prior.generate(gv, z_fixed, y_fixed))
 
-    def save_samples(step):
+    def save_samples(step: int, state: GanState) -> GanState:
         images = np.asarray(sample({'params': state.g_params, **state.g_state}))
         grids.save_grid(os.path.join(workdir, 'samples', f'step_{step}.png'), images, ncol=8)
+        return state
 
-    mesh = sharding.data_mesh(bs, config.get('devices', 0))
+    mesh = sharding.data_mesh(config.batch_size, config.get('devices', 0))
     logging.info('Data parallel over %d device(s).', mesh.size)
-    state = sharding.replicate(state, mesh)
     target_vars = sharding.replicate(target_vars, mesh) if target_vars is not None else {}
-    writer = metrics.MetricWriter(workdir)
-    step = int(state.step)
-    acc: dict[str, list] = {}
-    last: dict[str, float] = {}
-    guard = loop.FiniteGuard()  # NaN/inf: stop, never checkpoint it (checked when fetched).
-    bar = tqdm(total=total_steps, initial=step, desc=f'gan/{kind}', dynamic_ncols=True)
-    tic, seen = time.perf_counter(), 0
-    while step < total_steps:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        for batch in _epoch_batches(kind, config, source, indices, prep, epoch, start_batch):
-            batch = sharding.shard_batch(batch, mesh)
-            ms = []
-            if g_first and step % n_critic == 0:
-                state, m = g_step(state, batch, target_vars)
-                ms.append(m)
-            state, m = d_step(state, batch, target_vars)
-            ms.append(m)
-            if not g_first and (step + 1) % n_critic == 0:
-                state, m = g_step(state, batch, target_vars)
-                ms.append(m)
-            step += 1
-            seen += bs
-            for m in ms:
-                for k, v in m.items():
-                    acc.setdefault(k, []).append(v)
-            bar.update(1)
-            if step % log_every == 0 or step == total_steps:
-                guard.check(acc, step, mngr)
-                last = {k: float(np.mean(jax.device_get(v))) for k, v in acc.items()}
-                guard.record(step, last)
-                last['train/images_per_sec'] = seen / max(time.perf_counter() - tic, 1e-9)
-                last['train/epoch'] = step / steps_per_epoch
-                writer.write(step, last, log=False)  # Shown in the progress bar.
-                bar.set_postfix({k: f'{v:.3f}' for k, v in last.items() if k.endswith('/loss')})
-                acc, tic, seen = {}, time.perf_counter(), 0
-            if step % sample_every == 0 or step == total_steps:
-                save_samples(step)
-            if step % ckpt_every == 0 or step == total_steps:
-                guard.check(acc, step, mngr, params=(state.g_params, state.d_params))
-                checkpoint.save_state(mngr, step, state)
-            if step >= total_steps:
-                break
-    bar.close()
-    mngr.wait_until_finished()
-    mngr.close()
+
+    def gan_step(state: GanState, batch: dict, step: int):
+        """One D step, and a G step every `n_critic` (before or after it)."""
+        out = {}
+        if g_first and step % n_critic == 0:
+            state, out = g_step(state, batch, target_vars)
+        state, m = d_step(state, batch, target_vars)
+        out = {**out, **m}
+        if not g_first and (step + 1) % n_critic == 0:
+            state, m = g_step(state, batch, target_vars)
+            out = {**out, **m}
+        return state, out
+
+    state = train.run(
+        sharding.replicate(state, mesh),
+        _batches(kind, config, source, indices, prep),
+        gan_step,
+        mesh,
+        hooks=[loop.Periodic(config.get('sample_every_steps'), save_samples)],
+    )
 
     prior = dataclasses.replace(prior, variables=jax.device_get(_variables(state)))
     prior_dir = os.path.join(workdir, priors.PRIOR_DIR)
     priors.save_prior(prior_dir, prior)
+    step, last = train.step, train.last
     g_steps = -(-step // n_critic) if g_first else step // n_critic
     if not last:  # Resumed at the last step: the killed run logged the last losses.
         logged = [r for r in metrics.read_metrics(workdir) if 'd/loss' in r]
         last = {k: v for k, v in logged[-1].items() if k != 'step'} if logged else {}
     summary = {'steps': step, 'g_steps': g_steps, 'prior_dir': prior_dir, **last}
     summary.pop('train/images_per_sec', None)
-    writer.close()
-    atomic.write_json(os.path.join(workdir, 'results.json'), summary)
+    train.finish(summary, record=False)  # Its losses are the last logged record.
     logging.info('Saved the %s prior to %s', kind, prior_dir)
     return summary
