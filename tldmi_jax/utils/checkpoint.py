@@ -4,10 +4,17 @@ A *model checkpoint* is an orbax `StandardCheckpointer` directory holding
 `{'params': ..., 'batch_stats': ...}`. The trainer exports `model_best/` and
 `model_final/` in its workdir; converters write the same format. `load_model` accepts
 either such a directory or a trainer workdir.
+
+Resuming restores the newest *readable* step: a damaged step (a truncated file after a
+crash or a bad copy) is logged, deleted and skipped for the next older one. When no step is
+readable the run stops with one line naming the directory, or starts afresh if the user
+asked for that with `config.overwrite=True`.
 """
 
 import os
 import re
+import shutil
+import sys
 from typing import Any
 
 import jax
@@ -29,13 +36,103 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
     )
 
 
+class CheckpointError(ValueError):
+    """No step of a checkpoint directory is readable; the message names it and the fix."""
+
+
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int | None]:
-    """Restores the latest step into the structure of `target` (or returns it unchanged)."""
-    step = mngr.latest_step()
-    if step is None:
+    """Restores the newest readable step into the structure of `target`.
+
+    A step that fails to restore is damaged: it is logged (naming the step and the step
+    restored instead), deleted, and the next older one is tried.
+
+    Returns:
+      `(state, step)`, or `(target, None)` when there is no step (or every step was damaged
+      and the run's workdir was prepared with `config.overwrite=True`: it starts afresh).
+
+    Raises:
+      CheckpointError: every step is damaged (without overwrite); nothing is deleted.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
         return target, None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), step
+    directory = str(mngr.directory)
+    damaged: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax/tensorstore raise many types for a damaged step.
+            _quiet_late_read_callbacks()
+            if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
+                raise  # Out of memory says nothing about the files.
+            damaged.append((step, first_line(e)))
+            continue
+        for bad, reason in damaged:
+            logging.warning(
+                'Checkpoint step %d in %s is damaged (%s); deleted it and resumed from '
+                'step %d instead.',
+                bad,
+                directory,
+                reason,
+                step,
+            )
+            _delete_step(mngr, bad)
+        return state, step
+    from tldmi_jax.utils import workdir  # Local: workdir imports this module.
+
+    shown = ', '.join(str(s) for s, _ in damaged)
+    if not workdir.overwrite_requested(directory):
+        raise CheckpointError(
+            f'no readable checkpoint in {directory}: every step is damaged (steps {shown}; '
+            f'{damaged[0][1]}); pass --config.overwrite=True to delete them and start afresh, '
+            'or restore the directory from a copy'
+        )
+    logging.warning(
+        'overwrite=True: every checkpoint step in %s is damaged (%s); deleted them, starting '
+        'afresh.',
+        directory,
+        shown,
+    )
+    for step, _ in damaged:
+        _delete_step(mngr, step)
+    return target, None
+
+
+def _delete_step(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Removes a damaged step from disk and from the manager's list."""
+    shutil.rmtree(os.path.join(str(mngr.directory), str(step)), ignore_errors=True)
+    mngr.reload()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, at most 300 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + '...'
+
+
+def _quiet_late_read_callbacks() -> None:
+    """Drops the 'Event loop is closed' noise that follows a failed orbax read.
+
+    When one read of a restore fails, orbax closes its event loop while tensorstore still
+    finishes the other reads on its own threads; their completion callbacks then find the
+    loop closed and Python prints each as an 'Exception ignored' traceback, possibly after
+    the run's error line. Nobody waits for those reads any more, so exactly that error is
+    dropped; every other unraisable exception goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, 'drops_closed_loop_callbacks', False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        late = isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
+        if not (late and unraisable.object is None):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
 
 
 def resume(
@@ -69,6 +166,16 @@ def save_tree(path: str, tree: Any) -> None:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.abspath(path), jax.device_get(tree))
     ckptr.wait_until_finished()
+
+
+def read_tree(path: str) -> Any:
+    """Reads a pytree written by `save_tree` (orbax's errors propagate, without the noise of
+    its reads still in flight: see `_quiet_late_read_callbacks`)."""
+    try:
+        return ocp.StandardCheckpointer().restore(os.path.abspath(path))
+    except Exception:
+        _quiet_late_read_callbacks()
+        raise
 
 
 def save_model(
@@ -110,9 +217,12 @@ def load_model(path: str) -> dict[str, Any]:
     """Loads `{'params', 'batch_stats'}` from a model checkpoint or trainer workdir."""
     model_dir = find_model_dir(path)
     try:
-        tree = ocp.StandardCheckpointer().restore(os.path.abspath(model_dir))
+        tree = read_tree(model_dir)
     except Exception as e:  # orbax raises several types for a non-checkpoint dir
-        raise ValueError(f'{model_dir} is not a readable orbax model checkpoint: {e}') from e
+        raise ValueError(
+            f'{model_dir} is not a readable orbax model checkpoint ({first_line(e)}); '
+            're-copy or retrain it'
+        ) from e
     if not isinstance(tree, dict) or 'params' not in tree:
         raise ValueError(f'{model_dir} holds no "params" tree; keys: {list(tree or {})}.')
     tree.setdefault('batch_stats', {})
