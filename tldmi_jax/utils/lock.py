@@ -31,7 +31,7 @@ class WorkdirInUseError(RuntimeError):
 @dataclasses.dataclass
 class _Held:
     fd: int
-    path: str  # The lock file.
+    paths: list[str]  # The lock file, under each name it was locked by (a moved workdir).
     created: list[str]  # Directories `acquire` made to hold the lock file (outermost first).
 
 
@@ -75,6 +75,7 @@ def acquire(workdir: str) -> bool:
             os.close(fd)
             if mine is not None:  # The same directory under another name (moved, linked).
                 _HELD[top] = mine
+                mine.paths.append(path)
                 return False
             _remove_empty(created)
             raise WorkdirInUseError(
@@ -86,7 +87,7 @@ def acquire(workdir: str) -> bool:
         os.close(fd)  # The holder released (unlinked) it between our open and flock: retry.
     os.ftruncate(fd, 0)
     os.write(fd, f'{os.getpid()}\n'.encode())
-    _HELD[top] = _Held(fd, path, created)
+    _HELD[top] = _Held(fd, [path], created)
     _register_atexit()
     return True
 
@@ -102,13 +103,13 @@ def release_all() -> None:
     if os.getpid() != _OWNER:
         return  # A forked child: the parent's locks stay.
     for h in locks:
-        try:
-            if _same_file(h.fd, h.path):
-                os.remove(h.path)
-        except OSError:
-            pass  # The workdir is gone (deleted by its owner): nothing to unlink.
-        finally:
-            os.close(h.fd)
+        for path in h.paths:
+            try:
+                if _same_file(h.fd, path):
+                    os.remove(path)
+            except OSError:
+                pass  # The workdir is gone (deleted by its owner): nothing to unlink.
+        os.close(h.fd)
         _remove_empty(h.created)
 
 
