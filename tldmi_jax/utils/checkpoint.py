@@ -11,6 +11,7 @@ readable the run stops with one line naming the directory, or starts afresh if t
 asked for that with `config.overwrite=True`.
 """
 
+import inspect
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from flax import traverse_util
 from tldmi_jax.utils import atomic
 
 MODEL_DIRS = ('model_best', 'model_final')
+_ORBAX = f'{os.sep}orbax{os.sep}'  # In the file names of orbax's code.
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -59,11 +61,11 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int |
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     directory = str(mngr.directory)
     damaged: list[tuple[int, str]] = []
+    _quiet_late_read_callbacks()
     for step in steps:
         try:
             state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax/tensorstore raise many types for a damaged step.
-            _quiet_late_read_callbacks()
             if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
                 raise  # Out of memory says nothing about the files.
             damaged.append((step, first_line(e)))
@@ -108,30 +110,33 @@ def _delete_step(mngr: ocp.CheckpointManager, step: int) -> None:
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, at most 300 characters."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
+    text = lines[0].split('. See full TensorStore details')[0] if lines else type(exc).__name__
     return text if len(text) <= 300 else text[:297] + '...'
 
 
 def _quiet_late_read_callbacks() -> None:
-    """Drops the 'Event loop is closed' noise that follows a failed orbax read.
+    """Drops the noise Python prints after a failed orbax read, possibly after our error line.
 
     When one read of a restore fails, orbax closes its event loop while tensorstore still
-    finishes the other reads on its own threads; their completion callbacks then find the
-    loop closed and Python prints each as an 'Exception ignored' traceback, possibly after
-    the run's error line. Nobody waits for those reads any more, so exactly that error is
-    dropped; every other unraisable exception goes to the previous hook.
+    finishes the other reads on its own threads: their completion callbacks find the loop
+    closed ('Event loop is closed'), and the read coroutines left suspended raise their read
+    error again when they are garbage-collected. Python prints each as an 'Exception
+    ignored' traceback. Nobody waits for those reads any more, so exactly these two are
+    dropped; every other unraisable exception goes to the previous hook. Installed before
+    each read (the callbacks can fire before the failure reaches us), once per hook chain.
     """
     previous = sys.unraisablehook
-    if getattr(previous, 'drops_closed_loop_callbacks', False):
+    if getattr(previous, 'drops_orbax_leftovers', False):
         return
 
     def hook(unraisable: Any) -> None:
-        exc = unraisable.exc_value
-        late = isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
-        if not (late and unraisable.object is None):
+        exc, obj = unraisable.exc_value, unraisable.object
+        closed = isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
+        orbax_read = inspect.iscoroutine(obj) and _ORBAX in obj.cr_code.co_filename
+        if not ((closed and obj is None) or orbax_read):
             previous(unraisable)
 
-    hook.drops_closed_loop_callbacks = True
+    hook.drops_orbax_leftovers = True
     sys.unraisablehook = hook
 
 
@@ -171,11 +176,8 @@ def save_tree(path: str, tree: Any) -> None:
 def read_tree(path: str) -> Any:
     """Reads a pytree written by `save_tree` (orbax's errors propagate, without the noise of
     its reads still in flight: see `_quiet_late_read_callbacks`)."""
-    try:
-        return ocp.StandardCheckpointer().restore(os.path.abspath(path))
-    except Exception:
-        _quiet_late_read_callbacks()
-        raise
+    _quiet_late_read_callbacks()
+    return ocp.StandardCheckpointer().restore(os.path.abspath(path))
 
 
 def save_model(
