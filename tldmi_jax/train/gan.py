@@ -173,10 +173,9 @@ def pseudo_labels(config, workdir, target_path, target, target_vars, source, pre
     """
     path = os.path.join(workdir, 'pseudo_labels.npz')
     key = dict(top_n=int(config.plgmi.top_n), num_public=len(source), target=target_path)
-    cached = npz.load_cache(path, 'PLG-MI pseudo-label cache')
-    if cached is not None:
-        if all(k in cached and cached[k].item() == v for k, v in key.items()):
-            return cached['indices'], cached['labels']
+    cached = npz.load_cache(path, 'PLG-MI pseudo-label cache') or {}  # Damaged: rebuilt.
+    if all(k in cached and cached[k].item() == v for k, v in key.items()):
+        return cached['indices'], cached['labels']
     probs = _target_probs(target, target_vars, source, prep, config.batch_size)
     indices, labels = top_n_selection(probs, key['top_n'])
     atomic.savez(path, indices=indices, labels=labels, **key)
