@@ -807,10 +807,10 @@ CASES = [
         id='checkpoints-damaged',
         input='a run whose every checkpoint step is damaged (truncated file)',
         command=f'{TRAIN} (W/checkpoints/2 truncated)',
-        expect='/wd/checkpoints: every step is damaged (steps 2; ',
+        expect='/wd/checkpoints: every step is damaged or unreadable (steps 2; ',
         fix='Pass --config.overwrite=True to delete them and start afresh, or restore the '
-        'directory. A damaged newest step alone is deleted with a warning and the run resumes '
-        'from the newest readable one.',
+        'directory. A damaged newest step alone is moved aside (STEP.damaged) with a warning and '
+        'the run resumes from the newest readable one.',
         launcher='train',
         args=_rl(*SHORT),
         setup=_damaged_checkpoints,

@@ -97,13 +97,15 @@ def test_a_damaged_latest_step_falls_back_to_the_newest_readable_one(tmp_path, w
     assert step == 20
     np.testing.assert_array_equal(state['w'], 20.0)
     assert len(warnings) == 1 and 'step 30' in warnings[0] and 'step 20 instead' in warnings[0]
-    assert str(tmp_path / 'checkpoints') in warnings[0]
+    assert str(tmp_path / 'checkpoints') in warnings[0] and '30.damaged' in warnings[0]
     assert mngr.all_steps() == [10, 20] and not (tmp_path / 'checkpoints' / '30').exists()
+    assert (tmp_path / 'checkpoints' / '30.damaged').is_dir()  # Kept aside, never read.
     assert [r['step'] for r in metrics.read_metrics(str(tmp_path))] == [10, 20]
     checkpoint.save_state(mngr, 30, {k: v + 31 for k, v in STATE.items()})  # No tripping.
     mngr.wait_until_finished()
     assert mngr.all_steps() == [10, 20, 30]
     mngr.close()
+    assert checkpoint.resume(str(tmp_path), STATE, keep=5)[2] == 30
 
 
 def test_no_readable_step_is_one_line_naming_the_directory(tmp_path):

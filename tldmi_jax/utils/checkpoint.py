@@ -6,9 +6,10 @@ A *model checkpoint* is an orbax `StandardCheckpointer` directory holding
 either such a directory or a trainer workdir.
 
 Resuming restores the newest *readable* step: a damaged step (a truncated file after a
-crash or a bad copy) is logged, deleted and skipped for the next older one. When no step is
-readable the run stops with one line naming the directory, or starts afresh if the user
-asked for that with `config.overwrite=True`.
+crash or a bad copy) is logged, moved aside (`checkpoints/<step>.damaged`, which orbax does
+not read) and skipped for the next older one. When no step is readable the run stops with
+one line naming the directory, or starts afresh if the user asked for that with
+`config.overwrite=True`.
 """
 
 import inspect
@@ -45,15 +46,16 @@ class CheckpointError(ValueError):
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int | None]:
     """Restores the newest readable step into the structure of `target`.
 
-    A step that fails to restore is damaged: it is logged (naming the step and the step
-    restored instead), deleted, and the next older one is tried.
+    A step that fails to restore is damaged: once an older step restores, each damaged one
+    is logged (naming it and the step restored instead) and moved aside to
+    `<step>.damaged`, so the manager never reads it again.
 
     Returns:
       `(state, step)`, or `(target, None)` when there is no step (or every step was damaged
       and the run's workdir was prepared with `config.overwrite=True`: it starts afresh).
 
     Raises:
-      CheckpointError: every step is damaged (without overwrite); nothing is deleted.
+      CheckpointError: no step restores (without overwrite); nothing is changed.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
@@ -72,23 +74,24 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int |
             continue
         for bad, reason in damaged:
             logging.warning(
-                'Checkpoint step %d in %s is damaged (%s); deleted it and resumed from '
-                'step %d instead.',
+                'Checkpoint step %d in %s is damaged (%s); moved it to %d.damaged and resumed '
+                'from step %d instead.',
                 bad,
                 directory,
                 reason,
+                bad,
                 step,
             )
-            _delete_step(mngr, bad)
+            _set_aside(mngr, bad)
         return state, step
     from tldmi_jax.utils import workdir  # Local: workdir imports this module.
 
     shown = ', '.join(str(s) for s, _ in damaged)
     if not workdir.overwrite_requested(directory):
         raise CheckpointError(
-            f'no readable checkpoint in {directory}: every step is damaged (steps {shown}; '
-            f'{damaged[0][1]}); pass --config.overwrite=True to delete them and start afresh, '
-            'or restore the directory from a copy'
+            f'no readable checkpoint in {directory}: every step is damaged or unreadable '
+            f'(steps {shown}; {damaged[0][1]}); pass --config.overwrite=True to delete them '
+            'and start afresh, or restore the directory from a copy'
         )
     logging.warning(
         'overwrite=True: every checkpoint step in %s is damaged (%s); deleted them, starting '
@@ -97,13 +100,18 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int |
         shown,
     )
     for step, _ in damaged:
-        _delete_step(mngr, step)
+        shutil.rmtree(os.path.join(directory, str(step)), ignore_errors=True)
+    mngr.reload()
     return target, None
 
 
-def _delete_step(mngr: ocp.CheckpointManager, step: int) -> None:
-    """Removes a damaged step from disk and from the manager's list."""
-    shutil.rmtree(os.path.join(str(mngr.directory), str(step)), ignore_errors=True)
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Renames a damaged step to `<step>.damaged` (kept for inspection, never read again)."""
+    path = os.path.join(str(mngr.directory), str(step))
+    aside = f'{path}.damaged'
+    if os.path.exists(aside):
+        shutil.rmtree(aside)  # An earlier damaged copy of the same step.
+    os.replace(path, aside)
     mngr.reload()
 
 
