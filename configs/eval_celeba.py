@@ -10,6 +10,10 @@ released as `FaceNet_95.88.tar` (95.88 % private test accuracy). Images are the 
 crop (108 px) resized to 112 px from the raw image. About 2 GPU-hours. Pass the workdir to
 `launch/evaluate.py` as `--config.eval_model.checkpoint`.
 
+As the original, the model starts from all 349 keys of the MS1M IR-50 checkpoint, its
+512-d embedding head `output_layer` included (convert it with `--kind=evolve_ir50`); only
+the classifier `fc` is new. Variant `:fresh_head` starts `output_layer` fresh as well.
+
 Variant `:runlocal`: the tiny FaceNet on generated data, 5-10 s on 2 CPU cores.
 """
 
@@ -20,7 +24,7 @@ from tldmi_jax import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the evaluation-model training config for `arg` (see the module docstring)."""
-    arg = config_lib.parse_arg(arg, runlocal=False)
+    arg = config_lib.parse_arg(arg, runlocal=False, fresh_head=False)
     # Shared classifier block (data / model / freeze / optim / evals, each field commented
     # in config_lib.classifier_config); the original FaceNet recipe:
     config = config_lib.classifier_config(
@@ -32,8 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         lr=0.01,  # Constant SGD learning rate.
         epochs=30,  # As the original FaceNet block.
         batch_size=64,  # As the original FaceNet block.
-        dont_load=('output_layer/.*', 'fc/.*'),  # MS1M backbone: new head and classifier.
+        dont_load=('fc/.*',),  # MS1M IR-50 with its embedding head: only the classifier is new.
     )
+    if arg.fresh_head:  # The embedding head starts fresh too.
+        config.init.dont_load = ('output_layer/.*', 'fc/.*')
     if arg.runlocal:
         config_lib.runlocal_classifier(config)  # facenet_tiny, 32 px, synthetic data.
     return config

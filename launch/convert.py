@@ -4,6 +4,12 @@ r"""Converts a PyTorch checkpoint (.pth/.tar) to a tldmi_jax model checkpoint or
   python launch/convert.py --kind=evolve_ir152 \
     --src=Backbone_IR_152_Epoch_112_Batch_2547328_Time_2019-07-13-02-59_checkpoint.pth \
     --dst=converted/ir152_ms1m
+  python launch/convert.py --kind=evolve_ir50 --src=backbone_ir50_ms1m_epoch120.pth \
+    --dst=converted/ir50_ms1m
+
+`evolve_ir50` keeps all 349 keys, the 112-px embedding head `output_layer` included, as the
+original starts its evaluation FaceNet (FaceNet64 targets leave the head out through their
+`init.dont_load`); `--kind=evolve_ir50_backbone` drops the head (input_layer and body only).
   python launch/convert.py --kind=fid_inception \
     --src=pt_inception-2015-12-05-6726825d.pth --dst=converted/fid_inception
 

@@ -3,7 +3,8 @@
 Each case runs a launcher on a command line (`cli.call` in this process, or a real
 subprocess for a few) and checks: the exit status (1, or 2 for a bad command line), exactly
 one stderr line starting with `error:`, which is the last non-empty line and contains the
-case's expected text, no `Traceback` (that needs `--verbose`), and no partial output (the
+case's expected text, no `Traceback` (that needs `--verbose`), no exception reported after
+it (e.g. orbax's 'Event loop is closed' after a failed read), and no partial output (the
 workdir is absent or empty, or for a failure in the middle of a run, no bad checkpoint).
 
 `docs/errors.md` is generated from `CASES`: `python tests/test_errors_catalogue.py`
@@ -12,6 +13,7 @@ rewrites it, and `test_docs_are_up_to_date` fails when it is stale.
 
 import dataclasses
 import errno
+import gc
 import json
 import os
 import pickle
@@ -19,6 +21,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import jax
@@ -150,6 +153,73 @@ def _other_run(p: Paths) -> None:
         f.write(config_lib.config_to_json(config))
 
 
+def _random_bytes(p: Paths) -> None:
+    with open(os.path.join(p.tmp, 'model.pth'), 'wb') as f:
+        f.write(bytes(range(7, 250)) * 16)
+
+
+def _runlocal_run(p: Paths) -> str:
+    """`W` as a runlocal train left it: its config and a recorded (empty) set of inputs."""
+    from tldmi_jax import config_lib
+
+    os.makedirs(p.workdir)
+    with open(os.path.join(p.workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config_lib.load_config_file(RUNLOCAL, ROOT)))
+    with open(os.path.join(p.workdir, 'inputs.json'), 'w') as f:
+        json.dump({'workdir': p.workdir, 'inputs': {}}, f)
+    return p.workdir
+
+
+SHORT = ('--config.total_steps=2', '--config.checkpoint_every_steps=2')
+
+
+def _damaged_checkpoints(p: Paths) -> None:
+    """A short run whose only checkpoint step lost half of its largest file."""
+    from tldmi_jax import config_lib
+    from tldmi_jax.train import classifier
+    from tldmi_jax.utils import workdir
+
+    config = config_lib.load_config_file(RUNLOCAL, ROOT)
+    config.total_steps, config.checkpoint_every_steps = 2, 2
+    classifier.train_and_evaluate(config, p.workdir)
+    workdir.release_all()
+    step = os.path.join(p.workdir, 'checkpoints', '2')
+    files = [os.path.join(d, f) for d, _, names in os.walk(step) for f in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, 'r+b') as f:
+        f.truncate(os.path.getsize(largest) // 2)
+
+
+def _damaged_metrics(p: Paths) -> None:
+    _runlocal_run(p)
+    with open(os.path.join(p.workdir, 'metrics.jsonl'), 'w') as f:
+        f.write('{"step": 10, "train/loss": 1.2}\n{"step": 20, "train/lo\x00\x00\n{"step": 30}\n')
+
+
+def _damaged_reconstructions(p: Paths) -> None:
+    shutil.copytree(p.attack, os.path.join(p.tmp, 'attack'))
+    path = os.path.join(p.tmp, 'attack', 'reconstructions.npz')
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _attack_of_another_target(p: Paths) -> None:
+    """W holds an attack on the same command line whose target was another model then."""
+    from tldmi_jax import config_lib
+
+    config = config_lib.load_config_file(ATTACK, ROOT)
+    config.target.checkpoint, config.prior.checkpoint = p.target, p.prior
+    config.identities.count = 4
+    os.makedirs(p.workdir)
+    with open(os.path.join(p.workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.config_to_json(config))
+    inputs = {
+        'target.checkpoint': [{'path': p.target, 'sha256': 'of the target the run started'}],
+    }
+    with open(os.path.join(p.workdir, 'inputs.json'), 'w') as f:
+        json.dump({'workdir': p.workdir, 'inputs': inputs}, f)
+
+
 # --------------------------------------------------------------------------- patches
 
 
@@ -236,6 +306,27 @@ def _other_run_and_notes_intact(p: Paths) -> None:
 def _no_conversion(p: Paths) -> None:
     assert not os.path.exists(os.path.join(p.tmp, 'out'))
     assert not os.path.exists(os.path.join(p.tmp, 'marker')), 'the pickle ran code'
+
+
+def _run_kept(*names: str) -> Callable[[Paths], None]:
+    """The previous run's files are all still there, and nothing was added (empty dirs aside)."""
+
+    def check(p: Paths) -> None:
+        found = sorted(
+            os.path.relpath(os.path.join(d, f), p.workdir)
+            for d, _, files in os.walk(p.workdir)
+            for f in files
+        )
+        for name in names:
+            assert any(f == name or f.startswith(name + os.sep) for f in found), (name, found)
+        assert all(any(f == n or f.startswith(n + os.sep) for n in names) for f in found), found
+
+    return check
+
+
+def _damaged_step_kept(p: Paths) -> None:
+    assert os.listdir(os.path.join(p.workdir, 'checkpoints', '2')), 'nothing was deleted'
+    assert os.path.exists(os.path.join(p.workdir, 'results.json'))
 
 
 def _rl(*extra: str) -> Callable[[Paths], list[str]]:
@@ -601,6 +692,176 @@ CASES = [
         args=_rl('--config.devices=64'),
     ),
     Case(
+        id='empty-workdir',
+        input='an empty --workdir',
+        command='python launch/train.py --config=configs/celeba.py:runlocal --workdir=',
+        expect='--workdir is empty; give the directory the run writes to',
+        fix='Pass --workdir=DIR; every output goes under it.',
+        launcher='train',
+        args=lambda p: [f'--config={RUNLOCAL}', '--workdir='],
+        status=2,
+    ),
+    Case(
+        id='batch-size-zero',
+        input='a batch size of 0',
+        command=f'{TRAIN} --config.batch_size=0',
+        expect='config.batch_size=0: must be an integer >= 1',
+        fix='Every numeric field is checked before anything is written; use a value in the '
+        'range the line gives.',
+        launcher='train',
+        args=_rl('--config.batch_size=0'),
+    ),
+    Case(
+        id='total-steps-negative',
+        input='a negative step count (it wrote an untrained model as final)',
+        command=f'{TRAIN} --config.total_steps=-5',
+        expect='config.total_steps=-5: must be an integer >= 0',
+        fix='Use total_steps >= 1, or 0 to train for config.epochs.',
+        launcher='train',
+        args=_rl('--config.total_steps=-5'),
+    ),
+    Case(
+        id='freeze-layers-negative',
+        input='a negative freeze index other than -1 (it became the official index silently)',
+        command=f'{TRAIN} --config.defense.name=tldmi --config.defense.freeze_layers=-5',
+        expect="config.defense.freeze_layers=-5: must be -1 (the architecture's official index) "
+        'or an integer >= 0',
+        fix="Give the original's child index k >= 0, or -1 for the architecture's official one.",
+        launcher='train',
+        args=_rl('--config.defense.name=tldmi', '--config.defense.freeze_layers=-5'),
+    ),
+    Case(
+        id='seed-negative',
+        input='a negative seed',
+        command=f'{TRAIN} --config.seed=-1',
+        expect='config.seed=-1: must be an integer >= 0',
+        fix='Use a seed >= 0.',
+        launcher='train',
+        args=_rl('--config.seed=-1'),
+    ),
+    Case(
+        id='n-critic-zero',
+        input='zero critic steps per generator step',
+        command=(
+            'python launch/train_gan.py --config=configs/gan_celeba.py:runlocal --workdir=W '
+            '--config.n_critic=0'
+        ),
+        expect='config.n_critic=0: must be an integer >= 1',
+        fix='Use n_critic >= 1 (the originals: 5).',
+        launcher='train_gan',
+        args=lambda p: [
+            '--config=configs/gan_celeba.py:runlocal',
+            f'--workdir={p.workdir}',
+            '--config.n_critic=0',
+        ],
+    ),
+    Case(
+        id='attack-lr-nan',
+        input='a NaN attack learning rate (it wrote all-NaN reconstructions)',
+        command=f'{ATTACK_CMD} --config.attack.lr=nan',
+        expect='config.attack.lr=nan: must be a finite number > 0',
+        fix='Give a finite positive rate, or leave it unset for the attack module default.',
+        launcher='attack',
+        args=_attack('--config.attack.lr=nan'),
+    ),
+    Case(
+        id='attack-steps-zero',
+        input='zero attack steps (it wrote unoptimised samples)',
+        command=f'{ATTACK_CMD} --config.attack.steps=0',
+        expect='config.attack.steps=0: must be an integer >= 1',
+        fix='Use steps >= 1, or leave it unset for the attack module default.',
+        launcher='attack',
+        args=_attack('--config.attack.steps=0'),
+    ),
+    Case(
+        id='num-seeds-zero',
+        input='zero seeds per identity',
+        command=f'{ATTACK_CMD} --config.attack.num_seeds=0',
+        expect='config.attack.num_seeds=0: must be an integer >= 1',
+        fix='Use num_seeds >= 1, or leave it unset for the attack module default.',
+        launcher='attack',
+        args=_attack('--config.attack.num_seeds=0'),
+    ),
+    Case(
+        id='identities-batch-zero',
+        input='zero identities per batch',
+        command=f'{ATTACK_CMD} --config.identities.batch_size=0',
+        expect='config.identities.batch_size=0: must be an integer >= 1',
+        fix='Use identities.batch_size >= 1 (the original: 60).',
+        launcher='attack',
+        args=_attack('--config.identities.batch_size=0'),
+    ),
+    Case(
+        id='input-changed',
+        input='a resumed run whose input changed (a target retrained in place)',
+        command=f'{ATTACK_CMD} (W holds the same attack, started on another T)',
+        expect='input changed since the run started: target.checkpoint (',
+        fix='Restore the input, or pass --config.overwrite=True to delete that run and start '
+        'afresh; resuming would mix outputs of both versions.',
+        launcher='attack',
+        args=_attack('--config.identities.count=4'),
+        setup=_attack_of_another_target,
+        outputs=_run_kept('config.json', 'inputs.json'),
+    ),
+    Case(
+        id='checkpoints-damaged',
+        input='a run whose every checkpoint step is damaged (truncated file)',
+        command=f'{TRAIN} (W/checkpoints/2 truncated)',
+        expect='/wd/checkpoints: every step is damaged or unreadable (steps 2; ',
+        fix='Pass --config.overwrite=True to delete them and start afresh, or restore the '
+        'directory. A damaged newest step alone is moved aside (STEP.damaged) with a warning and '
+        'the run resumes from the newest readable one.',
+        launcher='train',
+        args=_rl(*SHORT),
+        setup=_damaged_checkpoints,
+        outputs=_damaged_step_kept,
+    ),
+    Case(
+        id='metrics-line-damaged',
+        input='a damaged line inside metrics.jsonl (a torn last line is dropped silently)',
+        command=f'{TRAIN} (W/metrics.jsonl line 2 damaged)',
+        expect='/wd/metrics.jsonl, line 2: damaged record (',
+        fix='Delete or repair the named line (or restore the file), then rerun the same command.',
+        launcher='train',
+        args=_rl(),
+        setup=_damaged_metrics,
+        outputs=_run_kept('config.json', 'inputs.json', 'metrics.jsonl'),
+    ),
+    Case(
+        id='reconstructions-damaged',
+        input='a damaged reconstructions.npz',
+        command=(
+            'python launch/evaluate.py --config=configs/evaluate_celeba.py --workdir=W '
+            '--config.attack_dir=A --config.eval_model.checkpoint=E'
+        ),
+        expect='/attack/reconstructions.npz: cannot read the reconstructions (damaged or '
+        'truncated archive',
+        fix='Rerun the attack that wrote them (its workdir resumes and rewrites the file).',
+        launcher='evaluate',
+        args=lambda p: [
+            '--config=configs/evaluate_celeba.py',
+            f'--workdir={p.workdir}',
+            f'--config.attack_dir={os.path.join(p.tmp, "attack")}',
+            f'--config.eval_model.checkpoint={p.target}',
+        ],
+        setup=_damaged_reconstructions,
+    ),
+    Case(
+        id='not-a-pytorch-checkpoint',
+        input='a file that is not a PyTorch checkpoint given to the converter',
+        command='python launch/convert.py --kind=vgg16 --src=RANDOM_BYTES --dst=OUT',
+        expect='is not a PyTorch checkpoint: it is neither a zip archive (torch.save) nor a pickle',
+        fix='Give the .pth/.tar file torch.save wrote.',
+        launcher='convert',
+        args=lambda p: [
+            '--kind=vgg16',
+            f'--src={os.path.join(p.tmp, "model.pth")}',
+            f'--dst={os.path.join(p.tmp, "out")}',
+        ],
+        setup=_random_bytes,
+        outputs=_no_conversion,
+    ),
+    Case(
         id='eval-size-mismatch',
         input="an evaluation image size that differs from the evaluation model's",
         command=(
@@ -716,16 +977,21 @@ def test_bad_input(case: Case, artefacts, tmp_path, monkeypatch, capsys):
     if case.patch:
         case.patch(paths, monkeypatch)
     argv = case.args(paths)
+    late = []  # Exceptions Python would print after the error line ('Exception ignored').
+    monkeypatch.setattr(sys, 'unraisablehook', late.append)
     if case.subprocess:
         status, stderr = _subprocess(case, argv)
     else:
         status, stderr = _in_process(case, argv, capsys)
+        time.sleep(0.05)  # Reads orbax left in flight finish on their own threads.
+        gc.collect()
     errors, last = error_lines(stderr)
     assert status == case.status, stderr[-3000:]
     assert len(errors) == 1, stderr[-3000:]
     assert last == errors[0], stderr[-3000:]
     assert case.expect in errors[0], errors[0]
     assert 'Traceback' not in stderr
+    assert [(repr(u.exc_value)[:300], u.err_msg, repr(u.object)[:200]) for u in late] == []
     (case.outputs or _workdir_clean)(paths)
 
 
@@ -737,6 +1003,65 @@ def test_verbose_prints_the_traceback_above_the_error_line(tmp_path):
     assert status == 1
     assert 'Traceback' in stderr and 'DataError' in stderr
     assert len(errors) == 1 and last == errors[0] and case.expect in last
+
+
+# One bad number per launcher: each stops at validation, before any compute or file.
+BAD_NUMBERS = {
+    'train': ('configs/celeba.py:runlocal', '--config.optim.lr=nan', 'config.optim.lr=nan'),
+    'train_gan': ('configs/gan_celeba.py:runlocal', '--config.n_critic=0', 'config.n_critic=0'),
+    'distill': (
+        'configs/distill_celeba.py:runlocal',
+        '--config.kd.temperature=0',
+        'config.kd.temperature=0.0: must be a finite number > 0',
+    ),
+    'attack': ('configs/attack_celeba.py:runlocal', '--config.attack.lr=inf', 'attack.lr=inf'),
+    'evaluate': (
+        'configs/evaluate_celeba.py:runlocal',
+        '--config.knn.chunk_size=0',
+        'config.knn.chunk_size=0',
+    ),
+    'fisher': (
+        'configs/fisher_celeba.py:runlocal',
+        '--config.fisher.chunk_size=-1',
+        'config.fisher.chunk_size=-1',
+    ),
+    'sweep': (
+        'configs/sweep_celeba.py:table=paper,runlocal',
+        '--config.targets.mid.overrides.defense.mid_beta=-1',
+        'config.targets.mid.overrides.defense.mid_beta=-1.0: must be a finite number >= 0',
+    ),
+    'demo': (
+        'configs/demo.py:runlocal',
+        '--config.stages.attack.gmi.attack.steps=0',
+        'config.stages.attack.gmi.attack.steps=0: must be an integer >= 1',
+    ),
+}
+
+
+@pytest.mark.parametrize('launcher', sorted(BAD_NUMBERS))
+def test_a_bad_number_stops_every_launcher_before_it_writes(
+    launcher, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(ROOT)
+    config, override, expect = BAD_NUMBERS[launcher]
+    case = Case(
+        id=launcher,
+        input='',
+        command='',
+        expect=expect,
+        fix='',
+        launcher=launcher,
+        args=lambda p: [],
+    )
+    workdir = str(tmp_path / 'wd')
+    status, stderr = _in_process(
+        case, [f'--config={config}', f'--workdir={workdir}', override], capsys
+    )
+    errors, last = error_lines(stderr)
+    assert status == 1, stderr[-3000:]
+    assert errors == [last] and expect in last, stderr[-3000:]
+    assert 'Traceback' not in stderr
+    assert not os.path.exists(workdir) and os.listdir(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- the docs
@@ -753,13 +1078,26 @@ no workdir is created (an existing one stays as it was). A failure in the middle
 (NaN loss, disk full, out of memory) keeps the last good checkpoint; rerunning the same
 command resumes.
 
-A workdir remembers the config of its run (`config.json`). Rerunning with the same config
-resumes; a different config is refused with the differing fields (old -> new) unless
-`--config.overwrite=True`, which deletes that run and starts afresh.
+Every numeric config field is checked against its range before anything is written; the
+line names the field, its value and the range (`config.attack.lr=nan: must be a finite
+number > 0`). An unset placeholder (None) means the module default and is always allowed.
+
+A workdir remembers the config of its run (`config.json`) and fingerprints of its inputs
+(`inputs.json`: the target, prior, evaluation model, attack directory, ... the run read).
+Rerunning with the same config and unchanged inputs resumes; a different config is refused
+with the differing fields (old -> new), and a changed input with its field and path, unless
+`--config.overwrite=True`, which deletes that run and starts afresh. One process at a time
+runs in a workdir: a second one stops with the first one's pid. A workdir moved or copied
+elsewhere resumes there.
 
 This page is generated from the test table in `tests/test_errors_catalogue.py` (one test per
-row checks the status, the single error line, the text below and that no partial output is
-left): `python tests/test_errors_catalogue.py` rewrites it.
+row checks the status, the single error line, the text below, that nothing is reported after
+it and that no partial output is left): `python tests/test_errors_catalogue.py` rewrites it.
+Cases that need two processes, a kill or a finished run have their own tests: a busy
+workdir (a second launcher on it), a stale lock after `kill -9`, a moved or copied workdir
+and a replaced attack target (`tests/launch/test_hardening.py`); a damaged newest checkpoint
+step next to a readable older one (`tests/utils/test_checkpoint.py`); every launcher on a bad
+number (`test_a_bad_number_stops_every_launcher_before_it_writes`, beside the table).
 
 | id | bad input | command | the `error:` line contains | what to do |
 |---|---|---|---|---|

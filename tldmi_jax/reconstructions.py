@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tldmi_jax.utils import atomic
+from tldmi_jax.utils import atomic, npz
 
 FILENAME = 'reconstructions.npz'
 META = 'attack.json'
@@ -64,8 +64,7 @@ def load(workdir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     path = os.path.join(workdir, FILENAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f'No attack output: {path} does not exist.')
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = npz.load(path, 'reconstructions', fix='rerun the attack that wrote them')
     missing = [k for k in ('images', 'identity', 'seed', 'batch') if k not in arrays]
     if missing:
         raise ValueError(f'{path} lacks arrays {missing}.')

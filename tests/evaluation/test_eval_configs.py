@@ -25,4 +25,6 @@ def test_configs_build_without_paths(runlocal_arg):
     else:
         assert (train.model.arch, train.data.image_size, train.optim.lr) == ('facenet', 112, 0.01)
         assert (train.epochs, train.batch_size, train.model.num_classes) == (30, 64, 1000)
-        assert train.init.dont_load == ('output_layer/.*', 'fc/.*')
+        assert train.init.dont_load == ('fc/.*',)  # As the original: MS1M embedding head.
+        fresh = eval_celeba.get_config('fresh_head').init.dont_load
+        assert fresh == ('output_layer/.*', 'fc/.*')

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import celeba
+from configs import celeba, eval_celeba
 from tests.interop import test_convert_gans as gan_refs
 from tests.interop import test_convert_inception as inception_refs
 from tests.interop import tolerance
@@ -451,11 +451,65 @@ def test_evolve_ir152(tmp_path):
     check_backbone(tmp_path, 'evolve_ir152', ref, ref.trunk, 'ir152_tiny', 32, 'body_3', dont_load)
 
 
-def test_evolve_ir50(tmp_path):
+def test_evolve_ir50_keeps_the_embedding_head_as_the_original(tmp_path):
+    """All keys (embedding head included) start the evaluation FaceNet, as in the original.
+
+    The tiny 32-px model's body output is 2x2, the spatial size of the reference's head, as
+    112 px gives the real head's 7x7.
+    """
+    ref = randomise(TorchIRBackbone(**TINY_IR, feat_dim=16, head_spatial=2))
+    state = save_and_load(tmp_path, ref)
+    dst = tmp_path / 'converted'
+    conv = convert.convert_checkpoint(
+        'evolve_ir50', str(tmp_path / 'nested.tar'), str(dst), arch='facenet_tiny', image_size=32
+    )
+    assert not (dst / 'config.json').exists()  # fc is left fresh: not a whole classifier
+    assert set(conv.report['ignored']) <= {k for k in state if 'num_batches_tracked' in k}
+    assert {p.split('/')[1] for p in conv.report['left_fresh']} == {'fc'}
+    loaded = checkpoint.load_model(str(dst))  # what `config.init.checkpoint` reads
+    dont_load = eval_celeba.get_config().init.dont_load
+    model = no_dropout(conv.model)
+    x_t, x_j = images(32)
+    fresh = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x_j)
+    variables = {
+        c: checkpoint.merge_params(loaded[c], fresh[c], dont_load, c)
+        for c in ('params', 'batch_stats')
+    }
+    with torch.no_grad():
+        embedding = ref(torch.from_numpy(x_t))
+    features, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x_j)
+    close(features, embedding, 'evolve_ir50 eval embedding')
+    train_mode(ref)
+    with torch.no_grad():
+        embedding = ref(torch.from_numpy(x_t))
+    (features, _), updates = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])
+    )(variables, x_j)
+    close(features, embedding, 'evolve_ir50 train embedding')
+    updated = convert.convert_state_dict(
+        'evolve_ir50', numpy_state(ref), arch='facenet_tiny', image_size=32
+    )
+    close_trees(updates['batch_stats'], updated.batch_stats, 'evolve_ir50 running stats')
+
+    # FaceNet64 targets start from the same file and leave its 112-px head out.
+    target = models.get_model('facenet64_tiny', 4)
+    inited = jax.eval_shape(lambda x: target.init(jax.random.key(0), x, train=False), x_j[:1])
+    head = celeba.get_config('arch=facenet64').init.dont_load
+    merged = checkpoint.merge_params(loaded['params'], inited['params'], head, 'params')
+    np.testing.assert_array_equal(
+        merged['body_3']['conv1']['kernel'], loaded['params']['body_3']['conv1']['kernel']
+    )
+
+
+def test_evolve_ir50_fresh_head_switch(tmp_path):
     ref = TorchIRBackbone(**TINY_IR, feat_dim=16, head_spatial=3)
+    dont_load = eval_celeba.get_config('fresh_head').init.dont_load
+    check_backbone(
+        tmp_path, 'evolve_ir50_backbone', ref, ref.trunk, 'facenet_tiny', 32, 'body_3', dont_load
+    )
     dont_load = celeba.get_config('arch=facenet64').init.dont_load
     check_backbone(
-        tmp_path, 'evolve_ir50', ref, ref.trunk, 'facenet64_tiny', 32, 'body_3', dont_load
+        tmp_path, 'evolve_ir50_backbone', ref, ref.trunk, 'facenet64_tiny', 32, 'body_3', dont_load
     )
 
 
@@ -491,6 +545,7 @@ FULL_SIZE = {
     'facenet': lambda: TorchFaceNet112(1000, **FULL_IR50, feat_dim=512, spatial=7),
     'evolve_ir152': lambda: TorchIRBackbone(**FULL_IR152, head_spatial=7),
     'evolve_ir50': lambda: TorchIRBackbone(**FULL_IR50, head_spatial=7),
+    'evolve_ir50_backbone': lambda: TorchIRBackbone(**FULL_IR50, head_spatial=7),
     'vgg16_bn': lambda: TorchTorchvisionVGG(**FULL_VGG),
     'resnet18': lambda: TorchResNet(TorchBasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64, 1000),
     'resnet152': lambda: TorchResNet(TorchBottleneck, (3, 8, 36, 3), (64, 128, 256, 512), 64, 1000),
@@ -532,6 +587,21 @@ def test_full_size_mapping(kind):
         assert n_params == FULL_COUNTS[kind]
     if convert.KINDS[kind].full_model:
         assert conv.num_classes == 1000 and not conv.report['left_fresh']
+
+
+def test_evolve_ir50_uses_all_349_keys_and_the_switch_drops_the_head():
+    with torch.device('meta'):
+        ref = FULL_SIZE['evolve_ir50']()
+    state = {k: np.broadcast_to(np.float32(0), v.shape) for k, v in ref.state_dict().items()}
+    assert len(state) == 349  # backbone_ir50_ms1m_epoch120.pth
+    counters = {k for k in state if k.endswith('num_batches_tracked')}
+    full = convert.convert_state_dict('evolve_ir50', state)
+    assert set(full.report['ignored']) == counters
+    assert full.params['output_layer']['fc']['kernel'].shape == (7 * 7 * 512, 512)
+    backbone = convert.convert_state_dict('evolve_ir50_backbone', state)
+    head = {k for k in state if k.startswith('output_layer.')}
+    assert set(backbone.report['ignored']) == counters | head
+    assert 'output_layer' not in backbone.params
 
 
 # ---------------------------------------------------------------------------------------

@@ -121,3 +121,32 @@ def test_library_imports_torch_lazily():
         [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _truncated(tmp_path, legacy: bool) -> bytes:
+    path = tmp_path / 'whole.pth'
+    torch.save({'w': torch.zeros(64)}, path, _use_new_zipfile_serialization=not legacy)
+    data = path.read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    'content, expect',
+    [
+        (lambda tmp: bytes(range(7, 250)) * 16, 'is not a PyTorch checkpoint: it is neither a zip'),
+        (lambda tmp: b'', 'is empty, not a PyTorch checkpoint'),
+        (lambda tmp: b'\x80\x02' + bytes(range(200, 256)) * 8, 'its pickle data does not parse'),
+        (lambda tmp: _truncated(tmp, legacy=False), 'is a damaged PyTorch checkpoint'),
+        (lambda tmp: _truncated(tmp, legacy=True), 'is a truncated PyTorch checkpoint'),
+    ],
+    ids=['random-bytes', 'empty', 'garbled-pickle', 'truncated-zip', 'truncated-legacy'],
+)
+def test_a_file_that_is_no_checkpoint_is_named_and_not_called_unsafe(content, expect, tmp_path):
+    path = tmp_path / 'model.pth'
+    path.write_bytes(content(tmp_path))
+    with pytest.raises(ValueError) as err:
+        torch_load.load_state_dict(str(path))
+    message = str(err.value)
+    assert not isinstance(err.value, torch_load.UnsafeCheckpointError)
+    assert f'{path} ' in message and expect in message
+    assert 'arbitrary code' not in message and 'weights_only' not in message

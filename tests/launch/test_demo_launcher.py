@@ -145,7 +145,7 @@ def test_colab_notebook_runs(demo_run):
     text = ''.join(
         out.get('text', '') for cell in nb.cells if cell.cell_type == 'code' for out in cell.outputs
     )
-    assert 'TL-DMI (fine-tuning from block3)' in text
+    assert 'TL-DMI (fine-tuning from stage4)' in text
 
 
 def test_every_stage_workdir_holds_only_names_overwrite_may_delete(demo_run):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import chex
 import flax.linen as nn
@@ -13,6 +15,7 @@ import pytest
 from tldmi_jax import priors
 from tldmi_jax.priors import layers, plgmi
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ('gmi', 'kedmi', 'plgmi')
 NUM_CLASSES = 4
 
@@ -249,3 +252,50 @@ def test_make_prior_rejects_bad_arguments():
         priors.build_modules('kedmi', num_classes=0)
     with pytest.raises(ValueError, match='image_size'):
         priors.build_modules('gmi', image_size=48)
+
+
+# Under JAX_ENABLE_X64=1: load each prior, generate from float32 and float64 latents, and
+# compare with the float32 output the parent process computed (as load_classifier works).
+_X64 = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from tldmi_jax import priors
+assert jax.config.jax_enable_x64
+out = {}
+for kind, path in json.loads(sys.argv[1]).items():
+    prior = priors.load_prior(path)
+    assert {str(x.dtype) for x in jax.tree.leaves(prior.variables)} <= {'float32', 'uint32'}
+    y = (jnp.arange(2) % prior.num_classes,) if kind == 'plgmi' else ()
+    for dtype in (jnp.float32, jnp.float64):
+        z = jnp.linspace(-1, 1, 2 * prior.z_dim, dtype=dtype).reshape(2, -1)
+        images = prior.generate(prior.variables['generator'], z, *y)
+        out[f'{kind}/{dtype.__name__}'] = np.asarray(images, np.float64).tolist()
+    fresh = priors.make_prior(kind, num_classes=prior.num_classes, image_size=32, tiny=True)
+    assert {str(x.dtype) for x in jax.tree.leaves(fresh.variables)} <= {'float32', 'uint32'}
+print(json.dumps(out))
+"""
+
+
+def test_priors_load_and_generate_under_x64(tiny, tmp_path):
+    paths = {}
+    for kind in KINDS:
+        paths[kind] = str(tmp_path / kind)
+        priors.save_prior(paths[kind], tiny[kind])
+    env = dict(os.environ, JAX_ENABLE_X64='1', PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, '-c', _X64, json.dumps(paths)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for kind in KINDS:
+        prior = tiny[kind]
+        y = (jnp.arange(2) % prior.num_classes,) if kind == 'plgmi' else ()
+        z = jnp.linspace(-1, 1, 2 * prior.z_dim, dtype=jnp.float32).reshape(2, -1)
+        want = np.asarray(prior.generate(prior.variables['generator'], z, *y))
+        for dtype in ('float32', 'float64'):
+            np.testing.assert_allclose(got[f'{kind}/{dtype}'], want, atol=1e-5)

@@ -145,6 +145,54 @@ def test_metrics_log_survives_a_torn_last_line(tmp_path):
     assert metrics.read_metrics(workdir) == []
 
 
+def test_a_record_already_written_is_not_written_again(tmp_path):
+    """A rerun of a finished run, or a kill right after the last record: one record each."""
+    workdir = str(tmp_path)
+    writer = metrics.MetricWriter(workdir, tensorboard=False)
+    writer.write(5, {'loss': 1.0}, log=False)
+    writer.write(5, {'val/acc': 0.5}, log=False)  # Other keys at the same step: a record.
+    writer = metrics.MetricWriter(workdir, tensorboard=False)  # The rerun.
+    writer.write(5, {'loss': 2.0}, log=False)
+    writer.write(5, {'val/acc': 0.5}, log=False)
+    writer.write(6, {'loss': 3.0}, log=False)
+    writer.write(6, {'loss': 3.0}, log=False)
+    records = metrics.read_metrics(workdir)
+    assert records == [
+        {'step': 5, 'loss': 1.0},
+        {'step': 5, 'val/acc': 0.5},
+        {'step': 6, 'loss': 3.0},
+    ]
+
+
+def test_a_damaged_line_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": \x00\x00}\n{"step": 3}\n')
+    with pytest.raises(metrics.MetricsError) as err:
+        metrics.read_metrics(str(tmp_path))
+    message = str(err.value)
+    assert message.startswith(f'{path}, line 2: damaged record (Expecting value: ')
+    assert 'delete or repair that line' in message and '\n' not in message
+    path.write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(metrics.MetricsError, match='line 2: damaged record .not a JSON object'):
+        metrics.MetricWriter(str(tmp_path), tensorboard=False)
+
+
+def test_files_get_the_mode_of_a_plain_open(tmp_path):
+    """0o666 less the umask, as `open()` gives, not mkstemp's 0o600."""
+    old = os.umask(0o027)
+    try:
+        atomic.write_json(str(tmp_path / 'a.json'), {})
+        atomic.savez(str(tmp_path / 'b.npz'), v=np.arange(2))
+        with open(tmp_path / 'plain', 'w'):
+            pass
+    finally:
+        os.umask(old)
+    modes = {n: os.stat(tmp_path / n).st_mode & 0o777 for n in ('a.json', 'b.npz', 'plain')}
+    assert modes == {'a.json': 0o640, 'b.npz': 0o640, 'plain': 0o640}
+    atomic.write_text(str(tmp_path / 'c.txt'), 'x')
+    assert os.stat(tmp_path / 'c.txt').st_mode & 0o777 == 0o666 & ~old
+
+
 def _files(root):
     return sorted(
         os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names

@@ -3,7 +3,8 @@
 Every `.npz`/`.npy` a stage reads (reconstructions given to evaluate and fisher, feature
 caches, attack batch files and p_reg, the PLG-MI pseudo-label cache, the dataset index
 cache) holds an object array whose unpickling would create a marker file; each loader must
-refuse or ignore it without creating the marker. PyTorch checkpoints (the converters) are
+refuse it (real inputs: one error naming the file, never suggesting `allow_pickle`) or
+rebuild it (caches) without creating the marker. PyTorch checkpoints (the converters) are
 covered in tests/interop/test_safe_load.py. A source scan keeps new loaders honest.
 """
 
@@ -17,10 +18,11 @@ import pytest
 
 from tests.payloads import Payload
 from tldmi_jax import reconstructions
-from tldmi_jax.attacks import runner
+from tldmi_jax.attacks import common, runner
 from tldmi_jax.data import builders
 from tldmi_jax.evaluation import features
 from tldmi_jax.train import gan
+from tldmi_jax.utils import npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,8 +48,9 @@ def test_reconstructions_given_to_evaluate_are_not_unpickled(tmp_path, marker):
         seed=np.zeros(1, np.int32),
         batch=np.zeros(1, np.int32),
     )
-    with pytest.raises(ValueError, match='allow_pickle'):
+    with pytest.raises(npz.NpzError, match='reconstructions.npz: cannot read the recons') as err:
         reconstructions.load(str(tmp_path))
+    assert 'never unpickled' in str(err.value) and 'allow_pickle' not in str(err.value)
 
 
 def test_feature_cache_ignores_a_pickled_file(tmp_path, marker):
@@ -61,26 +64,35 @@ def test_feature_cache_ignores_a_pickled_file(tmp_path, marker):
     np.testing.assert_array_equal(cache.load('eval', key)['features'], 1.0)  # Replaced.
 
 
-def test_attack_batch_files_and_p_reg_are_not_unpickled(tmp_path, marker):
+def test_attack_batch_files_are_refused_and_p_reg_rebuilt(tmp_path, marker, monkeypatch):
     batch = tmp_path / 'batch_000.npz'
     np.savez(batch, images=_evil_array(marker), losses=_evil_array(marker))
-    with pytest.raises(ValueError, match='allow_pickle'):
+    with pytest.raises(npz.NpzError, match='batch_000.npz: cannot read the finished') as err:
         runner._read_batch(str(batch))
+    assert 'allow_pickle' not in str(err.value)
     np.save(tmp_path / 'p_reg.npy', _evil_array(marker))
-    with pytest.raises(ValueError, match='allow_pickle'):
-        runner._p_reg(None, None, None, 32, str(tmp_path))
+    monkeypatch.setattr(common, 'public_feature_mean', lambda target, images: np.ones(3))
+    data = {'name': 'synthetic', 'root': None, 'data_dir': None}
+    data['kwargs'] = {'num_classes': 2, 'image_size': 32}
+    config = ml_collections.ConfigDict({'data': data})
+    cfg = ml_collections.ConfigDict({'p_reg_samples': 2})
+    np.testing.assert_array_equal(runner._p_reg(config, cfg, None, 32, str(tmp_path)), 1.0)
+    np.testing.assert_array_equal(np.load(tmp_path / 'p_reg.npy', allow_pickle=False), 1.0)
 
 
-def test_pseudo_label_cache_is_not_unpickled(tmp_path, marker):
+def test_pseudo_label_cache_is_rebuilt_not_unpickled(tmp_path, marker, monkeypatch):
     np.savez(
         tmp_path / 'pseudo_labels.npz',
         top_n=_evil_array(marker),
         indices=_evil_array(marker),
         labels=_evil_array(marker),
     )
-    config = ml_collections.ConfigDict({'plgmi': {'top_n': 2}, 'batch_size': 2})
-    with pytest.raises(ValueError, match='allow_pickle'):
-        gan.pseudo_labels(config, str(tmp_path), 't', None, None, [0, 1], None)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    monkeypatch.setattr(gan, '_target_probs', lambda *args: probs)
+    config = ml_collections.ConfigDict({'plgmi': {'top_n': 1}, 'batch_size': 2})
+    indices, labels = gan.pseudo_labels(config, str(tmp_path), 't', None, None, [0, 1], None)
+    assert sorted(zip(indices.tolist(), labels.tolist(), strict=True)) == [(0, 0), (1, 1)]
+    assert npz.load(str(tmp_path / 'pseudo_labels.npz'), 'cache')['top_n'].item() == 1
 
 
 class _Records:

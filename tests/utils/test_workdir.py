@@ -33,9 +33,20 @@ def _config(**changes) -> ml_collections.ConfigDict:
     return config
 
 
+@pytest.fixture(autouse=True)
+def _release_locks():
+    yield
+    workdir.release_all()
+
+
 def _write(path, config):
     os.makedirs(path, exist_ok=True)
     workdir.save_config(config, str(path))
+
+
+def _listing(path) -> list[str]:
+    """The workdir's entries besides the lock file this process holds."""
+    return sorted(n for n in os.listdir(path) if n != '.lock')
 
 
 def test_same_config_resumes_and_json_forms_compare_equal(tmp_path):
@@ -59,7 +70,7 @@ def test_other_config_is_refused_with_the_differing_fields(tmp_path):
     message = str(err.value)
     assert 'batch_size: 8 -> 4' in message and 'optim.lr: 0.01 -> 0.5' in message
     assert '--config.overwrite=True' in message
-    assert os.listdir(tmp_path) == ['config.json']
+    assert _listing(tmp_path) == ['config.json', 'inputs.json']
 
 
 def test_differences_are_capped(tmp_path):
@@ -76,7 +87,7 @@ def test_overwrite_deletes_the_previous_run(tmp_path):
     (tmp_path / 'checkpoints' / '10').mkdir(parents=True)
     (tmp_path / 'metrics.jsonl').write_text('{"step": 10}\n')
     workdir.prepare(_config(**{'optim.lr': 0.5, 'overwrite': True}), str(tmp_path))
-    assert os.listdir(tmp_path) == []
+    assert _listing(tmp_path) == []
 
 
 def test_overwrite_never_deletes_a_directory_without_a_run(tmp_path):
@@ -104,7 +115,7 @@ def test_unreadable_config_json_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(workdir.WorkdirError, match='unreadable'):
         workdir.prepare(_config(), str(tmp_path))
     workdir.prepare(_config(overwrite=True), str(tmp_path))
-    assert os.listdir(tmp_path) == []
+    assert _listing(tmp_path) == []
 
 
 def test_a_workdir_that_cannot_be_written_is_refused(tmp_path, monkeypatch):

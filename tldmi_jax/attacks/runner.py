@@ -23,7 +23,7 @@ from tldmi_jax import attacks, classifiers, config_lib, data, priors, reconstruc
 from tldmi_jax.attacks import common, latent_search
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
-from tldmi_jax.utils import atomic, metrics, sharding
+from tldmi_jax.utils import atomic, metrics, npz, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 
@@ -126,8 +126,9 @@ def _load_inputs(config: ml_collections.ConfigDict, workdir: str) -> _Inputs:
 def _p_reg(config, cfg, target, image_size: int, workdir: str) -> np.ndarray:
     """LOMMA's p_reg on up to `p_reg_samples` public images (cached in the workdir)."""
     path = os.path.join(workdir, 'p_reg.npy')
-    if os.path.exists(path):
-        return np.load(path, allow_pickle=False)
+    cached = npz.load_cached_array(path, 'LOMMA p_reg cache')
+    if cached is not None:
+        return cached
     dc = config.data
     source = data.get_source(
         dc.name, 'public', root=dc.root, data_dir=dc.data_dir, **(dc.get('kwargs') or {})
@@ -146,8 +147,8 @@ def _batch_path(workdir: str, index: int) -> str:
 
 def _read_batch(path: str) -> dict[str, np.ndarray]:
     """A finished identity batch's arrays (read without pickle)."""
-    with np.load(path, allow_pickle=False) as stored:
-        return {k: stored[k] for k in stored.files}
+    fix = 'delete it and rerun the same command (that identity batch is attacked again)'
+    return npz.load(path, 'finished identity batch', fix=fix)
 
 
 def _batch_outputs(workdir: str, index: int, writer: metrics.MetricWriter, logged: set) -> None:

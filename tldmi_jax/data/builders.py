@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -25,7 +24,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from tldmi_jax.utils import atomic
+from tldmi_jax.utils import atomic, npz
 
 # Lower-cased suffixes accepted as images (torchvision's ImageFolder list).
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -112,13 +111,9 @@ class TfdsSource:
         # though not decoded), so the result is kept next to the prepared files. Those files
         # never change once written; TFDS re-prepares into a fresh directory.
         cache = os.path.join(os.fspath(self.builder.data_dir), f'index-{self.split}.npz')
-        if os.path.isfile(cache):
-            try:  # Never unpickled; a damaged or foreign file is rebuilt, not trusted.
-                with np.load(cache, allow_pickle=False) as stored:
-                    if len(stored['labels']) == len(self):
-                        return stored['labels'].astype(np.int64), stored['filenames'].tolist()
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-                logging.warning('Rebuilding the unreadable index %s: %s', cache, e)
+        stored = npz.load_cache(cache, 'dataset index') or {}  # A damaged one is rebuilt.
+        if 'filenames' in stored and len(stored.get('labels', ())) == len(self):
+            return stored['labels'].astype(np.int64), stored['filenames'].tolist()
         raw = self.builder.as_data_source(
             split=self.split, decoders={'image': tfds.decode.SkipDecoding()}
         )

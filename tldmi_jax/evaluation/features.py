@@ -21,7 +21,6 @@ the same evaluation model and data reuses them and any change recomputes.
 """
 
 import os
-import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from absl import logging
 
 from tldmi_jax import classifiers, config_lib
 from tldmi_jax.data import pipeline
-from tldmi_jax.utils import atomic
+from tldmi_jax.utils import atomic, npz
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
@@ -145,15 +144,7 @@ class FeatureCache:
         Files are only ever renamed into place whole, so an unreadable one was damaged
         outside this code; it is recomputed rather than trusted. Never unpickles.
         """
-        path = self.path(kind, key)
-        if not os.path.exists(path):
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            logging.warning('Feature cache %s is unreadable (%s); recomputing.', path, e)
-            return None
+        return npz.load_cache(self.path(kind, key), 'evaluation feature cache')
 
     def save(self, kind: str, key: dict, arrays: dict[str, np.ndarray]) -> str:
         """Stores `arrays` (and the key beside them as JSON) atomically; returns the path."""

@@ -106,6 +106,12 @@ def evolve_backbone(model: nn.Module) -> list[Rule]:
     return ir_backbone(model, '')
 
 
+def evolve_embedding(model: nn.Module) -> list[Rule]:
+    """face.evoLVe MS-Celeb-1M `Backbone` whole: `input_layer`, `body` and its 112-px
+    embedding head `output_layer` (onto a 112-px model, whose head has the same shapes)."""
+    return [*ir_backbone(model, ''), *ir_output_layer('output_layer')]
+
+
 def torchvision_resnet(model: nn.Module) -> list[Rule]:
     """torchvision `resnet*`: stem, `layer1..4` blocks and `fc`."""
     rules = [*conv('conv1', 'conv1', bias=False), *batch_norm('bn1', 'bn1')]

@@ -202,11 +202,24 @@ KINDS: dict[str, Kind] = {
             ignore=(_EVOLVE_HEAD,),
             skip_targets=('output_layer/.*', 'fc/.*'),
         ),
+        # As the original: all 349 keys, the 512-d embedding head included, onto the 112-px
+        # IR-50 (the evaluation FaceNet starts from them; FaceNet64 targets leave the head
+        # out through their `init.dont_load`).
         Kind(
             'evolve_ir50',
+            'facenet',
+            classifiers.evolve_embedding,
+            'face.evoLVe MS-Celeb-1M IR-50 (backbone_ir50_ms1m_epoch120.pth) with its 112-px '
+            'embedding head output_layer: pre-training of the evaluation FaceNet and of '
+            'FaceNet64 (whose configs leave output_layer out)',
+            skip_targets=('fc/.*',),
+        ),
+        Kind(
+            'evolve_ir50_backbone',
             'facenet64',
             classifiers.evolve_backbone,
-            'face.evoLVe MS-Celeb-1M IR-50 backbone (pre-training of FaceNet64)',
+            'face.evoLVe MS-Celeb-1M IR-50 without its 112-px output_layer (input_layer and '
+            'body only, onto FaceNet64)',
             ignore=(_EVOLVE_HEAD,),
             skip_targets=('output_layer/.*', 'fc/.*'),
         ),

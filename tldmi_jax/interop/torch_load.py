@@ -78,18 +78,55 @@ def read_checkpoint(path: str) -> Any:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'PyTorch checkpoint not found: {path}')
+    _check_format(path)
     torch = _import_torch()
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
+        message = str(e)
+        if not _GLOBAL_REFUSED.search(message):  # Bytes the unpickler cannot parse.
+            found = re.search(r'Unsupported operand[^\n]*', message)
+            raise ValueError(
+                f'{path} is not a readable PyTorch checkpoint: its pickle data does not parse '
+                f'({found.group(0).strip() if found else "unknown opcode"}); the file is '
+                'damaged or was not written by torch.save. Nothing from it was executed.'
+            ) from None
         raise UnsafeCheckpointError(
             f'Refused to load {path}: it is not a tensors-only checkpoint, and loading it '
-            f'would need arbitrary code ({_refusal_reason(str(e))}). Nothing from it was '
+            f'would need arbitrary code ({_refusal_reason(message)}). Nothing from it was '
             'executed. Re-save only the weights (`torch.save(model.state_dict(), ...)`) in an '
             'environment you trust, then convert that file.'
         ) from None
+    except EOFError:
+        raise ValueError(
+            f'{path} is a truncated PyTorch checkpoint (it ends early); copy it again'
+        ) from None
     except Exception as e:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f'{path} is not a readable PyTorch checkpoint: {e!r}') from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [repr(e)]
+        reason = lines[0].split('. ')[0][:200]
+        raise ValueError(f'{path} is a damaged PyTorch checkpoint ({reason}); copy it again') from e
+
+
+# What `torch.save` writes: a zip archive (since PyTorch 1.6) or a pickle (the legacy
+# format, which starts with the pickle PROTO opcode).
+_ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
+_PICKLE_PROTO = 0x80
+_GLOBAL_REFUSED = re.compile(r'unsupported global', flags=re.IGNORECASE)
+
+
+def _check_format(path: str) -> None:
+    """Raises ValueError, naming `path`, unless it starts like a file `torch.save` wrote."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if not head:
+        raise ValueError(f'{path} is empty, not a PyTorch checkpoint')
+    legacy = len(head) >= 2 and head[0] == _PICKLE_PROTO and 2 <= head[1] <= 5
+    if head.startswith(_ZIP_MAGIC) or legacy:
+        return
+    raise ValueError(
+        f'{path} is not a PyTorch checkpoint: it is neither a zip archive (torch.save) nor a '
+        'pickle (legacy torch.save); check that the path names the .pth/.tar file'
+    )
 
 
 def _is_tensor(value: Any) -> bool:

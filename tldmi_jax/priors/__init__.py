@@ -21,7 +21,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import orbax.checkpoint as ocp
 
 from tldmi_jax import config_lib
 from tldmi_jax.priors import gmi, kedmi, plgmi
@@ -145,8 +144,20 @@ def make_prior(
             num_classes=spec['num_classes'],
         )
     )
-    variables = init(jax.random.key(seed))
+    with _float32_defaults():
+        variables = init(jax.random.key(seed))
     return from_modules(g, d, spec, variables)
+
+
+def _float32_defaults():
+    """Builds prior variables in float32 also under `JAX_ENABLE_X64=1`.
+
+    The priors' own layers (`layers.ConvTranspose`, `InstanceNorm`, spectral norm) create
+    parameters in JAX's default float type, which x64 mode makes float64; those would then
+    meet float32 activations in a convolution. The priors are float32 models, like the
+    PyTorch originals and like flax's layers (whose `param_dtype` is float32).
+    """
+    return jax.enable_x64(False)
 
 
 def from_modules(g: nn.Module, d: nn.Module, spec: dict, variables: dict) -> Prior:
@@ -170,17 +181,18 @@ def abstract_variables(spec: dict) -> dict:
         spec['kind'], num_classes=spec['num_classes'], image_size=spec['image_size'], **kw
     )
     family = _family(spec['kind'])
-    return jax.eval_shape(
-        lambda key: family.init(
-            g,
-            d,
-            key,
-            z_dim=spec['z_dim'],
-            image_size=spec['image_size'],
-            num_classes=spec['num_classes'],
-        ),
-        jax.random.key(0),
-    )
+    with _float32_defaults():
+        return jax.eval_shape(
+            lambda key: family.init(
+                g,
+                d,
+                key,
+                z_dim=spec['z_dim'],
+                image_size=spec['image_size'],
+                num_classes=spec['num_classes'],
+            ),
+            jax.random.key(0),
+        )
 
 
 def save_prior(path: str, prior: Prior, files: dict[str, Any] | None = None) -> None:
@@ -238,9 +250,12 @@ def load_prior(path: str) -> Prior:
         raise ValueError(f'{spec_path} is not a valid prior spec: {e!r}') from e
     tree_path = os.path.join(prior_dir, _TREE_DIR)
     try:
-        raw = ocp.StandardCheckpointer().restore(os.path.abspath(tree_path))  # orbax: absolute.
+        raw = checkpoint.read_tree(tree_path)
     except Exception as e:  # orbax raises several types for a missing or foreign dir
-        raise ValueError(f'{tree_path} is not a readable prior checkpoint: {e}') from e
+        raise ValueError(
+            f'{tree_path} is not a readable prior checkpoint ({checkpoint.first_line(e)}); '
+            're-copy or retrain the prior'
+        ) from e
     shapes = abstract_variables(spec)
     try:
         variables = checkpoint.merge_params(raw, shapes, (), 'prior variables')

@@ -93,6 +93,8 @@ def conv_transpose_subpixel(
     # Output m of phase r reads inputs m + lo .. m + lo + U - 1; negative pads crop.
     pad_h = (-lo_h, m_h - 1 + lo_h + u_h - h)
     pad_w = (-lo_w, m_w - 1 + lo_w + u_w - w)
+    dtype = jnp.result_type(x, sub)  # As flax's layers: float64 inputs (x64 mode) promote.
+    x, sub = x.astype(dtype), sub.astype(dtype)
     y = jax.lax.conv_general_dilated(
         x, sub, (1, 1), (pad_h, pad_w), dimension_numbers=_DN, precision=precision
     )

@@ -30,7 +30,7 @@ from tldmi_jax import classifiers, data, priors
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
 from tldmi_jax.train import gan_losses, loop
-from tldmi_jax.utils import atomic, metrics, sharding
+from tldmi_jax.utils import atomic, metrics, npz, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 KINDS = tuple(priors.FAMILIES)
@@ -173,10 +173,9 @@ def pseudo_labels(config, workdir, target_path, target, target_vars, source, pre
     """
     path = os.path.join(workdir, 'pseudo_labels.npz')
     key = dict(top_n=int(config.plgmi.top_n), num_public=len(source), target=target_path)
-    if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as cached:
-            if all(k in cached.files and cached[k].item() == v for k, v in key.items()):
-                return cached['indices'], cached['labels']
+    cached = npz.load_cache(path, 'PLG-MI pseudo-label cache') or {}  # Damaged: rebuilt.
+    if all(k in cached and cached[k].item() == v for k, v in key.items()):
+        return cached['indices'], cached['labels']
     probs = _target_probs(target, target_vars, source, prep, config.batch_size)
     indices, labels = top_n_selection(probs, key['top_n'])
     atomic.savez(path, indices=indices, labels=labels, **key)

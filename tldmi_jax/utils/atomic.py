@@ -18,8 +18,8 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -27,11 +27,21 @@ import numpy as np
 
 
 def _tmp_path(path: str) -> str:
+    """Creates an empty, unique temporary file next to `path`; returns its path.
+
+    The file gets the mode a plain `open(path, 'w')` would give (0o666 less the umask),
+    not `tempfile.mkstemp`'s 0o600, so outputs are as readable as any other file.
+    """
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=directory)
-    os.close(fd)
-    return tmp
+    while True:
+        tmp = os.path.join(directory, f'.{name}.{secrets.token_hex(4)}.tmp')
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
 
 
 @contextlib.contextmanager

@@ -4,10 +4,19 @@ A *model checkpoint* is an orbax `StandardCheckpointer` directory holding
 `{'params': ..., 'batch_stats': ...}`. The trainer exports `model_best/` and
 `model_final/` in its workdir; converters write the same format. `load_model` accepts
 either such a directory or a trainer workdir.
+
+Resuming restores the newest *readable* step: a damaged step (a truncated file after a
+crash or a bad copy) is logged, moved aside (`checkpoints/<step>.damaged`, which orbax does
+not read) and skipped for the next older one. When no step is readable the run stops with
+one line naming the directory, or starts afresh if the user asked for that with
+`config.overwrite=True`.
 """
 
+import inspect
 import os
 import re
+import shutil
+import sys
 from typing import Any
 
 import jax
@@ -19,6 +28,7 @@ from flax import traverse_util
 from tldmi_jax.utils import atomic
 
 MODEL_DIRS = ('model_best', 'model_final')
+_ORBAX = f'{os.sep}orbax{os.sep}'  # In the file names of orbax's code.
 
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -29,13 +39,113 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
     )
 
 
+class CheckpointError(ValueError):
+    """No step of a checkpoint directory is readable; the message names it and the fix."""
+
+
 def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int | None]:
-    """Restores the latest step into the structure of `target` (or returns it unchanged)."""
-    step = mngr.latest_step()
-    if step is None:
+    """Restores the newest readable step into the structure of `target`.
+
+    A step that fails to restore is damaged: once an older step restores, each damaged one
+    is logged (naming it and the step restored instead) and moved aside to
+    `<step>.damaged`, so the manager never reads it again.
+
+    Returns:
+      `(state, step)`, or `(target, None)` when there is no step (or every step was damaged
+      and the run's workdir was prepared with `config.overwrite=True`: it starts afresh).
+
+    Raises:
+      CheckpointError: no step restores (without overwrite); nothing is changed.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
         return target, None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract)), step
+    directory = str(mngr.directory)
+    damaged: list[tuple[int, str]] = []
+    _quiet_late_read_callbacks()
+    for step in steps:
+        try:
+            state = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax/tensorstore raise many types for a damaged step.
+            if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e):
+                raise  # Out of memory says nothing about the files.
+            damaged.append((step, first_line(e)))
+            continue
+        for bad, reason in damaged:
+            logging.warning(
+                'Checkpoint step %d in %s is damaged (%s); moved it to %d.damaged and resumed '
+                'from step %d instead.',
+                bad,
+                directory,
+                reason,
+                bad,
+                step,
+            )
+            _set_aside(mngr, bad)
+        return state, step
+    from tldmi_jax.utils import workdir  # Local: workdir imports this module.
+
+    shown = ', '.join(str(s) for s, _ in damaged)
+    if not workdir.overwrite_requested(directory):
+        raise CheckpointError(
+            f'no readable checkpoint in {directory}: every step is damaged or unreadable '
+            f'(steps {shown}; {damaged[0][1]}); pass --config.overwrite=True to delete them '
+            'and start afresh, or restore the directory from a copy'
+        )
+    logging.warning(
+        'overwrite=True: every checkpoint step in %s is damaged (%s); deleted them, starting '
+        'afresh.',
+        directory,
+        shown,
+    )
+    for step, _ in damaged:
+        shutil.rmtree(os.path.join(directory, str(step)), ignore_errors=True)
+    mngr.reload()
+    return target, None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Renames a damaged step to `<step>.damaged` (kept for inspection, never read again)."""
+    path = os.path.join(str(mngr.directory), str(step))
+    aside = f'{path}.damaged'
+    if os.path.exists(aside):
+        shutil.rmtree(aside)  # An earlier damaged copy of the same step.
+    os.replace(path, aside)
+    mngr.reload()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, at most 300 characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0].split('. See full TensorStore details')[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + '...'
+
+
+def _quiet_late_read_callbacks() -> None:
+    """Drops the noise Python prints after a failed orbax read, possibly after our error line.
+
+    When one read of a restore fails, orbax closes its event loop while tensorstore still
+    finishes the other reads on its own threads: their completion callbacks find the loop
+    closed ('Event loop is closed'), and the read coroutines left suspended raise their read
+    error again when they are garbage-collected. Python prints each as an 'Exception
+    ignored' traceback. Nobody waits for those reads any more, so exactly these two are
+    dropped; every other unraisable exception goes to the previous hook. Installed before
+    each read (the callbacks can fire before the failure reaches us), once per hook chain.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, 'drops_orbax_leftovers', False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc, obj = unraisable.exc_value, unraisable.object
+        closed = isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed'
+        orbax_read = inspect.iscoroutine(obj) and _ORBAX in obj.cr_code.co_filename
+        if not ((closed and obj is None) or orbax_read):
+            previous(unraisable)
+
+    hook.drops_orbax_leftovers = True
+    sys.unraisablehook = hook
 
 
 def resume(
@@ -69,6 +179,13 @@ def save_tree(path: str, tree: Any) -> None:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.abspath(path), jax.device_get(tree))
     ckptr.wait_until_finished()
+
+
+def read_tree(path: str) -> Any:
+    """Reads a pytree written by `save_tree` (orbax's errors propagate, without the noise of
+    its reads still in flight: see `_quiet_late_read_callbacks`)."""
+    _quiet_late_read_callbacks()
+    return ocp.StandardCheckpointer().restore(os.path.abspath(path))
 
 
 def save_model(
@@ -110,9 +227,12 @@ def load_model(path: str) -> dict[str, Any]:
     """Loads `{'params', 'batch_stats'}` from a model checkpoint or trainer workdir."""
     model_dir = find_model_dir(path)
     try:
-        tree = ocp.StandardCheckpointer().restore(os.path.abspath(model_dir))
+        tree = read_tree(model_dir)
     except Exception as e:  # orbax raises several types for a non-checkpoint dir
-        raise ValueError(f'{model_dir} is not a readable orbax model checkpoint: {e}') from e
+        raise ValueError(
+            f'{model_dir} is not a readable orbax model checkpoint ({first_line(e)}); '
+            're-copy or retrain it'
+        ) from e
     if not isinstance(tree, dict) or 'params' not in tree:
         raise ValueError(f'{model_dir} holds no "params" tree; keys: {list(tree or {})}.')
     tree.setdefault('batch_stats', {})

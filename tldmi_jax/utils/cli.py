@@ -116,6 +116,9 @@ def _parse(argv: list[str]) -> list[str]:
     from ml_collections.config_flags import config_flags
 
     args = flags.FLAGS(argv)
+    if 'workdir' in flags.FLAGS and flags.FLAGS['workdir'].present:
+        if not str(flags.FLAGS['workdir'].value or '').strip():
+            raise app.UsageError('--workdir is empty; give the directory the run writes to')
     for name in flags.FLAGS:
         flag = flags.FLAGS[name]
         if config_flags.is_config_flag(flag) and flag.present:
@@ -138,7 +141,16 @@ def _run_main(main: Main, args: list[str], argv: Sequence[str]) -> int:
         return _fail(e, argv, usage=True)
     except (Exception, KeyboardInterrupt) as e:
         return _fail(e, argv)
+    finally:
+        _release_workdirs()
     return int(result or 0)
+
+
+def _release_workdirs() -> None:
+    """Releases the workdir locks the run took (a new workdir it left empty is removed)."""
+    workdir = sys.modules.get('tldmi_jax.utils.workdir')
+    if workdir is not None:  # Not imported: no stage ran, no lock was taken.
+        workdir.release_all()
 
 
 def _fail(exc: BaseException, argv: Sequence[str], usage: bool = False) -> int:

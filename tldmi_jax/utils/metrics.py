@@ -1,4 +1,10 @@
-"""Metric writers: `metrics.jsonl` (one JSON object per line) and TensorBoard events."""
+"""Metric writers: `metrics.jsonl` (one JSON object per line) and TensorBoard events.
+
+The file holds one record per (step, keys): writing a record whose step is already recorded
+with the same keys (a rerun of a finished command, or a run killed right after its last
+record) is a no-op. A last line torn by a kill is dropped; a damaged line elsewhere stops
+the reader with the file, the line number and the fix.
+"""
 
 import json
 import logging as logging_std
@@ -19,13 +25,25 @@ def _scalar(value: Any) -> Any:
     return value if math.isfinite(value) else str(value)
 
 
+class MetricsError(ValueError):
+    """`metrics.jsonl` holds a damaged line (not the torn last one); the message names it."""
+
+
+def _key(record: dict[str, Any]) -> tuple[Any, frozenset[str]]:
+    return record.get('step'), frozenset(record)
+
+
 class MetricWriter:
-    """Appends `{"step": N, **metrics}` lines to `workdir/metrics.jsonl` and TB events."""
+    """Appends `{"step": N, **metrics}` lines to `workdir/metrics.jsonl` and TB events.
+
+    A record whose step and keys are already in the file is not written again.
+    """
 
     def __init__(self, workdir: str, tensorboard: bool = True):
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, 'metrics.jsonl')
         _drop_torn_tail(self.path)  # A kill mid-append must not glue two records together.
+        self._written = {_key(r) for r in read_metrics(workdir)}
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -34,6 +52,10 @@ class MetricWriter:
 
     def write(self, step: int, metrics: dict[str, Any], log: bool = True) -> None:
         record = {'step': int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+        if _key(record) in self._written:
+            logging.debug('step %d: already in %s, not written again', step, self.path)
+            return
+        self._written.add(_key(record))
         with open(self.path, 'a') as f:
             f.write(json.dumps(record) + '\n')
         if self._tb is not None:
@@ -82,13 +104,32 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
     A last line without its newline (torn by a kill mid-append) is not a record and is
     skipped.
+
+    Raises:
+      MetricsError: another line is not a JSON object (the file and line are named).
     """
     path = os.path.join(workdir, 'metrics.jsonl')
     if not os.path.exists(path):
         return []
-    with open(path) as f:
+    with open(path, errors='replace') as f:
         lines = f.read().split('\n')
-    return [json.loads(line) for line in lines[:-1] if line.strip()]
+    records = []
+    for number, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            record, reason = None, getattr(e, 'msg', str(e))
+        else:
+            reason = 'not a JSON object'
+        if not isinstance(record, dict):
+            raise MetricsError(
+                f'{path}, line {number}: damaged record ({reason}: {line[:40]!r}); delete or '
+                'repair that line (or restore the file), then rerun the same command'
+            )
+        records.append(record)
+    return records
 
 
 def truncate(workdir: str, step: int) -> None:

@@ -18,7 +18,23 @@ never deletes a directory that no run of this library wrote.
 
 Fields that a `runlocal` run fills in itself (an unset `target.checkpoint` that becomes
 the tiny target it trained under the workdir) are not differences: the rerun of the same
-command leaves them unset again.
+command leaves them unset again. A workdir that was moved or copied (`mv`, `cp -r`) resumes:
+paths under its old location compare equal to the same paths under the new one
+(`inputs.json` records where the run started).
+
+Before any of that, `prepare` checks every numeric field against its range
+(`tldmi_jax.config_checks`) and takes the workdir's lock (`utils.lock`: one process per
+workdir, held until the process exits or `release_all()`); a workdir that does not exist
+yet is locked (and created) by `save_config`, so a run that fails on its inputs before it
+leaves nothing behind.
+
+`save_config` also fingerprints the run's inputs (`utils.fingerprint`: the target, prior,
+evaluation model, attack directory, ... that the stage has resolved by then) into
+`inputs.json`, and on a rerun compares them with the recorded ones: an input that changed
+since the run started is refused (the run would mix outputs of two versions of it), unless
+`config.overwrite` is True, which deletes the previous run's outputs and starts afresh. The
+comparison sits in `save_config` because that is the one point every stage passes after it
+has filled in its inputs (runlocal stand-ins included) and before it writes its first output.
 """
 
 import json
@@ -31,18 +47,19 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from tldmi_jax import config_lib
-from tldmi_jax.utils import atomic
+from tldmi_jax import config_checks, config_lib
+from tldmi_jax.utils import atomic, fingerprint, lock
 
 CONFIG_FILE = 'config.json'
+INPUTS_FILE = 'inputs.json'  # Input fingerprints and where the run started.
 IGNORED = ('overwrite',)  # Top-level fields that never count as a difference.
 MAX_LISTED = 10
 # Every top-level name a stage, the sweep or the demo writes into its workdir (a test runs
 # each launcher and checks its workdir against this list). `overwrite` deletes only these;
 # a workdir that also holds anything else (a user's notes) is refused, nothing deleted.
 OUTPUT_NAMES = (
-    r'config\.json|metrics\.jsonl|metrics\.json|results\.(json|csv|md)|tensorboard',
-    r'checkpoints|model_(best|final)|samples|priors?|pseudo_labels\.npz|targets?',
+    r'config\.json|inputs\.json|metrics\.jsonl|metrics\.json|results\.(json|csv|md)',
+    r'tensorboard|checkpoints|model_(best|final)|samples|priors?|pseudo_labels\.npz|targets?',
     r'student_\d+_\w+|distill\.json|augmented|batches|grids|reconstructions\.npz',
     r'attack\.json|p_reg\.npy|attack|eval|feature_cache|per_identity\.csv|groups\.csv',
     r'pairs\.png|report\.(md|html)|fisher(\.(json|png|csv))?|cells|cell\.json|eval_model',
@@ -58,18 +75,103 @@ class WorkdirError(ValueError):
     """The workdir cannot be used: not writable, or it holds a run with another config."""
 
 
+WorkdirInUseError = lock.WorkdirInUseError
+_OVERWRITE: set[str] = set()  # Workdirs (real paths) prepared with overwrite=True.
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Checks `workdir` before a stage writes anything to it.
+    """Checks the config and `workdir` before a stage writes anything to it.
 
     Args:
       config: the stage's config (as given; `config.overwrite` allows replacing a run).
       workdir: the stage's output directory (not created here).
 
     Raises:
-      WorkdirError: the workdir is not a writable directory, or it holds a run whose
+      config_checks.ConfigValueError: a numeric field is out of its range (named).
+      WorkdirError: the workdir is empty, not a writable directory, or it holds a run whose
         config differs (the message lists the fields, old -> new) and overwrite is off.
+      WorkdirInUseError: another process is running on the workdir (its pid is named).
     """
+    config_checks.check(config)
+    if not workdir:
+        raise WorkdirError('--workdir is empty; give the directory the run writes to')
     check_writable(workdir)
+    real = os.path.realpath(workdir)
+    if config.get('overwrite', False):
+        _OVERWRITE.add(real)
+    else:
+        _OVERWRITE.discard(real)
+    if os.path.isdir(workdir):
+        lock.acquire(workdir)  # Before reading or clearing anything of a previous run.
+    _compare_previous(config, workdir)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Records the resolved config (and its inputs' fingerprints); the run starts here.
+
+    Locks the workdir (creating it) if `prepare` found none, then compares the fingerprints
+    of the inputs the config names with those `inputs.json` recorded when the run started.
+
+    Raises:
+      WorkdirError: an input changed since the run started and overwrite is off (the
+        message names the field and the path).
+      WorkdirInUseError: another process started on the same new workdir first.
+    """
+    if lock.acquire(workdir) and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+        _compare_previous(config, workdir)  # Written by a run that started after `prepare`.
+    current = as_json(config)
+    paths = fingerprint.input_paths(_flatten(current))
+    inputs = fingerprint.fingerprints(paths)
+    recorded = fingerprint.read(os.path.join(workdir, INPUTS_FILE))
+    if recorded is not None:
+        old = recorded.get('inputs') or {}
+        changed = fingerprint.changed(old, inputs)
+        if changed and not config.get('overwrite', False):
+            shown = '; '.join(f'{field} ({path})' for field, path in changed)
+            raise WorkdirError(
+                f'{workdir}: input changed since the run started: {shown}; resuming would mix '
+                'outputs of both versions. Restore the input, or pass --config.overwrite=True '
+                'to delete that run and start afresh'
+            )
+        if changed:
+            logging.warning(
+                'overwrite=True: deleting the previous run in %s (inputs changed: %s)',
+                workdir,
+                ', '.join(field for field, _ in changed),
+            )
+            clear(workdir, keep=_inside(workdir, paths))
+        else:
+            inputs = {**old, **inputs}  # Keep fields this config no longer sets.
+    fingerprint.write(os.path.join(workdir, INPUTS_FILE), workdir, inputs)
+    atomic.write_text(os.path.join(workdir, CONFIG_FILE), config_lib.config_to_json(config))
+
+
+def release_all() -> None:
+    """Releases the workdir locks of this process (the launchers call it when they end)."""
+    lock.release_all()
+    _OVERWRITE.clear()
+
+
+def overwrite_requested(path: str) -> bool:
+    """True if the workdir holding `path` was prepared with `config.overwrite=True`.
+
+    Lets a checkpoint reader that finds nothing readable start afresh where the user asked
+    for that (the innermost prepared workdir holding `path` decides).
+    """
+    real = os.path.realpath(path)
+    while True:
+        if real in _OVERWRITE:
+            return True
+        if lock.held(real):
+            return False
+        parent = os.path.dirname(real)
+        if parent == real:
+            return False
+        real = parent
+
+
+def _compare_previous(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses (or, with overwrite, clears) a previous run of another config in `workdir`."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
@@ -85,7 +187,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
             ) from e
         previous, changes = None, ['config.json unreadable']
     else:
-        changes = differences(previous, as_json(config), workdir)
+        started = (fingerprint.read(os.path.join(workdir, INPUTS_FILE)) or {}).get('workdir')
+        changes = differences(previous, as_json(config), workdir, started or '')
     if not changes:
         return
     if not overwrite:
@@ -102,9 +205,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
     clear(workdir)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the resolved config to `workdir/config.json` atomically."""
-    atomic.write_text(os.path.join(workdir, CONFIG_FILE), config_lib.config_to_json(config))
+def _inside(workdir: str, paths: dict[str, list[str]]) -> set[str]:
+    """The top-level entries of `workdir` that hold one of the inputs `paths`."""
+    top = os.path.abspath(workdir) + os.sep
+    return {
+        p[len(top) :].split(os.sep)[0] for ps in paths.values() for p in ps if p.startswith(top)
+    }
 
 
 def check_writable(workdir: str) -> None:
@@ -140,19 +246,23 @@ def as_json(config: ml_collections.ConfigDict) -> Any:
     return json.loads(config_lib.config_to_json(config))
 
 
-def differences(previous: Any, current: Any, workdir: str = '') -> list[str]:
+def differences(previous: Any, current: Any, workdir: str = '', started: str = '') -> list[str]:
     """Lists `'dotted.key: old -> new'` for every field that differs (sorted by key).
 
     A field that is unset in `current` but holds paths under `workdir` in `previous` was
-    filled in by the previous run itself (runlocal) and does not count.
+    filled in by the previous run itself (runlocal) and does not count. `started` is where
+    the previous run's workdir was (from `inputs.json`): if the workdir was moved since, a
+    path under the old location equals the same path under the new one.
     """
     old, new = _flatten(previous), _flatten(current)
+    move = _move(started, workdir)
     changes = []
     for key in sorted(set(old) | set(new)):
         if key in IGNORED:
             continue
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if a == b or _made_by_run(a, b, workdir):
+        moved = _relocate(a, *move) if move else a
+        if a == b or moved == b or _made_by_run(moved, b, workdir):
             continue
         changes.append(f'{key}: {_show(a)} -> {_show(b)}')
     return changes
@@ -171,8 +281,11 @@ def foreign_entries(workdir: str) -> list[str]:
     return sorted(n for n in os.listdir(workdir) if not _OWN.fullmatch(n))
 
 
-def clear(workdir: str) -> None:
+def clear(workdir: str, keep: set[str] | frozenset[str] = frozenset()) -> None:
     """Deletes a previous run's outputs, `config.json` last (an interrupted delete repeats).
+
+    The lock file stays (this run holds it), and so do the top-level entries in `keep` (the
+    run's own inputs made under the workdir, e.g. a runlocal target).
 
     Raises:
       WorkdirError: the workdir holds entries this library does not write (listed); then
@@ -188,6 +301,8 @@ def clear(workdir: str) -> None:
         )
     names = sorted(os.listdir(workdir), key=lambda n: n == CONFIG_FILE)
     for name in names:
+        if name == lock.LOCK_NAME or name in keep:
+            continue
         path = os.path.join(workdir, name)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
@@ -218,6 +333,40 @@ def _made_by_run(old: Any, new: Any, workdir: str) -> bool:
         return False
     top = os.path.abspath(workdir)
     return all(os.path.abspath(p).startswith(top + os.sep) for p in old.split(','))
+
+
+def _move(started: str, workdir: str) -> tuple[str, str] | None:
+    """`(old root, new root)` of a moved workdir, or None if it was not moved.
+
+    The roots are the two paths without their common trailing components, so that a sweep
+    moved whole maps the sibling paths its nested stages recorded (`old/sweep/targets/x`
+    for `old/sweep/cells/y/attack`) as well as their own.
+    """
+    if not started or not workdir:
+        return None
+    a = os.path.abspath(started).split(os.sep)
+    b = os.path.abspath(workdir).split(os.sep)
+    if a == b:
+        return None
+    while len(a) > 1 and len(b) > 1 and a[-1] == b[-1]:
+        a, b = a[:-1], b[:-1]
+    return os.sep.join(a) or os.sep, os.sep.join(b) or os.sep
+
+
+def _relocate(value: Any, old: str, new: str) -> Any:
+    """`value` with every path under `old` (comma-separated ones too) moved under `new`."""
+    if isinstance(value, list):
+        return [_relocate(v, old, new) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    parts = []
+    for part in value.split(','):
+        if part == old:
+            part = new
+        elif part.startswith(old.rstrip(os.sep) + os.sep):
+            part = new.rstrip(os.sep) + os.sep + part[len(old.rstrip(os.sep)) + 1 :]
+        parts.append(part)
+    return ','.join(parts)
 
 
 def _show(value: Any) -> str:
