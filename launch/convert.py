@@ -30,7 +30,7 @@ import os
 
 from absl import app, flags
 
-from tldmi_jax.interop import convert, gans
+from tldmi_jax.interop import convert, gan_priors, gans
 from tldmi_jax.utils import atomic, cli
 
 _PRIOR_HELP = {
@@ -76,7 +76,7 @@ def _convert_prior():
             f'--kind={_KIND.value} assembles a prior from two files: the generator as '
             '--src and the discriminator as --src_d.'
         )
-    _, report = gans.convert_prior(
+    _, report = gan_priors.convert_prior(
         _KIND.value,
         _SRC.value,
         _SRC_D.value,

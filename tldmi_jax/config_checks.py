@@ -11,7 +11,8 @@ up by its last two names, so the same tables cover the stage configs nested in a
 demo config (`stages.attack.gmi.attack.steps` is an `attack.steps`, `stages.pretrain.seed`
 a top-level `seed`): a block's own entry wins, then the top-level one. Fields that no table
 names are not range-checked, but NaN and inf are refused in every float field (also inside
-tuples and lists). None is allowed everywhere: an unset placeholder means the module default.
+tuples and lists). None is allowed everywhere: an unset placeholder means the default that
+`config_lib` holds for it (e.g. `ATTACK_DEFAULTS`).
 """
 
 import dataclasses

@@ -2,7 +2,7 @@
 
 PyTorch reference modules (the tiny GMI/KEDMI GANs of `test_convert_gans`, the tiny TL-DMI
 VGG16 of `test_convert`) get random weights, are converted with the library
-(`gans.convert_prior`, `convert_checkpoint('vgg16')`) and loaded as the attack runner loads
+(`gan_priors.convert_prior`, `convert_checkpoint('vgg16')`) and loaded as the attack runner loads
 them (`priors.load_prior`, `classifiers.load`). From the same initial latents,
 the project's attack code and a PyTorch transcription of the originals' update give the
 same latents within 1e-4 after 10 steps:
@@ -40,7 +40,7 @@ from tests.interop.test_convert_gans import (
 from tests.interop.test_convert_gans import randomise as randomise_gan
 from tldmi_jax import classifiers, config_lib, priors
 from tldmi_jax.attacks import common, gmi, kedmi, latent_search
-from tldmi_jax.interop import convert, gans
+from tldmi_jax.interop import convert, gan_priors
 
 torch = pytest.importorskip('torch')
 F = torch.nn.functional
@@ -86,7 +86,7 @@ def target(tmp_path_factory):
 def converted_prior(tmp_path, kind, g_ref, d_ref):
     g_src, d_src = save_pair(tmp_path, g_ref, d_ref)
     dst = str(tmp_path / kind)
-    gans.convert_prior(kind, g_src, d_src, dst, arch=f'{kind}_tiny', image_size=SIZE)
+    gan_priors.convert_prior(kind, g_src, d_src, dst, arch=f'{kind}_tiny', image_size=SIZE)
     prior = priors.load_prior(dst)
     tiny = priors.make_prior(kind, num_classes=CLASSES, image_size=SIZE, tiny=True)
     assert prior.spec == tiny.spec  # the architecture of the tiny priors

@@ -7,7 +7,7 @@ and `SNResNetProjectionDiscriminator` under `torch.nn.utils.spectral_norm`), par
 so the tests run at the tiny widths of `priors.make_prior(..., tiny=True)` and 32 px. Each
 test saves random weights the way the originals do (the generator nested under
 `state_dict` with DataParallel's `module.` prefix, the discriminator plain or under
-`model`), assembles the prior with `gans.convert_prior`, reads it back with
+`model`), assembles the prior with `gan_priors.convert_prior`, reads it back with
 `priors.load_prior` and compares outputs: inference mode, and training mode for the
 generators' BatchNorm (outputs and updated running statistics) and the spectral norm's
 power iteration (outputs and updated u, v).
@@ -26,7 +26,7 @@ from flax import traverse_util
 
 from tests.interop import tolerance
 from tldmi_jax import priors
-from tldmi_jax.interop import convert, gans, mapping
+from tldmi_jax.interop import convert, gan_priors, gans, mapping
 
 torch = pytest.importorskip('torch')
 tnn = torch.nn
@@ -358,7 +358,9 @@ def test_gmi_prior(tmp_path):
     d_ref = randomise(TorchDGWGAN(dim=8, image_size=SIZE), seed=1)
     g_src, d_src = save_pair(tmp_path, g_ref, d_ref)
     dst = tmp_path / 'prior'
-    _, report = gans.convert_prior('gmi', g_src, d_src, str(dst), arch='gmi_tiny', image_size=SIZE)
+    _, report = gan_priors.convert_prior(
+        'gmi', g_src, d_src, str(dst), arch='gmi_tiny', image_size=SIZE
+    )
     prior = priors.load_prior(str(dst))
     assert prior.spec == tiny_spec('gmi') == report['spec']
     assert json.loads((dst / 'conversion.json').read_text()) == report
@@ -383,7 +385,7 @@ def test_kedmi_prior(tmp_path):
     randomise(d_ref, seed=3)
     g_src, d_src = save_pair(tmp_path, g_ref, d_ref)
     dst = tmp_path / 'prior'
-    gans.convert_prior('kedmi', g_src, d_src, str(dst), arch='kedmi_tiny', image_size=SIZE)
+    gan_priors.convert_prior('kedmi', g_src, d_src, str(dst), arch='kedmi_tiny', image_size=SIZE)
     prior = priors.load_prior(str(dst))
     assert prior.spec == tiny_spec('kedmi') and prior.num_classes == CLASSES
 
@@ -410,7 +412,7 @@ def test_plgmi_prior(tmp_path):
     warm_spectral_norm(randomise(d_ref, seed=5), torch.from_numpy(x_t), torch.from_numpy(y))
     g_src, d_src = save_pair(tmp_path, g_ref, d_ref, d_nesting='model')
     dst = tmp_path / 'prior'
-    _, report = gans.convert_prior(
+    _, report = gan_priors.convert_prior(
         'plgmi', g_src, d_src, str(dst), arch='plgmi_tiny', image_size=SIZE
     )
     prior = priors.load_prior(str(dst))
@@ -484,7 +486,7 @@ def test_swapped_halves_list_both_halves():
     g = numpy_state(dcgan_refs())
     d = numpy_state(TorchDGWGAN(dim=8, image_size=SIZE))
     with pytest.raises(convert.ConversionError) as err:
-        gans.convert_prior_state('gmi', d, g, arch='gmi_tiny', image_size=SIZE)
+        gan_priors.convert_prior_state('gmi', d, g, arch='gmi_tiny', image_size=SIZE)
     message = str(err.value)
     for needle in ('generator: Cannot convert', 'discriminator: Cannot convert', 'ls.0.weight',
                    'l1.0.weight', 'l2_5.0.0.weight (for params/deconv1/kernel)'):  # fmt: skip
@@ -495,7 +497,7 @@ def test_wrong_size_is_a_listed_shape_mismatch():
     g = numpy_state(dcgan_refs())  # 32 px
     d = numpy_state(TorchDGWGAN(dim=8, image_size=SIZE))
     with pytest.raises(convert.ConversionError) as err:
-        gans.convert_prior_state('gmi', g, d, arch='gmi_tiny')  # the default 64 px
+        gan_priors.convert_prior_state('gmi', g, d, arch='gmi_tiny')  # the default 64 px
     message = str(err.value)
     assert 'l2_5.3.weight (for params/deconv4/kernel)' in message
     assert 'ls.5.weight (for params/out/kernel)' in message
@@ -506,7 +508,7 @@ def test_halves_must_agree_on_the_classes():
     g = numpy_state(TorchResNetGenerator(3, nf=8, z_dim=32, image_size=SIZE))
     d = numpy_state(TorchSNProjectionDiscriminator(5, nf=8))
     with pytest.raises(ValueError, match='the generator has 3, the discriminator has 5'):
-        gans.convert_prior_state('plgmi', g, d, arch='plgmi_tiny', image_size=SIZE)
+        gan_priors.convert_prior_state('plgmi', g, d, arch='plgmi_tiny', image_size=SIZE)
 
 
 def test_launcher_assembles_a_prior(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.payloads import Payload
-from tldmi_jax.interop import convert, gans, torch_load
+from tldmi_jax.interop import convert, gan_priors, torch_load
 
 torch = pytest.importorskip('torch')
 
@@ -46,7 +46,7 @@ def test_every_converter_refuses_a_malicious_checkpoint(kind, tmp_path):
     if family:  # A GAN half: converted with the other half; either file may be the bad one.
         for g_src, d_src in ((evil, benign), (benign, evil)):
             with pytest.raises(torch_load.UnsafeCheckpointError):
-                gans.convert_prior(family, str(g_src), str(d_src), str(dst))
+                gan_priors.convert_prior(family, str(g_src), str(d_src), str(dst))
     else:
         with pytest.raises(torch_load.UnsafeCheckpointError):
             convert.convert_checkpoint(kind, str(evil), str(dst))

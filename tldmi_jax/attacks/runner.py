@@ -180,8 +180,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     inputs = _load_inputs(config, workdir)
     cfg = inputs.cfg
     problem = inputs.spec.module.make_problem(inputs.ctx, cfg)  # LOMMA: the base, configured.
+    workdir_lib.save_config(config, workdir)  # Inputs checked: the run starts here.
     os.makedirs(os.path.join(workdir, 'batches'), exist_ok=True)
-    workdir_lib.save_config(config, workdir)
     search = latent_search.LatentSearch(
         problem,
         num_seeds=cfg.num_seeds,

@@ -1,14 +1,14 @@
 """PyTorch interoperability: safe checkpoint reading and converters to tldmi_jax models.
 
 `convert.convert_checkpoint(kind, src, dst)` converts a PyTorch `.pth`/`.tar` of a
-registered kind (`convert.KINDS`) to a model checkpoint; `gans.convert_prior(family,
+registered kind (`kinds.KINDS`) to a model checkpoint; `gan_priors.convert_prior(family,
 g_src, d_src, dst)` converts the generator and discriminator files of a GMI, KEDMI or
 PLG-MI GAN into a prior directory (`tldmi_jax.priors.load_prior`);
 `torch_load.load_state_dict` reads checkpoints with PyTorch's restricted unpickler.
 PyTorch is imported only when a checkpoint is read.
 """
 
-from tldmi_jax.interop import convert, gans, inception, mapping, torch_load
+from tldmi_jax.interop import convert, gan_priors, gans, inception, kinds, mapping, torch_load
 from tldmi_jax.interop.convert import (
     KINDS,
     Conversion,
@@ -17,7 +17,8 @@ from tldmi_jax.interop.convert import (
     convert_checkpoint,
     convert_state_dict,
 )
-from tldmi_jax.interop.gans import PRIORS, convert_prior
+from tldmi_jax.interop.gan_priors import convert_prior
+from tldmi_jax.interop.gans import PRIORS
 from tldmi_jax.interop.torch_load import UnsafeCheckpointError, load_state_dict
 
 __all__ = [
@@ -31,8 +32,10 @@ __all__ = [
     'convert_checkpoint',
     'convert_prior',
     'convert_state_dict',
+    'gan_priors',
     'gans',
     'inception',
+    'kinds',
     'load_state_dict',
     'mapping',
     'torch_load',

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from tldmi_jax.utils import atomic
+from tldmi_jax.utils import atomic, lock, metrics
 
 MODEL_DIRS = ('model_best', 'model_final')
 _ORBAX = f'{os.sep}orbax{os.sep}'  # In the file names of orbax's code.
@@ -84,10 +84,8 @@ def restore_latest(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int |
             )
             _set_aside(mngr, bad)
         return state, step
-    from tldmi_jax.utils import workdir  # Local: workdir imports this module.
-
     shown = ', '.join(str(s) for s, _ in damaged)
-    if not workdir.overwrite_requested(directory):
+    if not lock.overwrite_requested(directory):
         raise CheckpointError(
             f'no readable checkpoint in {directory}: every step is damaged or unreadable '
             f'(steps {shown}; {damaged[0][1]}); pass --config.overwrite=True to delete them '
@@ -159,8 +157,6 @@ def resume(
     Returns:
       `(manager, state, restored_step or None)`.
     """
-    from tldmi_jax.utils import metrics  # Local: metrics has no need of orbax.
-
     mngr = manager(os.path.join(workdir, 'checkpoints'), keep)
     state, restored = restore_latest(mngr, state)
     if restored is not None:

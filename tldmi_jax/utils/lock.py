@@ -38,6 +38,7 @@ class _Held:
 _HELD: dict[str, _Held] = {}  # Real path of a workdir -> its lock (aliases share one).
 _OWNER = os.getpid()  # A forked child inherits `_HELD` but must never release its locks.
 _REGISTERED = False
+_OVERWRITE: set[str] = set()  # Workdirs (real paths) prepared with overwrite=True.
 
 
 def held(workdir: str) -> bool:
@@ -92,6 +93,33 @@ def acquire(workdir: str) -> bool:
     return True
 
 
+def set_overwrite(workdir: str, overwrite: bool) -> None:
+    """Records whether the run in `workdir` was started with `config.overwrite=True`."""
+    real = os.path.realpath(workdir)
+    if overwrite:
+        _OVERWRITE.add(real)
+    else:
+        _OVERWRITE.discard(real)
+
+
+def overwrite_requested(path: str) -> bool:
+    """True if the workdir holding `path` was prepared with `config.overwrite=True`.
+
+    Lets a checkpoint reader that finds nothing readable start afresh where the user asked
+    for that (the innermost prepared workdir holding `path` decides).
+    """
+    real = os.path.realpath(path)
+    while True:
+        if real in _OVERWRITE:
+            return True
+        if held(real):
+            return False
+        parent = os.path.dirname(real)
+        if parent == real:
+            return False
+        real = parent
+
+
 def release_all() -> None:
     """Releases every lock this process holds (unlink, then close).
 
@@ -100,6 +128,7 @@ def release_all() -> None:
     """
     locks = {id(h): h for h in _HELD.values()}.values()
     _HELD.clear()
+    _OVERWRITE.clear()
     if os.getpid() != _OWNER:
         return  # A forked child: the parent's locks stay.
     for h in locks:

@@ -76,7 +76,6 @@ class WorkdirError(ValueError):
 
 
 WorkdirInUseError = lock.WorkdirInUseError
-_OVERWRITE: set[str] = set()  # Workdirs (real paths) prepared with overwrite=True.
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -96,11 +95,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
     if not workdir:
         raise WorkdirError('--workdir is empty; give the directory the run writes to')
     check_writable(workdir)
-    real = os.path.realpath(workdir)
-    if config.get('overwrite', False):
-        _OVERWRITE.add(real)
-    else:
-        _OVERWRITE.discard(real)
+    lock.set_overwrite(workdir, bool(config.get('overwrite', False)))
     if os.path.isdir(workdir):
         lock.acquire(workdir)  # Before reading or clearing anything of a previous run.
     _compare_previous(config, workdir)
@@ -149,25 +144,6 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def release_all() -> None:
     """Releases the workdir locks of this process (the launchers call it when they end)."""
     lock.release_all()
-    _OVERWRITE.clear()
-
-
-def overwrite_requested(path: str) -> bool:
-    """True if the workdir holding `path` was prepared with `config.overwrite=True`.
-
-    Lets a checkpoint reader that finds nothing readable start afresh where the user asked
-    for that (the innermost prepared workdir holding `path` decides).
-    """
-    real = os.path.realpath(path)
-    while True:
-        if real in _OVERWRITE:
-            return True
-        if lock.held(real):
-            return False
-        parent = os.path.dirname(real)
-        if parent == real:
-            return False
-        real = parent
 
 
 def _compare_previous(config: ml_collections.ConfigDict, workdir: str) -> None:
