@@ -222,9 +222,9 @@ def _identity(next_fun, args, kwargs, context):
     [
         ('tldmi+foo', None, None, 'Unknown defense'),
         ('bido', 'bido_measure', 'mi', 'bido_measure must be one of'),
-        ('dpsgd', 'dp_clip_norm', 0.0, 'dp_clip_norm must be > 0'),
+        ('dpsgd', 'dp_clip_norm', 0.0, 'dp_clip_norm=0.0: must be a finite number > 0'),
         ('negls', 'ls_alpha', 1.5, 'ls_alpha must be < 1'),
-        ('mid', 'mid_beta', -1.0, 'mid_beta must be >= 0'),
+        ('mid', 'mid_beta', -1.0, 'mid_beta=-1.0: must be a finite number >= 0'),
     ],
 )
 def test_bad_defense_configs(tmp_path, defense, field, value, match):

@@ -28,7 +28,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import dp_accounting
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -151,6 +150,8 @@ def epsilon(
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
+    import dp_accounting  # Lazy: 1.7 s of imports (scipy.stats/signal) only DP-SGD needs.
+
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(
             sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)

@@ -15,6 +15,7 @@ from typing import Any
 from absl import logging
 
 from tldmi_jax.utils import atomic
+from tldmi_jax.utils import tensorboard as tb_events
 
 
 def _scalar(value: Any) -> Any:
@@ -46,9 +47,7 @@ class MetricWriter:
         self._written = {_key(r) for r in read_metrics(workdir)}
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+            self._tb = tb_events.ScalarWriter(os.path.join(workdir, 'tensorboard'))
 
     def write(self, step: int, metrics: dict[str, Any], log: bool = True) -> None:
         record = {'step': int(step), **{k: _scalar(v) for k, v in metrics.items()}}
