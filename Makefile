@@ -24,8 +24,11 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 
 setup: $(STAMP)
 
+# Two worker processes (pytest-xdist), each test file on one of them; TEST_WORKERS=0 runs
+# everything in this process.
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,7 @@ from tests.launch import crash
 from tldmi_jax.pipelines import runlocal
 
 CONFIG = 'attack_celeba.py:attack=kedmi,runlocal'
-STEPS = 60  # Per identity batch; two batches.
+STEPS = 30  # Per identity batch; two batches.
 
 
 def _cmd(workdir, target):
@@ -48,7 +48,7 @@ def test_killed_attack_resumes_to_identical_reconstructions(tmp_path):
     assert summary['attack'] == 'kedmi' and summary['num_reconstructions'] == 20
 
     crash.kill_at_random_point(
-        _cmd(killed, target), killed, _steps_done, test='attack', low=5, high=2 * STEPS - 20
+        _cmd(killed, target), killed, _steps_done, test='attack', low=5, high=2 * STEPS - 10
     )
     assert not os.path.exists(os.path.join(killed, 'reconstructions.npz'))
     crash.run(_cmd(killed, target))
