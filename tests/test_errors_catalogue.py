@@ -220,6 +220,24 @@ def _attack_of_another_target(p: Paths) -> None:
         json.dump({'workdir': p.workdir, 'inputs': inputs}, f)
 
 
+def _reconstructions_of_another_target(p: Paths) -> None:
+    """An attack directory whose attack.json records another target's fingerprint."""
+    shutil.copytree(p.attack, os.path.join(p.tmp, 'attack'))
+    path = os.path.join(p.tmp, 'attack', 'attack.json')
+    with open(path) as f:
+        meta = json.load(f)
+    meta['target'] = dict(meta['target'], fingerprint='0123456789abcdef', checkpoint='/old/target')
+    with open(path, 'w') as f:
+        json.dump(meta, f)
+
+
+def _kedmi_prior_of_seven_classes(p: Paths) -> None:
+    from tldmi_jax import priors
+
+    path = os.path.join(p.tmp, 'kedmi7')
+    priors.save_prior(path, priors.make_prior('kedmi', num_classes=7, image_size=32, tiny=True))
+
+
 # --------------------------------------------------------------------------- patches
 
 
@@ -845,6 +863,73 @@ CASES = [
             f'--config.eval_model.checkpoint={p.target}',
         ],
         setup=_damaged_reconstructions,
+    ),
+    Case(
+        id='reconstructions-of-another-target',
+        input='reconstructions made against another target than the one given (evaluate, fisher)',
+        command=(
+            'python launch/fisher.py --config=configs/fisher_celeba.py --workdir=W '
+            '--config.attack_dir=A --config.target.checkpoint=OTHER_TARGET'
+        ),
+        expect='was made against another target (fingerprint 0123456789abcdef, /old/target)',
+        fix='Give the target the attack inverted (attack.json names it), or rerun the attack '
+        'against this one.',
+        launcher='fisher',
+        args=lambda p: [
+            '--config=configs/fisher_celeba.py',
+            f'--workdir={p.workdir}',
+            f'--config.attack_dir={os.path.join(p.tmp, "attack")}',
+            f'--config.target.checkpoint={p.target}',
+        ],
+        setup=_reconstructions_of_another_target,
+    ),
+    Case(
+        id='evaluate-reconstructions-of-another-target',
+        input='the same, given to evaluate.py',
+        command=(
+            'python launch/evaluate.py --config=configs/evaluate_celeba.py --workdir=W '
+            '--config.attack_dir=A --config.eval_model.checkpoint=E '
+            '--config.target.checkpoint=OTHER_TARGET'
+        ),
+        expect='was made against another target (fingerprint 0123456789abcdef, /old/target)',
+        fix='As above.',
+        launcher='evaluate',
+        args=lambda p: [
+            '--config=configs/evaluate_celeba.py',
+            f'--workdir={p.workdir}',
+            f'--config.attack_dir={os.path.join(p.tmp, "attack")}',
+            f'--config.eval_model.checkpoint={p.target}',
+            f'--config.target.checkpoint={p.target}',
+        ],
+        setup=_reconstructions_of_another_target,
+    ),
+    Case(
+        id='kedmi-prior-other-classes',
+        input='a KEDMI prior trained against a target of another class count',
+        command=(
+            'python launch/attack.py --config=configs/attack_celeba.py:attack=kedmi '
+            '--workdir=W --config.target.checkpoint=T --config.prior.checkpoint=KEDMI_7'
+        ),
+        expect='was trained for a target with 7 classes, but the target has 4',
+        fix='Train the KEDMI/PLG-MI prior against this target (launch/train_gan.py '
+        '--config.target.checkpoint=T).',
+        launcher='attack',
+        args=lambda p: [
+            f'--config={ATTACK}:attack=kedmi',
+            f'--workdir={p.workdir}',
+            f'--config.target.checkpoint={p.target}',
+            f'--config.prior.checkpoint={os.path.join(p.tmp, "kedmi7")}',
+        ],
+        setup=_kedmi_prior_of_seven_classes,
+    ),
+    Case(
+        id='fewer-classes-than-the-data',
+        input='`model.num_classes` smaller than the classes of the data',
+        command=f'{TRAIN} --config.model.num_classes=2',
+        expect='config.model.num_classes=2 but synthetic has 4 classes (labels 0..3)',
+        fix="Set it to at least the data's classes, or 0 to take them from the data.",
+        launcher='train',
+        args=_rl('--config.model.num_classes=2'),
     ),
     Case(
         id='not-a-pytorch-checkpoint',
