@@ -28,7 +28,7 @@ setup: $(STAMP)
 # everything in this process.
 TEST_WORKERS ?= 2
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 lint: setup
 	$(VENV)/bin/ruff check .
