@@ -14,6 +14,7 @@ Example::
 """
 
 import dataclasses
+import functools
 import json
 import os
 from types import ModuleType
@@ -73,14 +74,24 @@ class Prior:
         if self.kind == 'plgmi':
             if y is None:
                 raise ValueError('The plgmi generator is conditional: pass labels y.')
-            return self.generator.apply(g_vars, z, y, train=False)
-        return self.generator.apply(g_vars, z, train=False)
+            return _apply_eval(self.generator, g_vars, z, y)
+        return _apply_eval(self.generator, g_vars, z)
 
     def discriminate(self, d_vars: dict, x: jax.Array, y: jax.Array | None = None) -> Any:
         """The discriminator on images x [B, H, W, 3] in eval mode (see `discriminator`)."""
         if self.kind == 'plgmi':
-            return self.discriminator.apply(d_vars, x, y, train=False)
-        return self.discriminator.apply(d_vars, x)
+            return _apply_eval(self.discriminator, d_vars, x, y)
+        return _apply_eval(self.discriminator, d_vars, x, train=None)
+
+
+@functools.partial(jax.jit, static_argnames=('module', 'train'))
+def _apply_eval(module: nn.Module, variables: dict, *inputs: jax.Array, train=False):
+    """`module.apply(variables, *inputs, train=False)` compiled once per module and shapes
+    (called eagerly, an unjitted apply compiles every operation on its own); `train=None`
+    for modules without a `train` argument. Inside a traced function it is inlined."""
+    if train is None:
+        return module.apply(variables, *inputs)
+    return module.apply(variables, *inputs, train=train)
 
 
 def _family(kind: str) -> ModuleType:
