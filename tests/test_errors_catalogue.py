@@ -932,6 +932,71 @@ CASES = [
         args=_rl('--config.model.num_classes=2'),
     ),
     Case(
+        id='prior-as-classifier',
+        input='a GAN prior directory given where a classifier checkpoint is expected',
+        command=f'{TRAIN} --config.init.checkpoint=PRIOR_DIR',
+        expect='is a GAN prior (it holds prior.json), not a classifier checkpoint',
+        fix='Give a trainer workdir or its model_best / model_final directory.',
+        launcher='train',
+        args=lambda p: [
+            f'--config={RUNLOCAL}',
+            f'--workdir={p.workdir}',
+            f'--config.init.checkpoint={p.prior}',
+        ],
+    ),
+    Case(
+        id='unknown-prior-kind',
+        input='an unknown prior kind (under runlocal it used to train a tiny target first)',
+        command=(
+            'python launch/train_gan.py --config=configs/gan_celeba.py:runlocal --workdir=W '
+            '--config.prior.kind=stylegan'
+        ),
+        expect="Unknown prior kind 'stylegan'; known: gmi, kedmi, plgmi",
+        fix='Use gmi, kedmi or plgmi.',
+        launcher='train_gan',
+        args=lambda p: [
+            '--config=configs/gan_celeba.py:runlocal',
+            f'--workdir={p.workdir}',
+            '--config.prior.kind=stylegan',
+        ],
+    ),
+    Case(
+        id='prior-size-unbuildable',
+        input='an image size the prior family cannot build (it left config.json behind)',
+        command=(
+            'python launch/train_gan.py --config=configs/gan_celeba.py:runlocal --workdir=W '
+            '--config.data.image_size=48'
+        ),
+        expect='image_size must be 4 * 2**n with n >= 1, got 48',
+        fix='Use 16, 32, 64, ... (the originals use 64).',
+        launcher='train_gan',
+        args=lambda p: [
+            '--config=configs/gan_celeba.py:runlocal',
+            f'--workdir={p.workdir}',
+            '--config.data.image_size=48',
+        ],
+    ),
+    Case(
+        id='missing-inception-checkpoint',
+        input='a FID Inception checkpoint path that does not exist (it failed after the features)',
+        command=(
+            'python launch/evaluate.py --config=configs/evaluate_celeba.py --workdir=W '
+            '--config.attack_dir=A --config.eval_model.checkpoint=E '
+            '--config.fid.inception_checkpoint=MISSING'
+        ),
+        expect='Model checkpoint not found: ',
+        fix="Convert pytorch-fid's weights once (launch/convert.py --kind=fid_inception) and "
+        'give that directory, or leave the field empty to skip FID.',
+        launcher='evaluate',
+        args=lambda p: [
+            '--config=configs/evaluate_celeba.py',
+            f'--workdir={p.workdir}',
+            f'--config.attack_dir={p.attack}',
+            f'--config.eval_model.checkpoint={p.target}',
+            f'--config.fid.inception_checkpoint={os.path.join(p.tmp, "no_inception")}',
+        ],
+    ),
+    Case(
         id='not-a-pytorch-checkpoint',
         input='a file that is not a PyTorch checkpoint given to the converter',
         command='python launch/convert.py --kind=vgg16 --src=RANDOM_BYTES --dst=OUT',

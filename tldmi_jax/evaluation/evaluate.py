@@ -210,6 +210,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             f"model's {logits.shape[1]} classes."
         )
     target = load_target(config, meta)
+    if config.fid.enabled and config.fid.inception_checkpoint:
+        checkpoint.find_model_dir(config.fid.inception_checkpoint)  # Missing: fail up front.
     workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
     acc = attack_acc.attack_accuracy(
         logits,

@@ -281,6 +281,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         **dict(dc.get('kwargs') or {}),
     )
     prep = preprocess.get_preprocess(dc.name, dc.image_size)
+    # Sizes the family cannot build fail here, before anything is written (no computation).
+    priors.build_modules(
+        kind, num_classes=num_classes, image_size=dc.image_size, **prior_options(config)
+    )
     workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
     indices = np.arange(len(source))
     if kind == 'plgmi':

@@ -222,6 +222,11 @@ def find_model_dir(path: str) -> str:
 def load_model(path: str) -> dict[str, Any]:
     """Loads `{'params', 'batch_stats'}` from a model checkpoint or trainer workdir."""
     model_dir = find_model_dir(path)
+    if os.path.exists(os.path.join(model_dir, 'prior.json')):  # priors.SPEC_FILE
+        raise ValueError(
+            f'{model_dir} is a GAN prior (it holds prior.json), not a classifier checkpoint; '
+            'give a trainer workdir or model directory (model_best, model_final)'
+        )
     try:
         tree = read_tree(model_dir)
     except Exception as e:  # orbax raises several types for a non-checkpoint dir
