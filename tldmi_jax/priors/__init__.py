@@ -14,7 +14,6 @@ Example::
 """
 
 import dataclasses
-import functools
 import json
 import os
 from types import ModuleType
@@ -84,14 +83,23 @@ class Prior:
         return _apply_eval(self.discriminator, d_vars, x, train=None)
 
 
-@functools.partial(jax.jit, static_argnames=('module', 'train'))
 def _apply_eval(module: nn.Module, variables: dict, *inputs: jax.Array, train=False):
-    """`module.apply(variables, *inputs, train=False)` compiled once per module and shapes
-    (called eagerly, an unjitted apply compiles every operation on its own); `train=None`
-    for modules without a `train` argument. Inside a traced function it is inlined."""
+    """`module.apply(variables, *inputs, train=False)`; `train=None` for modules without a
+    `train` argument. Called eagerly it runs compiled once per module and shapes (an
+    unjitted apply compiles every operation on its own); inside a traced function it is
+    traced inline, as before (a nested jit would change float rounding in the attacks)."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((variables, inputs))):
+        return _apply(module, variables, *inputs, train=train)
+    return _apply_jit(module, variables, *inputs, train=train)
+
+
+def _apply(module: nn.Module, variables: dict, *inputs: jax.Array, train=False):
     if train is None:
         return module.apply(variables, *inputs)
     return module.apply(variables, *inputs, train=train)
+
+
+_apply_jit = jax.jit(_apply, static_argnames=('module', 'train'))
 
 
 def _family(kind: str) -> ModuleType:
