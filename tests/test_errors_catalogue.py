@@ -368,6 +368,22 @@ def _attack(*extra: str, target: str = 'target', prior: str = 'prior'):
     return args
 
 
+def _evaluate(*extra: str, attack: str = ''):
+    """`evaluate.py` on the fake target as evaluation model; `attack`: a directory under the
+    case's tmp ('' for the shared reconstructions); `extra` may name `{p.target}`, `{p.tmp}`."""
+
+    def args(p: Paths) -> list[str]:
+        return [
+            '--config=configs/evaluate_celeba.py',
+            f'--workdir={p.workdir}',
+            f'--config.attack_dir={os.path.join(p.tmp, attack) if attack else p.attack}',
+            f'--config.eval_model.checkpoint={p.target}',
+            *(x.format(p=p) for x in extra),
+        ]
+
+    return args
+
+
 TRAIN = 'python launch/train.py --config=configs/celeba.py[:runlocal] --workdir=W'
 ATTACK_CMD = (
     'python launch/attack.py --config=configs/attack_celeba.py --workdir=W '
@@ -856,12 +872,7 @@ CASES = [
         'truncated archive',
         fix='Rerun the attack that wrote them (its workdir resumes and rewrites the file).',
         launcher='evaluate',
-        args=lambda p: [
-            '--config=configs/evaluate_celeba.py',
-            f'--workdir={p.workdir}',
-            f'--config.attack_dir={os.path.join(p.tmp, "attack")}',
-            f'--config.eval_model.checkpoint={p.target}',
-        ],
+        args=_evaluate(attack='attack'),
         setup=_damaged_reconstructions,
     ),
     Case(
@@ -894,13 +905,7 @@ CASES = [
         expect='was made against another target (fingerprint 0123456789abcdef, /old/target)',
         fix='As above.',
         launcher='evaluate',
-        args=lambda p: [
-            '--config=configs/evaluate_celeba.py',
-            f'--workdir={p.workdir}',
-            f'--config.attack_dir={os.path.join(p.tmp, "attack")}',
-            f'--config.eval_model.checkpoint={p.target}',
-            f'--config.target.checkpoint={p.target}',
-        ],
+        args=_evaluate('--config.target.checkpoint={p.target}', attack='attack'),
         setup=_reconstructions_of_another_target,
     ),
     Case(
@@ -988,13 +993,7 @@ CASES = [
         fix="Convert pytorch-fid's weights once (launch/convert.py --kind=fid_inception) and "
         'give that directory, or leave the field empty to skip FID.',
         launcher='evaluate',
-        args=lambda p: [
-            '--config=configs/evaluate_celeba.py',
-            f'--workdir={p.workdir}',
-            f'--config.attack_dir={p.attack}',
-            f'--config.eval_model.checkpoint={p.target}',
-            f'--config.fid.inception_checkpoint={os.path.join(p.tmp, "no_inception")}',
-        ],
+        args=_evaluate('--config.fid.inception_checkpoint={p.tmp}/no_inception'),
     ),
     Case(
         id='not-a-pytorch-checkpoint',
@@ -1023,13 +1022,7 @@ CASES = [
         fix='Leave --config.eval_model.image_size=0: reconstructions are resized to the size '
         'the evaluation model was trained at.',
         launcher='evaluate',
-        args=lambda p: [
-            '--config=configs/evaluate_celeba.py',
-            f'--workdir={p.workdir}',
-            f'--config.attack_dir={p.attack}',
-            f'--config.eval_model.checkpoint={p.target}',
-            '--config.eval_model.image_size=64',
-        ],
+        args=_evaluate('--config.eval_model.image_size=64'),
     ),
     Case(
         id='missing-attack-output',
@@ -1041,12 +1034,7 @@ CASES = [
         expect='No attack output:',
         fix='Point --config.attack_dir at a finished launch/attack.py workdir.',
         launcher='evaluate',
-        args=lambda p: [
-            '--config=configs/evaluate_celeba.py',
-            f'--workdir={p.workdir}',
-            f'--config.attack_dir={os.path.join(p.tmp, "no_attack")}',
-            f'--config.eval_model.checkpoint={p.target}',
-        ],
+        args=_evaluate(attack='no_attack'),
     ),
 ]
 
