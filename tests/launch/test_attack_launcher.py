@@ -7,7 +7,7 @@ from tests.launch import crash
 from tldmi_jax.pipelines import runlocal
 
 CONFIG = 'attack_celeba.py:attack=kedmi,runlocal'
-STEPS = 30  # Per identity batch; two batches.
+STEPS = 20  # Per identity batch; two batches.
 
 
 def _cmd(workdir, target):

@@ -22,7 +22,10 @@ def get_config(arg=None):
     config = sweep_celeba.get_config('runlocal')
     config.configs_dir = os.path.dirname(sweep_celeba.__file__)  # This file is elsewhere.
     config.stage_overrides.train.update(total_steps=20, eval_every_steps=20)  # Test time.
-    config.stage_overrides.attack.update({'attack': {'steps': 8}})  # Two chunks a batch.
+    # Two chunks of one identity batch (2 identities x 2 seeds) per cell: test time.
+    config.stage_overrides.attack.update(
+        {'attack': {'steps': 8, 'num_seeds': 2}, 'identities': {'count': 2}}
+    )
     config.targets.broken = dict(
         train='celeba.py:arch=vgg16,defense=tldmi,runlocal', label='broken',
         overrides={'defense': {'fine_tune_from': '', 'freeze_layers': 24}}, checkpoint='')

@@ -9,7 +9,7 @@ from tests.launch import crash
 from tldmi_jax.utils import checkpoint
 
 CONFIG = 'celeba.py:arch=vgg16,defense=tldmi,runlocal'
-STEPS = 80
+STEPS = 40
 OVERRIDES = (f'--config.total_steps={STEPS}', '--config.checkpoint_every_steps=10')
 
 
@@ -28,14 +28,14 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
     assert losses and all(np.isfinite(losses))
     assert os.path.isdir(os.path.join(clean, 'tensorboard'))
 
-    # Killed after 10..60 steps (a seeded draw), inside a step or a checkpoint write.
+    # Killed after 10..30 steps (a seeded draw), inside a step or a checkpoint write.
     crash.kill_at_random_point(
         _cmd(killed),
         killed,
         lambda w: crash.latest_step(os.path.join(w, 'checkpoints')),
         test='train',
         low=10,
-        high=60,
+        high=STEPS - 10,
     )
     assert not os.path.isdir(os.path.join(killed, 'model_final'))
     crash.run(_cmd(killed))
