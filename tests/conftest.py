@@ -13,8 +13,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Launcher subprocesses inherit these and compile like the in-process tests (shared cache).
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 # XLA:CPU's older loop emitters compile the suite's programs in about half the time of the
-# default fusion emitters (measured: backend compile of the PLG-MI GAN test 33 -> 21 s, of the
-# distillation tests 35 -> 18 s), and these tiny programs run no slower.
+# default fusion emitters (measured cold: backend compile of the PLG-MI GAN test 33 -> 21 s,
+# of the distillation tests 35 -> 18 s; the whole suite 903 -> 720 s). See docs/testing.md.
 _FAST_COMPILE = '--xla_cpu_use_fusion_emitters=false'
 if 'xla_cpu_use_fusion_emitters' not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_FAST_COMPILE}'.strip()
