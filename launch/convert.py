@@ -20,9 +20,16 @@ discriminator (--src_d), the two files the originals save; the result is a prior
   python launch/convert.py --kind=kedmi --src=celeba_G.tar --src_d=celeba_D.tar \
     --dst=converted/kedmi_celeba
 
+PPA's StyleGAN2-ADA prior (--kind=stylegan2_ada) comes from the G_ema of a network pickle
+of stylegan2-ada-pytorch, read without running any of its code (or from a tensors-only export
+of G_ema, .pth or .npz); the result is a `stylegan2` prior directory:
+
+  python launch/convert.py --kind=stylegan2_ada --src=ffhq.pkl --dst=converted/stylegan2_ffhq
+
 Checkpoints are read with PyTorch's restricted unpickler (tensors only; one that needs
-arbitrary code is refused). Kinds: see `tldmi_jax.interop.convert.KINDS` and
-`tldmi_jax.interop.gans.PRIORS`. The last line printed is the conversion report as JSON.
+arbitrary code is refused). Kinds: see `tldmi_jax.interop.convert.KINDS`,
+`tldmi_jax.interop.gans.PRIORS` and `tldmi_jax.interop.stylegan2`. The last line printed is
+the conversion report as JSON.
 """
 
 import json
@@ -30,7 +37,7 @@ import os
 
 from absl import app, flags
 
-from tldmi_jax.interop import convert, gan_priors, gans
+from tldmi_jax.interop import convert, gan_priors, gans, stylegan2
 from tldmi_jax.utils import atomic, cli
 
 _PRIOR_HELP = {
@@ -41,11 +48,12 @@ _PRIOR_HELP = {
 _KIND = flags.DEFINE_enum(
     'kind',
     None,
-    [*convert.KINDS, *gans.PRIORS],
+    [*convert.KINDS, *gans.PRIORS, stylegan2.KIND],
     'Checkpoint kind: '
     + '; '.join(f'{k.name}: {k.description}' for k in convert.KINDS.values())
     + '; '
-    + '; '.join(f'{name}: {text}' for name, text in _PRIOR_HELP.items()),
+    + '; '.join(f'{name}: {text}' for name, text in _PRIOR_HELP.items())
+    + f'; {stylegan2.KIND}: {stylegan2.DESCRIPTION}',
 )
 _SRC = flags.DEFINE_string('src', None, 'PyTorch checkpoint file (a GAN prior: the generator).')
 _SRC_D = flags.DEFINE_string(
@@ -57,7 +65,10 @@ _DST = flags.DEFINE_string(
     'Output directory: new, empty, or an earlier conversion (replaced); anything else is refused.',
 )
 _SRC_KEY = flags.DEFINE_string(
-    'src_key', None, "'/'-path of the state dict inside the checkpoint (default: found)."
+    'src_key',
+    None,
+    "'/'-path of the state dict inside the checkpoint (default: found); for a StyleGAN2-ADA "
+    'pickle the network (default G_ema).',
 )
 _SRC_D_KEY = flags.DEFINE_string(
     'src_d_key', None, "'/'-path of the state dict inside --src_d (default: found)."
@@ -96,6 +107,22 @@ def _convert_prior():
     return report
 
 
+def _convert_stylegan2():
+    if _SRC_D.value or _SRC_D_KEY.value or _ARCH.value or _NUM_CLASSES.value or _IMAGE_SIZE.value:
+        raise app.UsageError(
+            f'--kind={stylegan2.KIND} takes --src (and --src_key) only: the pickle records the '
+            'architecture.'
+        )
+    _, report = stylegan2.convert_stylegan2(_SRC.value, _DST.value, src_key=_SRC_KEY.value)
+    spec = report['spec']
+    print(
+        f'{_KIND.value}: {report["generator"]["mapped"]} tensors of {report["source"]} -> '
+        f'{_DST.value} ({spec["image_size"]} px, z_dim {spec["z_dim"]}, w_dim {spec["w_dim"]}, '
+        f'{report["num_ws"]} ws)'
+    )
+    return report
+
+
 def _convert_model():
     if _SRC_D.value or _SRC_D_KEY.value:
         raise app.UsageError('--src_d/--src_d_key are for GAN priors (--kind=gmi|kedmi|plgmi).')
@@ -122,7 +149,10 @@ def main(argv):
     # of other files is refused before anything is read or written.
     atomic.check_replaceable(os.path.abspath(_DST.value))
     # Unsafe, unreadable or unmappable input raises; cli prints it as one error line.
-    report = _convert_prior() if _KIND.value in gans.PRIORS else _convert_model()
+    if _KIND.value == stylegan2.KIND:
+        report = _convert_stylegan2()
+    else:
+        report = _convert_prior() if _KIND.value in gans.PRIORS else _convert_model()
     print(json.dumps(report))
 
 

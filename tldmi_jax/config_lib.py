@@ -198,11 +198,25 @@ PRIOR_OPTIONS: dict[str, dict[str, Any]] = {
         out_act='unit',  # 'unit': images in [0, 1]; 'tanh': the original's raw tanh.
         channels=3,
     ),
+    # StyleGAN2-ADA (PPA), converted from the released pickles: FFHQ's options (1024 px).
+    'stylegan2': dict(
+        z_dim=512,
+        w_dim=512,  # Intermediate latent (w) size.
+        mapping_layers=8,  # Fully connected layers z -> w.
+        layer_features=None,  # Hidden width of the mapping network (None: w_dim).
+        mapping_lr=0.01,  # Learning-rate multiplier of the mapping network (weight gain).
+        channel_base=32768,  # Feature maps: min(channel_base // res, channel_max).
+        channel_max=512,
+        conv_clamp=None,  # Clamp of the convolution outputs (None: off; 256 in ADA configs).
+        resample_filter=(1, 3, 3, 1),  # FIR taps of the 2x up-sampling.
+        channels=3,
+    ),
 }
 TINY_PRIOR_OPTIONS: dict[str, dict[str, Any]] = {
     'gmi': dict(g_dim=8, d_dim=8),
     'kedmi': dict(g_dim=8, d_dim=8, mbd_features=16, mbd_kernel_dims=8),
     'plgmi': dict(z_dim=32, g_dim=8, d_dim=8),
+    'stylegan2': dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16),
 }
 
 

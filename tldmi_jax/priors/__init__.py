@@ -1,8 +1,11 @@
-"""Generative priors of the MI attacks: GMI, KEDMI and PLG-MI GANs, behind one interface.
+"""Generative priors of the MI attacks: GMI, KEDMI, PLG-MI GANs and StyleGAN2, behind one
+interface.
 
 A `Prior` bundles a generator, a discriminator, their variables and the JSON spec that
 rebuilds them. `make_prior` builds one with fresh variables, `save_prior`/`load_prior`
-write and read it (orbax tree + `prior.json`), and `tldmi_jax.train.gan` trains one.
+write and read it (orbax tree + `prior.json`), and `tldmi_jax.train.gan` trains one of the
+`TRAINABLE` families. The StyleGAN2 prior of PPA (`stylegan2`) is only converted from the
+released pickles (`tldmi_jax.interop.stylegan2`); it has a generator and no discriminator.
 
 Example::
 
@@ -23,10 +26,11 @@ import flax.linen as nn
 import jax
 
 from tldmi_jax import config_lib
-from tldmi_jax.priors import gmi, kedmi, plgmi
+from tldmi_jax.priors import gmi, kedmi, plgmi, stylegan2
 from tldmi_jax.utils import atomic, checkpoint
 
-FAMILIES: dict[str, ModuleType] = {m.KIND: m for m in (gmi, kedmi, plgmi)}  # The registry.
+FAMILIES: dict[str, ModuleType] = {m.KIND: m for m in (gmi, kedmi, plgmi, stylegan2)}
+TRAINABLE = (gmi.KIND, kedmi.KIND, plgmi.KIND)  # What `train.gan` trains; stylegan2 is converted.
 PRIOR_DIR = 'prior'  # Where a train_gan workdir keeps its final prior.
 SPEC_FILE = 'prior.json'
 _TREE_DIR = 'variables'
@@ -37,13 +41,15 @@ class Prior:
     """A GAN prior.
 
     Attributes:
-      kind: 'gmi' | 'kedmi' | 'plgmi'.
+      kind: 'gmi' | 'kedmi' | 'plgmi' | 'stylegan2'.
       generator: gmi/kedmi: `(z, train) -> images [B, H, W, 3] in [0, 1]`;
-        plgmi: `(z, y, train) -> images`.
+        plgmi: `(z, y, train) -> images`; stylegan2: `stylegan2.Generator`, `(z, psi,
+        cutoff, noise_mode) -> raw images [B, R, R, 3]` about [-1, 1], with `map` and
+        `synthesize` methods for the w space.
       discriminator: gmi: `(x) -> scores [B]`; kedmi: `(x) -> (features [B, F], logits
-        [B, K])`; plgmi: `(x, y, train) -> scores [B]`.
+        [B, K])`; plgmi: `(x, y, train) -> scores [B]`; stylegan2: None.
       variables: {'generator': {'params', 'batch_stats'}, 'discriminator': {'params', ...
-        ('spectral' for plgmi)}}.
+        ('spectral' for plgmi)}}; stylegan2: {'generator': {'params', 'buffers'}}.
       z_dim: latent size.
       num_classes: the target's classes (0 for gmi).
       image_size: output side in pixels.
@@ -68,8 +74,11 @@ class Prior:
           y: int [B] class labels (plgmi only; required there).
 
         Returns:
-          [B, image_size, image_size, 3] in [0, 1] (raw tanh for plgmi with out_act='tanh').
+          [B, image_size, image_size, 3] in [0, 1] (raw tanh for plgmi with out_act='tanh';
+          stylegan2: psi 1, the stored noise, `stylegan2.to_images` without crop or resize).
         """
+        if self.kind == stylegan2.KIND:
+            return stylegan2.to_images(_apply_eval(self.generator, g_vars, z, train=None))
         if self.kind == 'plgmi':
             if y is None:
                 raise ValueError('The plgmi generator is conditional: pass labels y.')
@@ -78,6 +87,8 @@ class Prior:
 
     def discriminate(self, d_vars: dict, x: jax.Array, y: jax.Array | None = None) -> Any:
         """The discriminator on images x [B, H, W, 3] in eval mode (see `discriminator`)."""
+        if self.discriminator is None:
+            raise ValueError(f'The {self.kind} prior has no discriminator (only G_ema converts).')
         if self.kind == 'plgmi':
             return _apply_eval(self.discriminator, d_vars, x, y)
         return _apply_eval(self.discriminator, d_vars, x, train=None)
@@ -135,13 +146,15 @@ def make_prior(
     """Builds a prior with freshly initialised variables.
 
     Args:
-      kind: 'gmi' | 'kedmi' | 'plgmi'.
-      num_classes: the target's classes (kedmi, plgmi); ignored for gmi.
-      image_size: output side, 4 * 2**n (64 in the originals; tiny tests use 16 or 32).
+      kind: 'gmi' | 'kedmi' | 'plgmi' | 'stylegan2'.
+      num_classes: the target's classes (kedmi, plgmi); ignored for gmi; 0 for stylegan2.
+      image_size: output side, 4 * 2**n (64 in the originals; tiny tests use 16 or 32;
+        stylegan2: a power of two, 1024 for FFHQ).
       tiny: start from the family's tiny widths (tests, runlocal) instead of the originals.
       seed: initialisation seed.
       **kw: family options: z_dim, g_dim, d_dim; kedmi mbd_features, mbd_kernel_dims;
-        plgmi bottom_width, out_act ('unit' | 'tanh').
+        plgmi bottom_width, out_act ('unit' | 'tanh'); stylegan2: see
+        `config_lib.PRIOR_OPTIONS['stylegan2']`.
 
     Returns:
       A `Prior`.

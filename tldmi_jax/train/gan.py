@@ -33,7 +33,7 @@ from tldmi_jax.train import gan_losses, loop
 from tldmi_jax.utils import atomic, metrics, npz, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
-KINDS = tuple(priors.FAMILIES)
+KINDS = priors.TRAINABLE  # The StyleGAN2 prior is converted, never trained here.
 _NOT_OPTIONS = ('kind', 'num_classes')
 
 
