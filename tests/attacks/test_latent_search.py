@@ -93,3 +93,25 @@ def test_instance_keys_differ_across_identities_and_seeds():
         for s in range(3)
     }
     assert len(set(draws.values())) == 9
+
+
+def test_one_compilation_per_batch_shape():
+    """A weakly typed latent leaf (as KEDMI's log-variance once was) and the small leaves XLA
+    may place otherwise (the optimizer's step count) must not compile the chunk again."""
+    base = _toy_problem(optax.adam(0.05))
+
+    def init(key):
+        return {'z': base.init(key), 'log_var': jax.lax.full((6,), 0.0)}  # weak_type=True
+
+    def loss(latent, label, key):
+        value, aux = base.loss(latent['z'] * jnp.exp(0.5 * latent['log_var']), label, key)
+        return value, aux
+
+    def render(latent, label, key):
+        return base.render(latent['z'], label, key)
+
+    problem = latent_search.Problem(init=init, loss=loss, tx=optax.adam(0.05), render=render)
+    search = latent_search.LatentSearch(problem, 2, jax.random.key(0), checkpoint_every=2)
+    search.run_batch(np.array([0, 1]), num_steps=7)  # Chunks of 2, 2, 2 and 1 steps.
+    search.run_batch(np.array([2, 3]), num_steps=7)
+    assert search._run_chunk._cache_size() == 2  # One per chunk length (2 and 1), not 2 x 3.

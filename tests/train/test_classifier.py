@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -14,9 +15,9 @@ from tldmi_jax.train import classifier
 from tldmi_jax.utils import checkpoint, metrics
 
 
-def _quick(config, steps=4):
+def _quick(config, steps=4, eval_every=None):
     config.total_steps = steps
-    config.eval_every_steps = steps
+    config.eval_every_steps = eval_every or steps
     config.checkpoint_every_steps = steps
     config.log_every_steps = 2
     return config
@@ -29,16 +30,33 @@ def _flat(tree):
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('pretrained'))
-    classifier.train_and_evaluate(_quick(celeba.get_config('arch=vgg16,runlocal')), workdir)
+    classifier.train_and_evaluate(_pretrain_config(), workdir)
     return workdir
 
 
-def test_same_config_and_seed_train_identically(pretrained, tmp_path):
+def _pretrain_config():
+    # Selection after step 2 of 4: a new best replaces part of the state mid-run.
+    return _quick(celeba.get_config('arch=vgg16,runlocal'), eval_every=2)
+
+
+def test_same_config_and_seed_train_identically(pretrained, tmp_path, monkeypatch):
     """Determinism: the `pretrained` run again (same config and seed), bit for bit. Killed and
     resumed: tests/launch/test_train_launcher.py; 1 vs 4 devices: tests/utils/test_sharding.py.
+
+    The train step and the evaluation compile once each: a best model found mid-run and the
+    best model loaded for the final evaluation keep the state's placement.
     """
+    jitted, jit = [], jax.jit
+
+    def spy(fun, **kwargs):
+        jitted.append((getattr(fun, '__name__', ''), jit(fun, **kwargs)))
+        return jitted[-1][1]
+
+    monkeypatch.setattr(jax, 'jit', spy)
     workdir = str(tmp_path / 'again')
-    classifier.train_and_evaluate(_quick(celeba.get_config('arch=vgg16,runlocal')), workdir)
+    classifier.train_and_evaluate(_pretrain_config(), workdir)
+    sizes = {name: f._cache_size() for name, f in jitted if name in ('step_fn', 'apply')}
+    assert sizes == {'step_fn': 1, 'apply': 1}, sizes
     for name in ('model_final', 'model_best'):
         a = _flat(checkpoint.load_model(os.path.join(pretrained, name)))
         b = _flat(checkpoint.load_model(os.path.join(workdir, name)))

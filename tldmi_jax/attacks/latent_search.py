@@ -60,6 +60,12 @@ def instance_key(key: jax.Array, identity: jax.Array, seed_index: jax.Array) -> 
     return jax.random.fold_in(jax.random.fold_in(key, identity), seed_index)
 
 
+def _strong(tree: Any) -> Any:
+    """`tree` without weak types: a weakly typed first input and the strongly typed outputs
+    of the first chunk would otherwise give two compilations of the same chunk."""
+    return jax.tree.map(lambda a: a.astype(a.dtype), tree)
+
+
 def _purpose_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Split an instance key into (init, step, render) keys."""
     return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
@@ -112,7 +118,8 @@ class LatentSearch:
     def _init_fn(self, identities: jax.Array):
         keys = self._keys(identities)
         latent = jax.vmap(jax.vmap(lambda k: self.problem.init(_purpose_keys(k)[0])))(keys)
-        opt_state = jax.vmap(jax.vmap(self.problem.tx.init))(latent)
+        latent = _strong(latent)
+        opt_state = _strong(jax.vmap(jax.vmap(self.problem.tx.init))(latent))
         return latent, opt_state
 
     def _update(self, latent, opt_state, identity, key, t):
@@ -183,6 +190,9 @@ class LatentSearch:
         while step < num_steps:
             length = min(self.chunk, num_steps - step)
             latent, opt_state, aux = self._run_chunk(latent, opt_state, ids, step, length)
+            # The chunk's outputs as its inputs (XLA may replicate a small leaf such as a
+            # step count): the next chunk then reuses the compiled one.
+            latent, opt_state = jax.device_put((latent, opt_state), shard)
             step += length
             if mngr is not None and step < num_steps:
                 checkpoint.save_state(mngr, step, {'latent': latent, 'opt_state': opt_state})

@@ -238,10 +238,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train.writer.write(step, {f'{split}/{k}': v for k, v in res.items()})
         if res['acc@1'] > float(state.best_val):
             train.check_finite(step, state.params)
-            state = state.replace(
-                best_val=jnp.asarray(res['acc@1'], jnp.float32),
-                best_step=jnp.asarray(step, jnp.int32),
-            )
+            # Placed like the rest of the state: an unplaced scalar would retrace the step.
+            best = (jnp.asarray(res['acc@1'], jnp.float32), jnp.asarray(step, jnp.int32))
+            best_val, best_step = sharding.replicate(best, mesh)
+            state = state.replace(best_val=best_val, best_step=best_step)
             checkpoint.save_model(
                 os.path.join(workdir, 'model_best'), state.params, state.batch_stats
             )
@@ -260,7 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoint.save_model(os.path.join(workdir, 'model_final'), state.params, state.batch_stats)
     if val is not None and int(state.best_step) >= 0:
         best = checkpoint.load_model(os.path.join(workdir, 'model_best'))
-        sel_params, sel_stats = best['params'], best['batch_stats']
+        # On the mesh like the evaluated state, so `evaluate` is not traced again.
+        sel_params, sel_stats = sharding.replicate((best['params'], best['batch_stats']), mesh)
     else:
         sel_params, sel_stats = state.params, state.batch_stats
     res = evaluate(sel_params, sel_stats, *test)
