@@ -78,7 +78,8 @@ def test_pretrained_init_then_tldmi_keeps_frozen_layers(pretrained, tmp_path):
     config.init.dont_load = ()
     final = classifier.train_and_evaluate(config, str(tmp_path))
     assert final['params/trainable'] < final['params/total']
-    before = _flat(checkpoint.load_model(os.path.join(pretrained, 'model_final'))['params'])
+    # A trainer workdir initialises from its model_best (here step 2 or 4 of the pre-training).
+    before = _flat(checkpoint.load_model(os.path.join(pretrained, 'model_best'))['params'])
     after = _flat(checkpoint.load_model(os.path.join(str(tmp_path), 'model_final'))['params'])
     frozen = [k for k in before if k.split('/')[0] < 'conv4_2']  # conv1_1 .. conv4_1
     trained = [k for k in before if k not in frozen]
