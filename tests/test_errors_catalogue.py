@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import pickle
-import runpy
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from collections.abc import Callable
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, 'docs', 'errors.md')
@@ -1071,20 +1069,11 @@ def _launcher(name: str) -> str:
 
 
 def _in_process(case: Case, argv: list[str], capsys) -> tuple[int, str]:
-    """Runs the launcher's `main` through `cli.call`; its flags are removed afterwards."""
-    from tldmi_jax.utils import cli
+    """Runs the launcher's `main` through `cli.call`; returns (status, stderr)."""
+    from tests.launch import in_process  # Here: `python tests/test_errors_catalogue.py` works.
 
-    before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
     capsys.readouterr()
-    try:
-        main = runpy.run_path(_launcher(case.launcher), run_name=f'_launch_{case.launcher}')
-        status = cli.call(main['main'], [_launcher(case.launcher), *argv])
-    finally:
-        flags.FLAGS.unparse_flags()
-        for name in set(flags.FLAGS) - before:
-            delattr(flags.FLAGS, name)
-        if was_parsed:
-            flags.FLAGS.mark_as_parsed()
+    status = in_process.call_launcher(case.launcher, argv)
     return status, capsys.readouterr().err
 
 

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import pickle
-import runpy
 import sys
 import types
 
@@ -30,8 +29,8 @@ import chex
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
+from tests.launch import in_process
 from tests.payloads import Payload
 from tldmi_jax import priors
 from tldmi_jax.interop import stylegan2 as sg2
@@ -39,7 +38,6 @@ from tldmi_jax.interop import stylegan2_pkl
 from tldmi_jax.interop.kinds import ConversionError
 from tldmi_jax.interop.torch_load import UnsafeCheckpointError
 from tldmi_jax.priors import stylegan2 as flax_sg2
-from tldmi_jax.utils import cli
 
 torch = pytest.importorskip('torch')
 tnn = torch.nn
@@ -500,19 +498,9 @@ def test_resize_is_torchvisions_antialiased_bilinear():
 
 
 def _run_launcher(argv, capsys):
-    """launch/convert.py's main in-process (`cli.call`); its flags are removed afterwards."""
-    launcher = os.path.join(ROOT, 'launch', 'convert.py')
-    before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
+    """launch/convert.py's main in-process; returns (status, captured stdout/stderr)."""
     capsys.readouterr()
-    try:
-        main = runpy.run_path(launcher, run_name='_launch_convert')['main']
-        status = cli.call(main, [launcher, *argv])
-    finally:
-        flags.FLAGS.unparse_flags()
-        for name in set(flags.FLAGS) - before:
-            delattr(flags.FLAGS, name)
-        if was_parsed:
-            flags.FLAGS.mark_as_parsed()
+    status = in_process.call_launcher('convert', argv)
     return status, capsys.readouterr()
 
 

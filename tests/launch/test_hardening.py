@@ -14,7 +14,6 @@ import collections
 import io
 import json
 import os
-import runpy
 import shutil
 import signal
 import subprocess
@@ -23,10 +22,9 @@ import time
 
 import jax
 import numpy as np
-from absl import flags
 
-from tests.launch import crash
-from tldmi_jax.utils import checkpoint, cli
+from tests.launch import crash, in_process
+from tldmi_jax.utils import checkpoint
 
 TRAIN = 'celeba.py:runlocal'
 
@@ -117,20 +115,12 @@ def test_killed_run_stale_lock_copied_workdir_and_finished_rerun(tmp_path):
 
 def _launch(name: str, *argv: str) -> tuple[int, str]:
     """Runs `launch/<name>.py` in this process (`cli.call`); returns (status, stderr)."""
-    launcher = os.path.join(crash.ROOT, 'launch', f'{name}.py')
-    before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
     err, saved = io.StringIO(), sys.stderr
     sys.stderr = err
     try:
-        main = runpy.run_path(launcher, run_name=f'_launch_{name}')
-        status = cli.call(main['main'], [launcher, *argv])
+        status = in_process.call_launcher(name, argv)
     finally:
         sys.stderr = saved
-        flags.FLAGS.unparse_flags()
-        for flag in set(flags.FLAGS) - before:
-            delattr(flags.FLAGS, flag)
-        if was_parsed:
-            flags.FLAGS.mark_as_parsed()
     return status, err.getvalue()
 
 
