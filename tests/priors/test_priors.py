@@ -299,3 +299,37 @@ def test_priors_load_and_generate_under_x64(tiny, tmp_path):
         want = np.asarray(prior.generate(prior.variables['generator'], z, *y))
         for dtype in ('float32', 'float64'):
             np.testing.assert_allclose(got[f'{kind}/{dtype}'], want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    'hw,cin,cout,k,s,p', [(8, 4, 6, 5, 2, 2), (9, 3, 5, 4, 2, 1), (7, 2, 3, 3, 3, 1)]
+)
+def test_strided_conv_equals_lax_with_first_and_second_derivatives(hw, cin, cout, k, s, p):
+    """`layers.strided_conv` (sub-pixel input gradient) against plain `lax.conv_general_dilated`:
+    values, both gradients, and the gradient of an input-gradient norm (WGAN-GP's penalty)."""
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(2, hw, hw, cin), jnp.float32)
+    w = jnp.asarray(rng.randn(k, k, cin, cout), jnp.float32)
+    pads = ((p, p), (p, p))
+
+    def plain(x, w):
+        return jax.lax.conv_general_dilated(x, w, (s, s), pads, dimension_numbers=layers._DN)
+
+    def ours(x, w):
+        return layers.strided_conv(x, w, s, p)
+
+    np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+    for argnums in (0, 1):
+        loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+        a = jax.grad(loss(ours), argnums)(x, w)
+        b = jax.grad(loss(plain), argnums)(x, w)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    def penalty(f):
+        def gp(w):
+            g = jax.grad(lambda x: jnp.sum(jnp.tanh(f(x, w))))(x)
+            return jnp.sum((jnp.sqrt(jnp.sum(g**2, axis=(1, 2, 3))) - 1.0) ** 2)
+
+        return jax.grad(gp)(w)
+
+    np.testing.assert_allclose(penalty(ours), penalty(plain), rtol=1e-4, atol=1e-4)
