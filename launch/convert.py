@@ -151,8 +151,10 @@ def main(argv):
     # Unsafe, unreadable or unmappable input raises; cli prints it as one error line.
     if _KIND.value == stylegan2.KIND:
         report = _convert_stylegan2()
+    elif _KIND.value in gans.PRIORS:
+        report = _convert_prior()
     else:
-        report = _convert_prior() if _KIND.value in gans.PRIORS else _convert_model()
+        report = _convert_model()
     print(json.dumps(report))
 
 

@@ -117,9 +117,7 @@ def fill_in(
         attacks.resolve(config.attack)  # An unknown attack fails before anything trains.
         missing = not (config.target.checkpoint and config.prior.checkpoint)
     elif stage == 'gan':
-        if config.prior.kind not in priors.TRAINABLE:  # Fails before a target is trained.
-            known = ', '.join(priors.TRAINABLE)
-            raise ValueError(f'Unknown prior kind {config.prior.kind!r}; known: {known}.')
+        priors.check_trainable(config.prior.kind)  # Fails before a target is trained.
         missing = config.prior.kind != 'gmi' and not config.target.get('checkpoint')
     elif stage == 'distill':
         missing = not config.target.checkpoint

@@ -36,6 +36,12 @@ SPEC_FILE = 'prior.json'
 _TREE_DIR = 'variables'
 
 
+def check_trainable(kind: str) -> None:
+    """Raises ValueError, naming the trainable kinds, unless `train.gan` trains `kind`."""
+    if kind not in TRAINABLE:
+        raise ValueError(f'Unknown prior kind {kind!r}; known: {", ".join(TRAINABLE)}.')
+
+
 @dataclasses.dataclass
 class Prior:
     """A GAN prior.

@@ -33,7 +33,6 @@ from tldmi_jax.train import gan_losses, loop
 from tldmi_jax.utils import atomic, metrics, npz, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
-KINDS = priors.TRAINABLE  # The StyleGAN2 prior is converted, never trained here.
 _NOT_OPTIONS = ('kind', 'num_classes')
 
 
@@ -266,8 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         runlocal); a target whose class count differs from `config.prior.num_classes`.
     """
     kind = config.prior.kind
-    if kind not in KINDS:
-        raise ValueError(f'Unknown prior kind {kind!r}; known: {", ".join(KINDS)}.')
+    priors.check_trainable(kind)
     metrics.quiet_libraries()
     workdir_lib.prepare(config, workdir)
     sharding.check_devices(config.get('devices', 0))
