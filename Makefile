@@ -9,7 +9,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: setup test lint demo demo-data clean
+.PHONY: setup test lint demo demo-data browser clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,21 @@ setup: $(STAMP)
 # Two worker processes (pytest-xdist), each test file on one of them; TEST_WORKERS=0 runs
 # everything in this process.
 TEST_WORKERS ?= 2
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+
+# The browser tests drive Debian's Chromium with Playwright (Playwright's own browser download
+# needs the network): apt-get as root when it is missing, otherwise the command to run is
+# printed and those tests are skipped. CHROMIUM=PATH names another executable.
+browser:
+	@[ -n "$$CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || \
+	  command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo 'Installing Debian package chromium (for the browser tests)...'; \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo 'The browser tests need Chromium (skipped without it): sudo apt-get install chromium'; \
+	  fi; }
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -229,6 +229,32 @@ def _reconstructions_of_another_target(p: Paths) -> None:
         json.dump(meta, f)
 
 
+def _attack_of_other_identities(p: Paths) -> None:
+    """An attack directory of identities 7-8 (the shared artefact attacked 0-3)."""
+    from tldmi_jax import reconstructions
+
+    ids = np.array([7, 8], np.int32)
+    reconstructions.save(
+        os.path.join(p.tmp, 'other'), np.zeros((2, 32, 32, 3)), ids, ids * 0, ids * 0
+    )
+
+
+def _userstudy(*flags: str, mode: str = 'prepare') -> Callable[[Paths], list[str]]:
+    """launch/userstudy.py on the generated data; `{attack}`/`{tmp}` in flags are filled in."""
+
+    def args(p: Paths) -> list[str]:
+        filled = [f.format(attack=p.attack, tmp=p.tmp) for f in flags]
+        return [
+            '--config=configs/userstudy.py',
+            f'--workdir={p.workdir}',
+            f'--config.mode={mode}',
+            '--config.data.name=synthetic',
+            *filled,
+        ]
+
+    return args
+
+
 def _kedmi_prior_of_seven_classes(p: Paths) -> None:
     from tldmi_jax import priors
 
@@ -1034,6 +1060,50 @@ CASES = [
         launcher='evaluate',
         args=_evaluate(attack='no_attack'),
     ),
+    Case(
+        id='userstudy-one-arm',
+        input='a user study with one arm',
+        command='python launch/userstudy.py --config=configs/userstudy.py --workdir=W '
+        '--config.arms.none=A',
+        expect='a study compares at least two arms',
+        fix='Give two or more attack workdirs, one --config.arms.NAME=DIR each.',
+        launcher='userstudy',
+        args=_userstudy('--config.arms.none={attack}'),
+    ),
+    Case(
+        id='userstudy-arm-unset',
+        input='an arm named in the config argument without its attack workdir',
+        command='python launch/userstudy.py --config=configs/userstudy.py:arms=none+tldmi '
+        '--workdir=W --config.arms.none=A',
+        expect='arms without an attack workdir: tldmi; give --config.arms.tldmi=ATTACK_DIR',
+        fix='Give the missing --config.arms.NAME=DIR, or leave the name out of :arms=.',
+        launcher='userstudy',
+        args=lambda p: [
+            '--config=configs/userstudy.py:arms=none+tldmi',
+            *_userstudy('--config.arms.none={attack}')(p)[1:],
+        ],
+    ),
+    Case(
+        id='userstudy-no-shared-identity',
+        input='user-study arms that attacked different identities',
+        command='python launch/userstudy.py --config=configs/userstudy.py --workdir=W '
+        '--config.arms.none=A --config.arms.tldmi=OTHER',
+        expect='the arms share no identity (none: [0, 1, 2, 3]; tldmi: [7, 8])',
+        fix='Attack the same identities with every arm (the same identities.* config).',
+        launcher='userstudy',
+        args=_userstudy('--config.arms.none={attack}', '--config.arms.tldmi={tmp}/other'),
+        setup=_attack_of_other_identities,
+    ),
+    Case(
+        id='userstudy-not-prepared',
+        input='exporting or summarising a study that was never prepared',
+        command='python launch/userstudy.py --config=configs/userstudy.py --workdir=W '
+        '--config.mode=export',
+        expect='study/manifest.json does not exist; run launch/userstudy.py with --config.mode',
+        fix='Prepare (or serve) the study in that workdir first, with its arms.',
+        launcher='userstudy',
+        args=_userstudy(mode='export'),
+    ),
 ]
 
 
@@ -1156,6 +1226,11 @@ BAD_NUMBERS = {
         'configs/sweep_celeba.py:table=paper,runlocal',
         '--config.targets.mid.overrides.defense.mid_beta=-1',
         'config.targets.mid.overrides.defense.mid_beta=-1.0: must be a finite number >= 0',
+    ),
+    'userstudy': (
+        'configs/userstudy.py:runlocal',
+        '--config.study.attention_rate=2',
+        'config.study.attention_rate=2.0: must be a finite number in [0, 1]',
     ),
     'demo': (
         'configs/demo.py:runlocal',

@@ -22,7 +22,7 @@ LAYERS = (
     ('utils', 'config_lib', 'config_checks'),
     ('models', 'data', 'reconstructions'),
     ('defenses', 'priors', 'interop', 'reporting', 'classifiers'),
-    ('train', 'attacks', 'evaluation', 'analysis'),
+    ('train', 'attacks', 'evaluation', 'analysis', 'userstudy'),
     ('pipelines',),
     ('launch',),
 )

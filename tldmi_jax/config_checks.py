@@ -97,6 +97,7 @@ TOP: dict[str, Range] = {
     'devices': ints(0),
     'num_samples': ints(1),
     'gp_weight': NON_NEGATIVE,
+    'port': Range(low=0, high=65535, integer=True),
 }
 
 # Fields of the blocks of a stage config, by block name.
@@ -179,6 +180,15 @@ BLOCKS: dict[str, dict[str, Range]] = {
     'kedmi': {'unlabeled_weight': NON_NEGATIVE, 'entropy_weight': NON_NEGATIVE},
     'plgmi': {'alpha': NON_NEGATIVE, 'top_n': ints(1)},
     'report': {'max_pairs': ints(0), 'pairs_per_row': ints(1), 'real_per_class': ints(1)},
+    'study': {
+        'references_per_trial': ints(1),
+        'seeds_per_identity': ints(1),
+        'identities': ints(0),
+        'attention_rate': Range(low=0, high=1),
+        'min_attention': Range(low=0, high=1),
+        'reference_size': ints(0),
+        'display_size': Range(low=32, high=1024, integer=True),
+    },
 }
 
 

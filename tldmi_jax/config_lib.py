@@ -7,6 +7,8 @@ the colon in `--config=configs/celeba.py:arch=vgg16,defense=tldmi,runlocal`.
 import hashlib
 import json
 import os
+import re
+import sys
 from typing import Any
 
 import ml_collections
@@ -65,6 +67,22 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec: Any) -> ml_collection
             raise ValueError(f'Config argument {key!r} needs a value ({key}=...).')
         result[key] = _coerce(value, default) if eq else True
     return result
+
+
+def command_line_keys(block: str, argv: list[str] | None = None) -> list[str]:
+    """The names `NAME` of the `--config.<block>.NAME=...` overrides on the command line.
+
+    For config blocks whose fields the user names (the user study's arms): the config file
+    declares them, so that `--config.arms.bido=DIR` works without listing `bido` first.
+    In command-line order, without repeats; `argv` defaults to `sys.argv`.
+    """
+    pattern = re.compile(rf'--config\.{re.escape(block)}\.([A-Za-z_][A-Za-z0-9_]*)(=|$)')
+    found = []
+    for arg in sys.argv if argv is None else argv:
+        match = pattern.match(arg)
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:

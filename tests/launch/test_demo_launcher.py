@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests import browser
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, 'configs', 'demo.py') + ':runlocal'
 TARGETS = ('none', 'tldmi_stage3', 'tldmi_stage4', 'tldmi_head')
@@ -158,3 +160,16 @@ def test_every_stage_workdir_holds_only_names_overwrite_may_delete(demo_run):
     assert len(stage_dirs) >= 12, stage_dirs
     for d in stage_dirs:
         assert workdir_lib.foreign_entries(d) == [], d
+
+
+def test_report_html_images_load_in_a_browser(demo_run):
+    """The demo's report.html in Chromium: every image (inline PNG) has decoded."""
+    workdir, _ = demo_run
+    with browser.browser() as chromium:
+        page = chromium.new_page(viewport={'width': 1000, 'height': 800})
+        page.goto('file://' + os.path.join(os.path.abspath(workdir), 'report.html'))
+        page.wait_for_load_state('load')
+        count = page.evaluate('() => document.images.length')
+        assert count >= 5  # Plot, Fisher, grids, prior samples.
+        assert browser.broken_images(page) == []
+        browser.screenshot(page, 'demo_report.png')

@@ -13,7 +13,9 @@ generated data, and returns a copy of the config pointing at it:
 * `gan`: the tiny target that KEDMI's and PLG-MI's GANs are trained against (`target/`);
 * `distill`: the tiny target the students are distilled from (`target/`);
 * `evaluate` and `fisher`: a tiny target and evaluation model, and the reconstructions of a
-  tiny real GMI attack on that target (`runlocal/{target,eval_model,attack}`).
+  tiny real GMI attack on that target (`runlocal/{target,eval_model,attack}`);
+* `userstudy`: for every arm left unset, a tiny GMI attack on one tiny target, the arms
+  differing in the attack seed (`runlocal/{target,arms/<name>}`).
 
 Everything is reused when it already exists, so a rerun does not retrain. Nothing here runs
 without `config.runlocal`.
@@ -29,11 +31,12 @@ from tldmi_jax.attacks import runner
 from tldmi_jax.train import classifier
 from tldmi_jax.utils import workdir as workdir_lib
 
-STAGES = ('attack', 'gan', 'distill', 'evaluate', 'fisher')
+STAGES = ('attack', 'gan', 'distill', 'evaluate', 'fisher', 'userstudy')
 SUBDIR = 'runlocal'  # evaluate/fisher: where their stand-ins live.
 TARGET_ARCH, TARGET_SIZE = 'facenet64', 16  # evaluate/fisher's tiny target.
 EVAL_ARCH, EVAL_SIZE = 'facenet', 32  # The tiny evaluation model (64 -> 112 in miniature).
 TRAIN_STEPS = 30  # Steps of the evaluate/fisher stand-ins and the sweep's evaluation model.
+USERSTUDY_ATTACK_STEPS = 4  # The user study's stand-in arms only need images to show.
 
 
 def tiny_classifier(
@@ -121,6 +124,8 @@ def fill_in(
         missing = config.prior.kind != 'gmi' and not config.target.get('checkpoint')
     elif stage == 'distill':
         missing = not config.target.checkpoint
+    elif stage == 'userstudy':
+        missing = not all(config.arms.values())
     else:
         missing = not (
             config.target.checkpoint
@@ -137,6 +142,7 @@ def fill_in(
         'distill': _distill,
         'evaluate': _evaluation,
         'fisher': _evaluation,
+        'userstudy': _userstudy,
     }[stage](config, workdir)
 
 
@@ -204,12 +210,24 @@ def _distill(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.
     return config
 
 
-def tiny_attack(workdir: str, *, target: str, data_config: ml_collections.ConfigDict, seed=0):
-    """A tiny GMI attack (random tiny prior) on `target`, 4 identities in 2 batches (once)."""
+def tiny_attack(
+    workdir: str,
+    *,
+    target: str,
+    data_config: ml_collections.ConfigDict,
+    seed: int = 0,
+    steps: int | None = None,
+) -> str:
+    """A tiny GMI attack (random tiny prior) on `target`, 4 identities in 2 batches (once).
+
+    `steps`: iterations per batch (default: the runlocal attack config's).
+    """
     if os.path.exists(os.path.join(workdir, reconstructions.FILENAME)):
         return workdir
     config = config_lib.attack_config('gmi', runlocal=True)
     config.seed = seed
+    if steps:
+        config.attack.steps = steps
     config.target.checkpoint = target
     config.data.name = data_config.name
     config.data.kwargs = ml_collections.ConfigDict(dict(data_config.get('kwargs') or {}))
@@ -248,6 +266,28 @@ def _evaluation(config: ml_collections.ConfigDict, workdir: str) -> ml_collectio
             data_config=config.data,
             seed=config.seed,
         )
+    return config
+
+
+def _userstudy(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """The user study's unset arms: tiny GMI attacks (seeds 0, 1, ...) on one tiny target."""
+    base = os.path.join(workdir, SUBDIR)
+    target = tiny_classifier(
+        os.path.join(base, 'target'),
+        **_data_args(config.data),
+        image_size=int(dict(config.data.get('kwargs') or {}).get('image_size', 32)),
+        seed=config.seed,
+        steps=TRAIN_STEPS,
+    )
+    for i, (name, path) in enumerate(sorted(config.arms.items())):
+        if not path:
+            config.arms[name] = tiny_attack(
+                os.path.join(base, 'arms', name),
+                target=target,
+                data_config=config.data,
+                seed=config.seed + i,
+                steps=USERSTUDY_ATTACK_STEPS,
+            )
     return config
 
 

@@ -52,7 +52,9 @@ from tldmi_jax.utils import atomic, fingerprint, lock
 
 CONFIG_FILE = 'config.json'
 INPUTS_FILE = 'inputs.json'  # Input fingerprints and where the run started.
-IGNORED = ('overwrite',)  # Top-level fields that never count as a difference.
+# Top-level fields that never count as a difference: the user study's serving options (what
+# to do with a prepared study, and where to serve it) do not change the study.
+IGNORED = ('overwrite', 'mode', 'host', 'port', 'invite')
 MAX_LISTED = 10
 # Every top-level name a stage, the sweep or the demo writes into its workdir (a test runs
 # each launcher and checks its workdir against this list). `overwrite` deletes only these;
@@ -65,6 +67,7 @@ OUTPUT_NAMES = (
     r'pairs\.png|report\.(md|html)|fisher(\.(json|png|csv))?|cells|cell\.json|eval_model',
     r'pretrain|sweep|summary\.json|timings\.json|runlocal|runlocal_data',
     r'utility_privacy\.png|events\.out\.tfevents\..*',
+    r'study|answers\.sqlite(-wal|-shm|-journal)?|export|results',
 )
 # Temporary names of the atomic writers (`utils.atomic`), the writability probe and the lock.
 _TEMPORARY = r'(\..*\.tmp(\.\w+)?|\.write_test\..*|\.lock|\.tldmi_jax.*)'

@@ -1,0 +1,1 @@
+"""The human evaluation: a pairwise similarity study served as a local web app."""
