@@ -38,6 +38,7 @@ SLOW_FIRST = (
     'tests/launch/test_hardening.py',
     'tests/launch/test_train_gan_launcher.py',
     'tests/launch/test_evaluate_launcher.py',
+    'tests/launch/test_userstudy_launcher.py',
     'tests/train/test_gan.py',
     'tests/launch/test_attack_launcher.py',
     'tests/test_errors_catalogue.py',
