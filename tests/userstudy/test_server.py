@@ -32,7 +32,8 @@ def _count(study):
 
 def test_pages_and_health(study, client):
     assert client.get('/').status_code == 200
-    assert b'Rater id' in client.get('/').data
+    page = client.get('/').data
+    assert b'Rater id' in page and b'There are 6 pages' in page  # 4 pairs + 2 checks.
     health = client.get('/api/health').json
     assert health == {'ok': True, 'study_hash': study[1]['study_hash']}
     assert client.get('/t/not-a-token').status_code == 404

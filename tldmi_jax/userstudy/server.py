@@ -110,8 +110,8 @@ class Study:
             self.store.answers(), self.arms, min_attention=self.manifest['min_attention']
         )
 
-    def chart(self) -> str:
-        """The bar chart of the current answers (redrawn when their number changed)."""
+    def chart(self) -> bytes:
+        """The PNG bar chart of the current answers (redrawn when their number changed)."""
         directory = os.path.join(self.workdir, RESULTS_DIR)
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, f'chart_{self.store.count()}.png')
@@ -121,7 +121,14 @@ class Study:
                     if old.startswith('chart_') and old.endswith('.png'):
                         os.remove(os.path.join(directory, old))
                 stats.bar_chart(self.summary(), path)
-        return path
+            with open(path, 'rb') as f:
+                return f.read()
+
+    @property
+    def trials_per_rater(self) -> int:
+        """Pair trials plus the attention checks each rater gets."""
+        pairs, pool = len(self.manifest['trials']), len(self.manifest.get('attention', []))
+        return pairs + trials.num_attention(pairs, self.manifest['attention_rate'], pool)
 
 
 def _image_url(name: str) -> str:
@@ -214,7 +221,7 @@ def create_app(workdir: str) -> flask.Flask:
 
     @app.get('/')
     def index():
-        return flask.render_template('index.html', title=title, total=len(study.manifest['trials']))
+        return flask.render_template('index.html', title=title, total=study.trials_per_rater)
 
     @app.post('/api/raters')
     def join():
@@ -293,7 +300,7 @@ def create_app(workdir: str) -> flask.Flask:
 
     @app.get('/results/chart.png')
     def chart():
-        response = flask.send_file(study.chart(), mimetype='image/png')
+        response = flask.Response(study.chart(), mimetype='image/png')
         response.headers['Cache-Control'] = 'no-store'
         return response
 
