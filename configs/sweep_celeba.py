@@ -16,6 +16,10 @@ Each stage reads its own config file (`stages.*`, in this file's directory), so 
 defaults live in one place; `stage_overrides` set fields of every config of a stage (the
 pretrained backbone of every target, the FID Inception weights). Rerunning resumes:
 finished cells are skipped, a failing cell is reported and skipped.
+
+On a cluster (a workdir on a shared filesystem): `--config.cells=plan` writes plan.json
+(every piece as a command, with its dependencies) and plan_slurm.sh (Slurm job arrays, one
+per dependency level); `--config.only=PIECE` runs one piece (docs/scaling.md).
 """
 
 import os
@@ -73,6 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.configs_dir = ''  # Stage config files: relative to this file's directory ('': it).
     config.overwrite = False  # True: replace a sweep with another config in --workdir.
+    config.cells = ''  # 'plan': write plan.json + plan_slurm.sh (every piece as a command).
+    config.only = ''  # One piece of the plan (e.g. 'target:none', 'cell:none__gmi', 'results').
     # --- stages: config files (':args' allowed) ---
     config.stages = ml_collections.ConfigDict()
     config.stages.gan = f'gan_celeba.py:runlocal={arg.runlocal}'  # ':prior=KIND' is appended.

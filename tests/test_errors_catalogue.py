@@ -1061,6 +1061,36 @@ CASES = [
         args=_evaluate(attack='no_attack'),
     ),
     Case(
+        id='sweep-piece-unknown',
+        input='a sweep piece that is not in the plan',
+        command='python launch/sweep.py --config=configs/sweep_celeba.py:runlocal --workdir=W '
+        '--config.only=cell:nobody__gmi',
+        expect="config.only='cell:nobody__gmi' is no piece of this sweep; use one of "
+        'target:none, target:tldmi, eval_model',
+        fix='Use a piece that --config.cells=plan lists.',
+        launcher='sweep',
+        args=lambda p: [
+            '--config=configs/sweep_celeba.py:runlocal',
+            f'--workdir={p.workdir}',
+            '--config.only=cell:nobody__gmi',
+        ],
+    ),
+    Case(
+        id='sweep-piece-upstream-missing',
+        input='a sweep piece run before the pieces it needs',
+        command='python launch/sweep.py --config=configs/sweep_celeba.py:runlocal --workdir=W '
+        '--config.only=cell:none__gmi',
+        expect='cell:none__gmi needs target:none, prior:gmi, eval_model, which did not finish',
+        fix='Run the pieces it names first (their --config.only= flags are in the line), or '
+        'let plan_slurm.sh order them.',
+        launcher='sweep',
+        args=lambda p: [
+            '--config=configs/sweep_celeba.py:runlocal',
+            f'--workdir={p.workdir}',
+            '--config.only=cell:none__gmi',
+        ],
+    ),
+    Case(
         id='userstudy-one-arm',
         input='a user study with one arm',
         command='python launch/userstudy.py --config=configs/userstudy.py --workdir=W '

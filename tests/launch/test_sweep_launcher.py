@@ -1,13 +1,18 @@
 """launch/sweep.py: two defenses x GMI end to end, a failing cell, a kill and a resume."""
 
+import csv
+import json
 import os
+import random
+import shlex
+import subprocess
 
 import pytest
 
 from configs import sweep_celeba
-from tests.launch import crash
+from tests.launch import crash, in_process
 from tldmi_jax import attacks
-from tldmi_jax.pipelines import sweep
+from tldmi_jax.pipelines import sweep, sweep_pieces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -170,3 +175,143 @@ def test_stage_configs_resolve_beside_the_sweep_config_from_any_directory(tmp_pa
     assert train.model.arch == 'vgg16_tiny'
     with pytest.raises(FileNotFoundError, match='celeba.py'):
         sweep._stage_config(config, config.targets.none.train, 'train', base=str(tmp_path))
+
+
+def test_paper_table_plan_lists_every_piece_once_with_its_dependencies(tmp_path):
+    """The cluster plan of the paper's table (no compute): priors per target, students."""
+    config = sweep_celeba.get_config('arch=vgg16,table=paper')
+    config.eval_model.checkpoint = '/ckpt/eval'
+    pieces = sweep_pieces.plan(config, str(tmp_path), os.path.join(ROOT, 'configs'))
+    ids = [p['id'] for p in pieces]
+    assert len(ids) == len(set(ids))
+    targets = ('none', 'mid', 'bido', 'tldmi')
+    expected = {f'target:{t}' for t in targets} | {'prior:gmi', 'results'}
+    expected |= {f'prior:{k}:{t}' for k in ('kedmi', 'plgmi') for t in targets}
+    expected |= {f'students:{t}' for t in targets}
+    expected |= {f'cell:{t}__{a}' for t in targets for a in config.attacks}
+    assert set(ids) == expected
+    deps = {p['id']: p['deps'] for p in pieces}
+    assert deps['prior:gmi'] == [] and deps['prior:kedmi:mid'] == ['target:mid']
+    assert deps['students:bido'] == ['target:bido']
+    assert deps['cell:tldmi__gmi'] == ['target:tldmi', 'prior:gmi']
+    assert deps['cell:none__kedmi+lomma'] == ['target:none', 'prior:kedmi:none', 'students:none']
+    assert deps['cell:mid__plgmi'] == ['target:mid', 'prior:plgmi:mid']
+    assert set(deps['results']) == {i for i in ids if i.startswith('cell:')}
+    # Upstream first, and the levels respect every dependency.
+    position = {i: n for n, i in enumerate(ids)}
+    assert all(position[d] < position[i] for i in ids for d in deps[i])
+    level = {i: n for n, group in enumerate(sweep_pieces.levels(pieces)) for i in group}
+    assert all(level[d] < level[i] for i in ids for d in deps[i])
+    # Targets + the GMI prior; the per-target priors, students and the 4 GMI cells (they need
+    # nothing else); the other 16 cells; the table.
+    assert [len(g) for g in sweep_pieces.levels(pieces)] == [5, 16, 16, 1]
+
+
+def _piece_argv(command):
+    return shlex.split(command)[2:]  # Without the interpreter and the launcher.
+
+
+def test_planned_pieces_in_a_shuffled_order_give_the_same_table(reference, tmp_path, capsys):
+    """--config.cells=plan, then every piece on its own (in-process), upstream first in a
+    shuffled order: the same results as the whole sweep; a piece before its upstream and the
+    broken target fail with one line each."""
+    config, clean = reference
+    workdir = str(tmp_path / 'pieces')
+    argv = [f'--config={config}', f'--workdir={workdir}']
+    assert in_process.call_launcher('sweep', [*argv, '--config.cells=plan']) == 0
+    printed = json.loads(capsys.readouterr().out.rsplit('\n]\n', 1)[0] + '\n]')
+    with open(os.path.join(workdir, 'plan.json')) as f:
+        pieces = json.load(f)['pieces']
+    assert printed == pieces
+    ids = [p['id'] for p in pieces]
+    assert sorted(ids) == sorted(
+        ['eval_model', 'prior:gmi', 'results']
+        + [f'target:{t}' for t in ('none', 'tldmi', 'broken')]
+        + [f'cell:{t}__gmi' for t in ('none', 'tldmi', 'broken')]
+    )
+    deps = {p['id']: set(p['deps']) for p in pieces}
+    assert deps['cell:none__gmi'] == {'target:none', 'prior:gmi', 'eval_model'}
+    for p in pieces:
+        assert f'--workdir={workdir}' in p['command'] and p['command'].endswith(p['id'])
+    # A cell before its target: one error line naming what to run first; nothing written.
+    too_early = _piece_argv(pieces[ids.index('cell:none__gmi')]['command'])
+    assert in_process.call_launcher('sweep', too_early) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith('error: cell:none__gmi needs target:none, prior:gmi, eval_model')
+    assert '--config.only=target:none' in err
+    assert not os.path.exists(os.path.join(workdir, 'cells'))
+
+    rng = random.Random(3)
+    finished, failed = set(), set()
+    todo = [i for i in ids if i != 'results']
+    while todo:
+        ready = [i for i in todo if deps[i] <= finished or deps[i] & failed]
+        piece = rng.choice(ready)
+        todo.remove(piece)
+        if deps[piece] & failed:
+            failed.add(piece)  # Its upstream failed: not run.
+            continue
+        status = in_process.call_launcher('sweep', _piece_argv(pieces[ids.index(piece)]['command']))
+        (finished if status == 0 else failed).add(piece)
+    capsys.readouterr()
+    assert failed == {'target:broken', 'cell:broken__gmi'}
+    assert in_process.call_launcher('sweep', _piece_argv(pieces[-1]['command'])) == 0
+
+    def rows(path):
+        with open(os.path.join(path, 'results.csv')) as f:
+            return {r['target']: r for r in csv.DictReader(f)}
+
+    whole, parts = rows(clean), rows(workdir)
+    assert parts['none'] == whole['none'] and parts['tldmi'] == whole['tldmi']
+    assert parts['broken']['status'] == 'missing' and whole['broken']['status'] == 'failed'
+    assert {n: _cell(workdir, n) for n in ('none', 'tldmi')} == {
+        n: _cell(clean, n) for n in ('none', 'tldmi')
+    }
+
+
+def test_slurm_script_submits_one_array_per_level(tmp_path):
+    """plan_slurm.sh with a stand-in `sbatch`: levels chained afterok, the table afterany; an
+    array task runs its piece (here the results table) through the launcher."""
+    workdir = str(tmp_path / 'sweep')
+    config = sweep_celeba.get_config('runlocal')
+    command = ['python', 'launch/sweep.py', '--config=c.py']
+    pieces = sweep_pieces.write_plan(
+        config, workdir, command, os.path.join(ROOT, 'configs'), cwd=ROOT
+    )
+    script = os.path.join(workdir, 'plan_slurm.sh')
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'sbatch').write_text(
+        '#!/bin/bash\necho "$@" >> "$SBATCH_LOG"\necho $(( 100 + $(wc -l < "$SBATCH_LOG") ))\n'
+    )
+    (fake / 'sbatch').chmod(0o755)
+    log = tmp_path / 'sbatch.log'
+    env = {**os.environ, 'PATH': f'{fake}:{os.environ["PATH"]}', 'SBATCH_LOG': str(log)}
+    env['SBATCH_ARGS'] = '--gres=gpu:1'
+    proc = subprocess.run(['bash', script], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().strip().splitlines()
+    groups = sweep_pieces.levels(pieces)
+    assert groups == [
+        ['target:none', 'target:tldmi', 'eval_model', 'prior:gmi'],
+        ['cell:none__gmi', 'cell:tldmi__gmi'],
+        ['results'],
+    ]
+    assert len(calls) == len(groups)
+    for n, (call, group) in enumerate(zip(calls, groups, strict=True)):
+        assert f'--array=0-{len(group) - 1}' in call and '--gres=gpu:1' in call
+        assert f'TLDMI_SWEEP_LEVEL={n}' in call and call.endswith(script)
+        if n:
+            after = 'afterany' if n == len(groups) - 1 else 'afterok'
+            assert f'--dependency={after}:{100 + n}' in call
+        else:
+            assert '--dependency' not in call
+    # An array task: level 1, index 1 runs the second cell's command (a stand-in python).
+    (fake / 'python').write_text('#!/bin/bash\necho "ran: $*"\n')
+    (fake / 'python').chmod(0o755)
+    task = {**env, 'SLURM_ARRAY_TASK_ID': '1', 'TLDMI_SWEEP_LEVEL': '1'}
+    proc = subprocess.run(['bash', script], env=task, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    expected = 'ran: launch/sweep.py --config=c.py --config.only=cell:tldmi__gmi'
+    assert proc.stdout.strip() == expected
+    assert len(log.read_text().strip().splitlines()) == len(groups)  # The task submits nothing.

@@ -14,6 +14,8 @@ rerun skips finished cells and resumes the unfinished one. A failing cell is rec
 error and the sweep goes on. The results table (`results.csv`, `results.md`) and the
 utility-vs-privacy plot are rewritten after every cell.
 
+On a cluster the same matrix runs as independent jobs: `sweep_pieces.py`.
+
 Each stage's config comes from its own config file (e.g. `gan_celeba.py:prior=kedmi`), so the
 sweep never duplicates a stage's defaults; `data.root`/`data.data_dir` go to every stage,
 `stage_overrides` set nested fields of a stage, and each target's `overrides` set its training
@@ -108,11 +110,11 @@ def _with_arg(spec: str, extra: str) -> str:
     return f'{spec},{extra}' if ':' in spec else f'{spec}:{extra}'
 
 
-def _done(path: str) -> bool:
+def finished(path: str) -> bool:
     return os.path.exists(os.path.join(path, 'results.json'))
 
 
-class _Sweep:
+class Sweep:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, base: str):
         self.config = config
         self.workdir = workdir
@@ -121,12 +123,33 @@ class _Sweep:
     def stage_config(self, spec: Any, stage: str, variant: str = ''):
         return _stage_config(self.config, spec, stage, variant, self.base)
 
+    def target_dir(self, name: str) -> str:
+        return self.config.targets[name].get('checkpoint') or os.path.join(
+            self.workdir, 'targets', name
+        )
+
+    def prior_dir(self, kind: str, target_name: str) -> str:
+        if kind == 'gmi':
+            return os.path.join(self.workdir, 'priors', 'gmi')
+        return os.path.join(self.workdir, 'targets', target_name, 'priors', kind)
+
+    def students_dir(self, target_name: str) -> str:
+        return os.path.join(self.workdir, 'targets', target_name, 'augmented')
+
+    def cell_dir(self, target_name: str, attack: str) -> str:
+        return os.path.join(self.workdir, 'cells', f'{target_name}__{attack}')
+
+    def needs(self, attack: str) -> tuple[str, ...]:
+        """What the attack needs: its prior kind first, then 'students' for LOMMA."""
+        acfg = self.stage_config(self.config.stages.attack, 'attack', attack)
+        return tuple(attacks.needs(attacks.resolve(acfg.attack)))
+
     def target(self, name: str) -> str:
         spec = self.config.targets[name]
         if spec.get('checkpoint'):
             return spec.checkpoint
-        path = os.path.join(self.workdir, 'targets', name)
-        if not _done(path):
+        path = self.target_dir(name)
+        if not finished(path):
             config = self.stage_config(spec.train, 'train')
             _apply(config, spec.get('overrides', {}))
             logging.info('sweep: training target %s in %s', name, path)
@@ -134,11 +157,8 @@ class _Sweep:
         return path
 
     def prior(self, kind: str, target_name: str, target: str) -> str:
-        if kind == 'gmi':
-            path = os.path.join(self.workdir, 'priors', 'gmi')
-        else:
-            path = os.path.join(self.workdir, 'targets', target_name, 'priors', kind)
-        if not _done(path):
+        path = self.prior_dir(kind, target_name)
+        if not finished(path):
             config = self.stage_config(self.config.stages.gan, 'gan', kind)
             if kind != 'gmi':
                 config.target.checkpoint = target
@@ -147,7 +167,7 @@ class _Sweep:
         return path
 
     def students(self, target_name: str, target: str) -> str:
-        path = os.path.join(self.workdir, 'targets', target_name, 'augmented')
+        path = self.students_dir(target_name)
         config = self.stage_config(self.config.stages.distill, 'distill')
         config.target.checkpoint = target
         summary = distill.train_and_evaluate(config, path)
@@ -162,10 +182,10 @@ class _Sweep:
         return runlocal.eval_model(os.path.join(self.workdir, 'eval_model'))
 
     def cell(self, target_name: str, attack: str) -> dict[str, Any]:
-        cell_dir = os.path.join(self.workdir, 'cells', f'{target_name}__{attack}')
+        cell_dir = self.cell_dir(target_name, attack)
         target = self.target(target_name)
         acfg = self.stage_config(self.config.stages.attack, 'attack', attack)
-        needs = attacks.needs(attacks.resolve(acfg.attack))
+        needs = self.needs(attack)
         acfg.target.checkpoint = target
         acfg.prior.checkpoint = self.prior(needs[0], target_name, target)
         if 'students' in needs:
@@ -182,7 +202,7 @@ class _Sweep:
         return evaluate.evaluate(ecfg, os.path.join(cell_dir, 'eval'))
 
 
-def _target_info(sweep: _Sweep, name: str) -> dict[str, Any]:
+def target_info(sweep: Sweep, name: str) -> dict[str, Any]:
     """Defense description and parameter counts of a trained target (from its results)."""
     spec = sweep.config.targets[name]
     info = {'target': name, 'defense': spec.get('label') or spec.train.split(':', 1)[-1]}
@@ -212,44 +232,56 @@ def run(
     """
     workdir = os.path.abspath(workdir)
     metrics.quiet_libraries()
+    check_config(config)
+    workdir_lib.prepare(config, workdir)
+    workdir_lib.save_config(config, workdir)
+    sweep = Sweep(config, workdir, configs_dir(config, config_file_dir))
+    rows = []
+    cells = [(t, a) for t in config.targets for a in config.attacks]
+    for index, (target_name, attack) in enumerate(cells):
+        record = read_record(sweep, target_name, attack)
+        if record is None or record.get('status') != 'done':  # A failed one is tried again.
+            logging.info('sweep: cell %d/%d: %s x %s', index + 1, len(cells), target_name, attack)
+            record = run_cell(sweep, target_name, attack)
+        rows.append({**target_info(sweep, target_name), 'attack': attack, **tables.row(record)})
+        tables.write(workdir, rows)
+    return rows
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses unknown attacks and an empty target list before anything is written."""
     for name in config.attacks:
         # Normalised as the stage config files do (`gmi+lomma`, the old `lomma_gmi`).
         name, lomma = config_lib.attack_name(name)
         attacks.resolve(ml_collections.ConfigDict({'name': name, 'lomma': lomma}))
     if not config.targets:
         raise ValueError('No targets in config.targets.')
-    workdir_lib.prepare(config, workdir)
-    workdir_lib.save_config(config, workdir)
-    sweep = _Sweep(config, workdir, configs_dir(config, config_file_dir))
-    rows = []
-    cells = [(t, a) for t in config.targets for a in config.attacks]
-    for index, (target_name, attack) in enumerate(cells):
-        cell_dir = os.path.join(workdir, 'cells', f'{target_name}__{attack}')
-        record_path = os.path.join(cell_dir, 'cell.json')
-        record = None
-        if os.path.exists(record_path):
-            with open(record_path) as f:
-                record = json.load(f)
-            if record.get('status') != 'done':
-                record = None  # Failed before: try again.
-        if record is None:
-            logging.info('sweep: cell %d/%d: %s x %s', index + 1, len(cells), target_name, attack)
-            tic = time.perf_counter()
-            try:
-                result = sweep.cell(target_name, attack)
-                record = {'status': 'done', 'metrics': result}
-            except Exception as e:  # A failing cell must not stop the others.
-                logging.error('sweep: cell %s x %s failed: %s', target_name, attack, e)
-                record = {
-                    'status': 'failed',
-                    'error': f'{type(e).__name__}: {e}',
-                    'traceback': traceback.format_exc(),
-                }
-            record['seconds'] = time.perf_counter() - tic
-            atomic.write_json(record_path, record)
-        rows.append({**_target_info(sweep, target_name), 'attack': attack, **tables.row(record)})
-        tables.write(workdir, rows)
-    return rows
+
+
+def read_record(sweep: Sweep, target_name: str, attack: str) -> dict[str, Any] | None:
+    """The cell's `cell.json`, or None when it has not run."""
+    path = os.path.join(sweep.cell_dir(target_name, attack), 'cell.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_cell(sweep: Sweep, target_name: str, attack: str) -> dict[str, Any]:
+    """Runs one cell (training what it needs) and records the outcome in `cell.json`."""
+    tic = time.perf_counter()
+    try:
+        record = {'status': 'done', 'metrics': sweep.cell(target_name, attack)}
+    except Exception as e:  # A failing cell must not stop the others.
+        logging.error('sweep: cell %s x %s failed: %s', target_name, attack, e)
+        record = {
+            'status': 'failed',
+            'error': f'{type(e).__name__}: {e}',
+            'traceback': traceback.format_exc(),
+        }
+    record['seconds'] = time.perf_counter() - tic
+    atomic.write_json(os.path.join(sweep.cell_dir(target_name, attack), 'cell.json'), record)
+    return record
 
 
 def check_done(rows: list[dict[str, Any]], workdir: str) -> None:

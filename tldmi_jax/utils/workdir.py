@@ -54,7 +54,8 @@ CONFIG_FILE = 'config.json'
 INPUTS_FILE = 'inputs.json'  # Input fingerprints and where the run started.
 # Top-level fields that never count as a difference: the user study's serving options (what
 # to do with a prepared study, and where to serve it) do not change the study.
-IGNORED = ('overwrite', 'mode', 'host', 'port', 'invite')
+# A sweep's `cells`/`only` choose what one command does with the same sweep.
+IGNORED = ('overwrite', 'mode', 'host', 'port', 'invite', 'cells', 'only')
 MAX_LISTED = 10
 # Every top-level name a stage, the sweep or the demo writes into its workdir (a test runs
 # each launcher and checks its workdir against this list). `overwrite` deletes only these;
@@ -67,7 +68,7 @@ OUTPUT_NAMES = (
     r'pairs\.png|report\.(md|html)|fisher(\.(json|png|csv))?|cells|cell\.json|eval_model',
     r'pretrain|sweep|summary\.json|timings\.json|runlocal|runlocal_data',
     r'utility_privacy\.png|events\.out\.tfevents\..*',
-    r'study|answers\.sqlite(-wal|-shm|-journal)?|export|results',
+    r'study|answers\.sqlite(-wal|-shm|-journal)?|export|results|plan\.json|plan_slurm\.sh|slurm',
 )
 # Temporary names of the atomic writers (`utils.atomic`), the writability probe and the lock.
 _TEMPORARY = r'(\..*\.tmp(\.\w+)?|\.write_test\..*|\.lock|\.tldmi_jax.*)'
@@ -142,6 +143,37 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             inputs = {**old, **inputs}  # Keep fields this config no longer sets.
     fingerprint.write(os.path.join(workdir, INPUTS_FILE), workdir, inputs)
     atomic.write_text(os.path.join(workdir, CONFIG_FILE), config_lib.config_to_json(config))
+
+
+def check_shared(config: ml_collections.ConfigDict, workdir: str, record: bool = True) -> None:
+    """Checks a workdir that several processes share, one piece each (a sweep on a cluster).
+
+    Like `prepare`, it checks the ranges, that the workdir is writable, and that the config
+    `config.json` holds (if any) is this one; unlike it, it takes no lock and deletes nothing
+    (`overwrite` does not apply). Without `config.json` it records this config when `record`
+    (atomically: pieces that race write the same file).
+
+    Raises:
+      config_checks.ConfigValueError: a numeric field is out of its range.
+      WorkdirError: not writable, or `config.json` holds another config (fields listed).
+    """
+    config_checks.check(config)
+    check_writable(workdir)
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        if record:
+            os.makedirs(workdir, exist_ok=True)
+            atomic.write_text(path, config_lib.config_to_json(config))
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    started = (fingerprint.read(os.path.join(workdir, INPUTS_FILE)) or {}).get('workdir')
+    changes = differences(previous, as_json(config), workdir, started or '')
+    if changes:
+        raise WorkdirError(
+            f'{workdir} holds a run with a different config ({format_changes(changes)}); '
+            'give every piece the same config (the commands of the plan)'
+        )
 
 
 def release_all() -> None:
