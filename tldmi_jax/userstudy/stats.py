@@ -28,6 +28,16 @@ TITLE = 'Which looks more like the person?'
 _RELATIVE_TOLERANCE = 1 + 1e-7  # Outcomes this close to the observed one count as as likely.
 
 
+def _check_fraction(function: str, name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f'{function}: {name} must lie strictly between 0 and 1, got {value}')
+
+
+def _check_counts(function: str, k: int, n: int) -> None:
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f'{function}: need 0 <= k <= n, got k={k}, n={n}')
+
+
 def _log_pmf(i: int, n: int, log_p: float, log_q: float) -> float:
     """log P(X = i) for X ~ Binomial(n, p), given log p and log (1 - p)."""
     log_comb = math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
@@ -51,10 +61,8 @@ def binomial_test(k: int, n: int, p: float = 0.5) -> float:
     Raises:
         ValueError: If `k`, `n` or `p` is out of range.
     """
-    if not 0 < p < 1:
-        raise ValueError(f'binomial_test: p must lie strictly between 0 and 1, got {p}')
-    if n < 0 or not 0 <= k <= n:
-        raise ValueError(f'binomial_test: need 0 <= k <= n, got k={k}, n={n}')
+    _check_fraction('binomial_test', 'p', p)
+    _check_counts('binomial_test', k, n)
     if n == 0:
         return 1.0
     log_p, log_q = math.log(p), math.log1p(-p)
@@ -80,10 +88,8 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     Raises:
         ValueError: If `k`, `n` or `level` is out of range.
     """
-    if not 0 < level < 1:
-        raise ValueError(f'clopper_pearson: level must lie strictly between 0 and 1, got {level}')
-    if n < 0 or not 0 <= k <= n:
-        raise ValueError(f'clopper_pearson: need 0 <= k <= n, got k={k}, n={n}')
+    _check_fraction('clopper_pearson', 'level', level)
+    _check_counts('clopper_pearson', k, n)
     if n == 0:
         return 0.0, 1.0
     from scipy import stats as scipy_stats  # Imported here: it takes seconds to import.
@@ -354,6 +360,11 @@ def format_share(counts: Mapping[str, Any]) -> str:
     return f'{counts["share_a"]:.3f} [{counts["ci_low"]:.3f}, {counts["ci_high"]:.3f}]'
 
 
+def _counts_cells(c: Mapping[str, Any]) -> str:
+    """The a | b | ties | share [CI] | p cells of one table row."""
+    return f'{c["a"]} | {c["b"]} | {c["ties"]} | {format_share(c)} | {format_p(c["p_value"])}'
+
+
 def markdown(summary: Mapping[str, Any]) -> str:
     """A Markdown report: the pooled table, the per-rater table and the excluded raters."""
     level = summary.get('level', 0.95)
@@ -382,10 +393,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
         for pair in pairs:
             a, b = pair['arms']
             c = pair['pooled']
-            lines.append(
-                f'| {_cell(a)} vs {_cell(b)} | {c["a"]} | {c["b"]} | {c["ties"]} | '
-                f'{format_share(c)} | {format_p(c["p_value"])} |'
-            )
+            lines.append(f'| {_cell(a)} vs {_cell(b)} | {_counts_cells(c)} |')
     lines += ['', '## Per rater', '']
     if not pairs:
         lines.append('No answers yet.')
@@ -398,8 +406,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
             a, b = pair['arms']
             for rater, c in pair['per_rater'].items():
                 lines.append(
-                    f'| {_cell(rater)} | {_cell(a)} vs {_cell(b)} | {c["a"]} | {c["b"]} | '
-                    f'{c["ties"]} | {format_share(c)} | {format_p(c["p_value"])} | '
+                    f'| {_cell(rater)} | {_cell(a)} vs {_cell(b)} | {_counts_cells(c)} | '
                     f'{"yes" if c["excluded"] else "no"} |'
                 )
     lines += ['', '## Excluded raters', '']
