@@ -81,7 +81,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         flush=True,
     )
     invited = [r.strip() for r in config.invite.split(',') if r.strip()]
-    base = f'http://{config.host}:{config.port}'
+    # Port 0 (any free port): the address is known only once serving; links are relative.
+    base = f'http://{config.host}:{config.port}' if config.port else ''
     for rater_id in invited:
         if not server.RATER_ID.fullmatch(rater_id):
             raise ValueError(f'invite: {rater_id!r} is not a rater id (1-64 of A-Za-z0-9_.@-)')
