@@ -9,7 +9,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: setup test lint demo demo-data browser clean
+.PHONY: setup test lint demo demo-data browser clean bench bench-quick
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,15 @@ endif
 demo: demo-data
 	$(PY) launch/demo.py --config=configs/demo.py --workdir=workdirs/demo \
 	  $(if $(DATA_ROOT),--config.data.root=$(DATA_ROOT))
+
+# The benchmark table (bench/run_all.py): each row times this library against a PyTorch
+# reference; prints the table and writes bench/RESULTS.md. Needs torch (the test
+# requirements). bench-quick: reduced sizes, under 5 minutes on 2 CPU cores (not run by CI).
+bench: $(TEST_STAMP)
+	PYTHONPATH=. $(PY) bench/run_all.py
+
+bench-quick: $(TEST_STAMP)
+	PYTHONPATH=. $(PY) bench/run_all.py --quick
 
 clean:
 	rm -rf workdirs .jax_cache .pytest_cache

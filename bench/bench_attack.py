@@ -1,7 +1,7 @@
 r"""One GMI attack step: tldmi_jax's latent search (jit) vs the original's eager PyTorch loop.
 
   PYTHONPATH=. python bench/bench_attack.py [--target=facenet64] [--identities=60] [--seeds=1]
-      [--reps=5] [--k=1] [--quick] [--torch-frozen]
+      [--reps=5] [--k=1] [--quick] [--torch-frozen] [--device=auto]
 
 Both sides attack the same full-size models with random weights: the GMI prior at 64 px
 (DCGAN generator, 5,142,083 parameters, and WGAN-GP critic, 4,316,545) and the target,
@@ -26,13 +26,18 @@ weights, the same initial latents and the same labels.
 After a warm-up (JAX: the compile) the two sides alternate rep by rep. Prints the machine,
 the loss of both sides at the warm-up's last step (the same point when k = 1), the median,
 min and max seconds per step of each side, the ratio PyTorch / JAX (> 1 means tldmi_jax is
-faster), the JAX compile time and the process's peak RSS. `--quick`: 8 identities, 1 seed,
-3 reps. Needs torch (`pip install -r requirements-test.txt`) and the repository root on the
-path (the PyTorch modules are imported from tests/interop).
+faster), the JAX compile time, the FLOPs of one step (XLA's cost analysis of the JAX chunk,
+used for the achieved FLOP/s of both sides) and the process's peak RSS (on a GPU also each
+side's peak device memory). `--quick`: 8 identities, 1 seed, 3 reps. `--device`: where the
+PyTorch side runs (auto: CUDA when available); JAX runs on its default backend. The last
+stdout line is `BENCH_RESULT {json}` (read by bench/run_all.py). Needs torch
+(`pip install -r requirements-test.txt`) and the repository root on the path (the PyTorch
+modules are imported from tests/interop).
 """
 
 import argparse
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -72,6 +77,39 @@ def cpu_model() -> str:
 
 def count(tree) -> int:
     return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree))
+
+
+def torch_device(name: str) -> torch.device:
+    """`auto`: CUDA when PyTorch sees it, else the CPU."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def step_flops(lowered) -> float | None:
+    """FLOPs of a lowered JAX computation by XLA's cost analysis (None when unavailable).
+
+    A `lax.scan` body is counted once, so for a chunk of k steps this is one step's FLOPs.
+    """
+    try:
+        cost = lowered.cost_analysis()
+    except Exception:  # some backends have no cost analysis
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get('flops')
+    return float(flops) if flops and flops > 0 else None
+
+
+def peak_memory(dev: torch.device) -> dict:
+    """Peak RSS of the process and, on a GPU, the peak device memory of each side (MiB)."""
+    out = {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = jax.devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+        out['jax_device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
+    if dev.type == 'cuda':
+        out['torch_device_peak_mb'] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return out
 
 
 def torch_models(target: str):
@@ -140,22 +178,31 @@ class JaxSide:
         self.step += self.k
         return seconds, {name: float(value) for name, value in aux.items()}
 
+    def flops(self) -> float | None:
+        """FLOPs of one step (XLA's cost analysis of the chunk; lowering, no compile)."""
+        return step_flops(
+            self.search._run_chunk.lower(self.latent, self.opt_state, self.ids, self.step, self.k)
+        )
+
 
 class TorchSide:
     """The original GMI loop: eager PyTorch, one Python iteration per update and seed."""
 
-    def __init__(self, g, d, t, z0: np.ndarray, cfg, k: int, frozen: bool):
-        self.g, self.d, self.t = g, d, t
+    def __init__(self, g, d, t, z0: np.ndarray, cfg, k: int, frozen: bool, dev: torch.device):
+        self.g, self.d, self.t = g.to(dev), d.to(dev), t.to(dev)
+        self.dev = dev
         if frozen:
             for module in (g, d, t):
                 module.requires_grad_(False)
         self.lr, self.momentum, self.lam, self.clip = cfg.lr, cfg.momentum, cfg.lam, cfg.clip
         self.k = k
         identities, seeds, z_dim = z0.shape
-        self.labels = torch.arange(identities, dtype=torch.long)
+        self.labels = torch.arange(identities, dtype=torch.long, device=dev)
         # Each seed starts from the JAX side's initial latents (the original: torch.randn).
-        self.z = [torch.from_numpy(z0[:, s].copy()).requires_grad_(True) for s in range(seeds)]
-        self.v = [torch.zeros(identities, z_dim) for _ in range(seeds)]
+        self.z = [
+            torch.from_numpy(z0[:, s].copy()).to(dev).requires_grad_(True) for s in range(seeds)
+        ]
+        self.v = [torch.zeros(identities, z_dim, device=dev) for _ in range(seeds)]
 
     def update(self, s: int) -> tuple[float, float]:
         """One iteration of the original's loop for seed s; returns (prior, iden)."""
@@ -185,6 +232,8 @@ class TorchSide:
             for _ in range(self.k):
                 prior_loss, iden_loss = self.update(s)
             last.append((prior_loss, iden_loss))
+        if self.dev.type == 'cuda':
+            torch.cuda.synchronize(self.dev)
         seconds = time.perf_counter() - tic
         prior_loss = float(np.mean([p for p, _ in last]))
         iden_loss = float(np.mean([i for _, i in last]))
@@ -204,6 +253,7 @@ def main():
         action='store_true',
         help='PyTorch: requires_grad off for G, D, T (the original leaves it on)',
     )
+    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='PyTorch')
     args = p.parse_args()
     if args.quick:
         args.identities, args.seeds, args.reps = 8, 1, 3
@@ -212,11 +262,12 @@ def main():
     if args.identities > CLASSES:
         p.error(f'--identities must be <= {CLASSES}')
 
+    dev = torch_device(args.device)
     cfg = attacks.hyperparameters(config_lib.attack_config('gmi').attack)
     g, d, t = torch_models(args.target)
-    ctx, jax_params = jax_context(g, d, t, args.target)
+    ctx, jax_params = jax_context(g, d, t, args.target)  # converts before G, D, T move to dev
     jax_side = JaxSide(ctx, cfg, args.identities, args.seeds, args.k)
-    torch_side = TorchSide(g, d, t, jax_side.z0, cfg, args.k, args.torch_frozen)
+    torch_side = TorchSide(g, d, t, jax_side.z0, cfg, args.k, args.torch_frozen, dev)
 
     print(f'machine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable)')
     print(
@@ -224,7 +275,7 @@ def main():
         f'torch {torch.__version__}, python {platform.python_version()}'
     )
     print(f'jax devices: {jax.devices()}')
-    print(f'torch threads: {torch.get_num_threads()} (PyTorch default, not set)')
+    print(f'torch device: {dev}; threads: {torch.get_num_threads()} (PyTorch default, not set)')
     print(f'jax compilation cache: {jax.config.jax_compilation_cache_dir or "off"}')
     torch_counts = [sum(q.numel() for q in m.parameters()) for m in (t, g, d)]
     jax_counts = [
@@ -245,6 +296,7 @@ def main():
     )
     grads = 'off (--torch-frozen)' if args.torch_frozen else 'on, as in the original'
     print(f'pytorch: weight gradients of G, D, T {grads}; seeds run one after another')
+    flops = jax_side.flops()
 
     # Warm-up: JAX compiles on its first call (the time includes one run of the chunk).
     compile_s, jax_aux = jax_side.run()
@@ -262,9 +314,10 @@ def main():
     rel = abs(rows[0][3] - rows[1][3]) / max(abs(rows[1][3]), 1e-12)
     print(f'relative difference of the totals: {rel:.2e}', end='')
     print(' (same weights, latents and labels: float32 rounding only)' if step == 0 else '')
+    latent_diff = None
     if cfg.reference_batch == args.identities:
-        z_torch = np.stack([z.detach().numpy() for z in torch_side.z], axis=1)
-        diff = np.abs(np.asarray(jax_side.latent) - z_torch).max()
+        z_torch = np.stack([z.detach().cpu().numpy() for z in torch_side.z], axis=1)
+        diff = latent_diff = float(np.abs(np.asarray(jax_side.latent) - z_torch).max())
         print(f'latents after the warm-up ({args.k} step(s)): max |z_jax - z_torch| = {diff:.2e}')
     else:
         print(
@@ -294,8 +347,37 @@ def main():
         f'jax compile: {compile_s:.1f} s (first call of the chunk function, one run of the '
         f'chunk included; minus the median chunk: {compile_s - medians["jax"] * args.k:.1f} s)'
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(f'peak RSS of the process: {peak:.0f} MiB')
+    if flops:
+        print(
+            f'step: {flops / 1e9:.2f} GFLOP (XLA cost analysis of the JAX step); achieved jax '
+            f'{flops / medians["jax"] / 1e9:.1f} GFLOP/s, pytorch '
+            f'{flops / medians["pytorch"] / 1e9:.1f} GFLOP/s'
+        )
+    memory = peak_memory(dev)
+    print(f'peak RSS of the process: {memory["peak_rss_mb"]:.0f} MiB')
+    result = {
+        'name': 'gmi_attack',
+        'target': args.target,
+        'identities': args.identities,
+        'seeds': args.seeds,
+        'batch': args.identities,
+        'k': args.k,
+        'reps': args.reps,
+        'torch_frozen': args.torch_frozen,
+        'quick': args.quick,
+        'torch_device': str(dev),
+        'jax_backend': jax.default_backend(),
+        'jax_s': medians['jax'],
+        'torch_s': medians['pytorch'],
+        'ratio': ratio,
+        'loss_step': step,
+        'loss_rel_diff': rel,
+        'latent_max_abs_diff': latent_diff,
+        'compile_s': compile_s,
+        'flops_per_step': flops,
+        **memory,
+    }
+    print('BENCH_RESULT ' + json.dumps(result))
 
 
 if __name__ == '__main__':

@@ -1,15 +1,23 @@
 r"""Classifier train-step speed: tldmi_jax (jit) vs an equivalent PyTorch step, same run.
 
-  python bench/bench_train_step.py [--arch=vgg16] [--batch=8] [--steps=5] [--freeze]
+  python bench/bench_train_step.py [--arch=vgg16] [--batch=8] [--steps=5] [--freeze] [--quick]
+      [--device=auto]
 
 Both sides run the same architecture (VGG16-BN at 64 px, or the demo SmallCNN at 32 px),
 SGD momentum 0.9 + weight decay 1e-4, cross-entropy, BatchNorm in training mode. With
---freeze both use TL-DMI's official VGG16 freeze (k=26: conv1_1..conv4_1 frozen). Prints the
-median step time of each and the ratio (JAX / PyTorch; < 1 means JAX is faster).
+--freeze both use TL-DMI's official VGG16 freeze (k=26: conv1_1..conv4_1 frozen). After a
+warm-up (JAX: the compile; PyTorch: one step) the two sides alternate step by step; prints
+the median step time of each and the ratio PyTorch / JAX (> 1 means tldmi_jax is faster),
+the JAX compile time, the FLOPs of one step (XLA's cost analysis of the JAX step, used for
+the achieved FLOP/s of both sides) and the peak memory. `--quick`: batch 8, 3 steps.
+`--device`: where the PyTorch side runs (auto: CUDA when available); JAX runs on its
+default backend. The last stdout line is `BENCH_RESULT {json}` (read by bench/run_all.py).
 Needs torch (`pip install -r requirements-test.txt`).
 """
 
 import argparse
+import json
+import resource
 import statistics
 import time
 
@@ -45,6 +53,7 @@ VGG_WIDTHS = (
     512,
     'M',
 )
+FREEZE_K = 26  # TL-DMI's official VGG16 freeze index.
 
 
 class TorchVGG16(nn.Module):
@@ -81,22 +90,52 @@ class TorchSmall(nn.Module):
         return f, self.fc(f)
 
 
-def time_steps(step, n):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def torch_device(name: str) -> torch.device:
+    """`auto`: CUDA when PyTorch sees it, else the CPU."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def step_flops(lowered) -> float | None:
+    """FLOPs of a lowered JAX computation by XLA's cost analysis (None when unavailable)."""
+    try:
+        cost = lowered.cost_analysis()
+    except Exception:  # some backends have no cost analysis
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get('flops')
+    return float(flops) if flops and flops > 0 else None
+
+
+def peak_memory(dev: torch.device) -> dict:
+    """Peak RSS of the process and, on a GPU, the peak device memory of each side (MiB)."""
+    out = {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = jax.devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+        out['jax_device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
+    if dev.type == 'cuda':
+        out['torch_device_peak_mb'] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return out
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--arch', default='vgg16', choices=['vgg16', 'small'])
     p.add_argument('--batch', type=int, default=8)
-    p.add_argument('--steps', type=int, default=5)
+    p.add_argument('--steps', type=int, default=5, help='timed steps of each side')
     p.add_argument('--freeze', action='store_true')
+    p.add_argument('--quick', action='store_true', help='batch 8, 3 steps')
+    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='PyTorch')
     args = p.parse_args()
+    if args.quick:
+        args.batch, args.steps = 8, 3
+    if min(args.batch, args.steps) < 1:
+        p.error('--batch and --steps must be >= 1')
+    if args.freeze and args.arch != 'vgg16':
+        p.error('--freeze is the VGG16 freeze (k=26): use it with --arch=vgg16')
+    dev = torch_device(args.device)
     size, classes = (64, 1000) if args.arch == 'vgg16' else (32, 10)
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(args.batch, size, size, 3)).astype(np.float32)
@@ -105,7 +144,10 @@ def main():
     model = models.get_model(args.arch, classes)
     v = jax.jit(model.init)(jax.random.key(0), jnp.asarray(x[:1]))
     spec = ml_collections.ConfigDict(
-        {'name': 'tldmi' if args.freeze else 'none', 'freeze_layers': 26 if args.freeze else -1}
+        {
+            'name': 'tldmi' if args.freeze else 'none',
+            'freeze_layers': FREEZE_K if args.freeze else -1,
+        }
     )
     plan = transfer.resolve(model, v['params'], v['batch_stats'], spec)
     base = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))
@@ -122,47 +164,91 @@ def main():
         classifier.make_train_step(model, tx, plan, seed=0, flip=True), donate_argnums=0
     )
     batch = {'image': jnp.asarray(x), 'label': jnp.asarray(y)}
-    t = time.perf_counter()
-    state, _ = step_fn(state, batch)
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - t
+    flops = step_flops(step_fn.lower(state, batch))
     holder = [state]
 
-    def jax_step():
+    def jax_step() -> float:
         holder[0], m = step_fn(holder[0], batch)
-        jax.block_until_ready(m)
-
-    jax_t = time_steps(jax_step, args.steps)
+        return float(jax.block_until_ready(m)['train/loss'])
 
     torch.manual_seed(0)
     tm = TorchVGG16(classes) if args.arch == 'vgg16' else TorchSmall(classes)
     if args.freeze:
         for i, child in enumerate(tm.feature.children()):
-            if i <= 26:
+            if i <= FREEZE_K:
                 for prm in child.parameters():
                     prm.requires_grad = False
+    tm = tm.to(dev)
     opt = torch.optim.SGD(
         [q for q in tm.parameters() if q.requires_grad], lr=0.01, momentum=0.9, weight_decay=1e-4
     )
-    tx_, ty_ = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
+    tx_ = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(dev)
+    ty_ = torch.from_numpy(y).long().to(dev)
     tm.train()
 
-    def torch_step():
+    def torch_step() -> torch.Tensor:
         opt.zero_grad()
         _, out = tm(torch.flip(tx_, dims=[3]))
         loss = nn.functional.cross_entropy(out, ty_)
         loss.backward()
         opt.step()
+        if dev.type == 'cuda':
+            torch.cuda.synchronize(dev)
+        return loss.detach()
 
-    torch_step()
-    torch_t = time_steps(torch_step, args.steps)
+    # Warm-up: JAX compiles on its first call (the time includes one step); PyTorch one step.
+    tic = time.perf_counter()
+    jax_loss = jax_step()
+    compile_s = time.perf_counter() - tic
+    torch_loss = float(torch_step())
+    assert np.isfinite([jax_loss, torch_loss]).all(), (jax_loss, torch_loss)
+
+    times = {'jax': [], 'pytorch': []}
+    for _ in range(args.steps):  # alternate the sides step by step
+        for side, step in (('jax', jax_step), ('pytorch', torch_step)):
+            tic = time.perf_counter()
+            step()
+            times[side].append(time.perf_counter() - tic)
+    medians = {side: statistics.median(ts) for side, ts in times.items()}
+    ratio = medians['pytorch'] / medians['jax']
+    memory = peak_memory(dev)
+
     threads = torch.get_num_threads()
-    print(f'arch={args.arch} batch={args.batch} freeze={args.freeze} torch threads={threads}')
-    print(f'jax compile: {compile_s:.2f} s')
-    print(f'{"":10} {"step ms":>10}')
-    print(f'{"jax":10} {jax_t * 1e3:10.1f}')
-    print(f'{"pytorch":10} {torch_t * 1e3:10.1f}')
-    print(f'ratio jax/pytorch: {jax_t / torch_t:.2f}')
+    print(
+        f'arch={args.arch} batch={args.batch} freeze={args.freeze} steps={args.steps} '
+        f'torch device={dev} threads={threads} jax devices={jax.devices()}'
+    )
+    print(f'jax compile: {compile_s:.2f} s (first call, one step included)')
+    print(f'{"":10} {"step ms":>10} {"min":>10} {"max":>10}')
+    for side, ts in times.items():
+        print(f'{side:10} {medians[side] * 1e3:10.1f} {min(ts) * 1e3:10.1f} {max(ts) * 1e3:10.1f}')
+    print(f'ratio pytorch/jax: {ratio:.2f}  (> 1: tldmi_jax is faster)')
+    if flops:
+        print(
+            f'step: {flops / 1e9:.2f} GFLOP (XLA cost analysis); achieved jax '
+            f'{flops / medians["jax"] / 1e9:.1f} GFLOP/s, pytorch '
+            f'{flops / medians["pytorch"] / 1e9:.1f} GFLOP/s'
+        )
+    print(f'peak RSS of the process: {memory["peak_rss_mb"]:.0f} MiB')
+    result = {
+        'name': 'train_step',
+        'arch': args.arch,
+        'image_size': size,
+        'classes': classes,
+        'batch': args.batch,
+        'freeze': args.freeze,
+        'steps': args.steps,
+        'quick': args.quick,
+        'torch_device': str(dev),
+        'jax_backend': jax.default_backend(),
+        'jax_s': medians['jax'],
+        'torch_s': medians['pytorch'],
+        'ratio': ratio,
+        'compile_s': compile_s,
+        'flops_per_step': flops,
+        **memory,
+    }
+    print('BENCH_RESULT ' + json.dumps(result))
 
 
 if __name__ == '__main__':
