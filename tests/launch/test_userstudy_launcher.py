@@ -47,9 +47,29 @@ def _call(capsys, workdir, *flags):
 
 @pytest.fixture(scope='module')
 def prepared(tmp_path_factory):
+    """The runlocal study, prepared by the launcher in this process (the server, below, is a
+    process of its own)."""
     workdir = str(tmp_path_factory.mktemp('userstudy') / 'study')
-    out = _launch(workdir, '--config.mode=prepare')
-    return workdir, out
+    argv = [f'--config={CONFIG}', f'--workdir={workdir}', '--config.mode=prepare']
+    with pytest.MonkeyPatch.context() as mp:
+        out = []
+        mp.setattr(sys, 'stdout', _Tee(out))
+        assert in_process.call_launcher('userstudy', argv) == 0
+    return workdir, ''.join(out)
+
+
+class _Tee:
+    """Collects what is printed (a module fixture cannot use capsys)."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, text):
+        self.out.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
 
 
 def test_runlocal_prepares_a_study_over_two_tiny_attacks(prepared, capsys):

@@ -277,7 +277,7 @@ def _userstudy(config: ml_collections.ConfigDict, workdir: str) -> ml_collection
         **_data_args(config.data),
         image_size=int(dict(config.data.get('kwargs') or {}).get('image_size', 32)),
         seed=config.seed,
-        steps=TRAIN_STEPS,
+        steps=USERSTUDY_ATTACK_STEPS,  # Any target will do: the arms only need images.
     )
     for i, (name, path) in enumerate(sorted(config.arms.items())):
         if not path:
