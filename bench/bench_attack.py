@@ -38,10 +38,8 @@ modules are imported from tests/interop).
 import argparse
 import importlib.metadata
 import json
-import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -55,6 +53,7 @@ try:
 except ImportError:
     sys.exit('bench_attack.py needs torch: pip install -r requirements-test.txt')
 
+from bench.bench_common import count, cpu_model, peak_memory, step_flops
 from tests.interop import test_convert as classifier_refs
 from tests.interop import test_convert_gans as gan_refs
 from tests.interop.test_attack_parity import he_init
@@ -67,49 +66,11 @@ CLASSES = 1000
 TARGETS = ('facenet64', 'vgg16')  # `convert.KINDS` names, which are also the JAX archs.
 
 
-def cpu_model() -> str:
-    with open('/proc/cpuinfo') as f:
-        for line in f:
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    return platform.processor() or 'unknown'
-
-
-def count(tree) -> int:
-    return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree))
-
-
 def torch_device(name: str) -> torch.device:
     """`auto`: CUDA when PyTorch sees it, else the CPU."""
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
     return torch.device(name)
-
-
-def step_flops(lowered) -> float | None:
-    """FLOPs of a lowered JAX computation by XLA's cost analysis (None when unavailable).
-
-    A `lax.scan` body is counted once, so for a chunk of k steps this is one step's FLOPs.
-    """
-    try:
-        cost = lowered.cost_analysis()
-    except Exception:  # some backends have no cost analysis
-        return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    flops = (cost or {}).get('flops')
-    return float(flops) if flops and flops > 0 else None
-
-
-def peak_memory(dev: torch.device) -> dict:
-    """Peak RSS of the process and, on a GPU, the peak device memory of each side (MiB)."""
-    out = {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    stats = jax.devices()[0].memory_stats() or {}
-    if 'peak_bytes_in_use' in stats:
-        out['jax_device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
-    if dev.type == 'cuda':
-        out['torch_device_peak_mb'] = torch.cuda.max_memory_allocated(dev) / 2**20
-    return out
 
 
 def torch_models(target: str):

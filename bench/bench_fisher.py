@@ -59,7 +59,6 @@ PyTorch modules are imported from tests/interop).
 import argparse
 import importlib.metadata
 import json
-import math
 import os
 import platform
 import resource
@@ -77,6 +76,7 @@ try:
 except ImportError:
     sys.exit('bench_fisher.py needs torch: pip install -r requirements-test.txt')
 
+from bench.bench_common import count, cpu_model
 from tests.interop import test_convert as classifier_refs
 from tests.interop.test_attack_parity import he_init
 from tldmi_jax.analysis import fisher
@@ -135,18 +135,6 @@ SMALL_KIND = convert.Kind(
     num_classes_key='fc.weight',
     image_size=SHAPES['small'][0],
 )
-
-
-def cpu_model() -> str:
-    with open('/proc/cpuinfo') as f:
-        for line in f:
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    return platform.processor() or 'unknown'
-
-
-def count(tree) -> int:
-    return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree))
 
 
 def torch_model(arch: str) -> torch.nn.Module:

@@ -17,7 +17,6 @@ Needs torch (`pip install -r requirements-test.txt`).
 
 import argparse
 import json
-import resource
 import statistics
 import time
 
@@ -29,6 +28,7 @@ import optax
 import torch
 from torch import nn
 
+from bench.bench_common import peak_memory, step_flops
 from tldmi_jax import models
 from tldmi_jax.defenses import transfer
 from tldmi_jax.train import classifier
@@ -95,29 +95,6 @@ def torch_device(name: str) -> torch.device:
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
     return torch.device(name)
-
-
-def step_flops(lowered) -> float | None:
-    """FLOPs of a lowered JAX computation by XLA's cost analysis (None when unavailable)."""
-    try:
-        cost = lowered.cost_analysis()
-    except Exception:  # some backends have no cost analysis
-        return None
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else None
-    flops = (cost or {}).get('flops')
-    return float(flops) if flops and flops > 0 else None
-
-
-def peak_memory(dev: torch.device) -> dict:
-    """Peak RSS of the process and, on a GPU, the peak device memory of each side (MiB)."""
-    out = {'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    stats = jax.devices()[0].memory_stats() or {}
-    if 'peak_bytes_in_use' in stats:
-        out['jax_device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
-    if dev.type == 'cuda':
-        out['torch_device_peak_mb'] = torch.cuda.max_memory_allocated(dev) / 2**20
-    return out
 
 
 def main():
