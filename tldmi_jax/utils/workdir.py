@@ -166,9 +166,7 @@ def check_shared(config: ml_collections.ConfigDict, workdir: str, record: bool =
             atomic.write_text(path, config_lib.config_to_json(config))
         return
     with open(path) as f:
-        previous = json.load(f)
-    started = (fingerprint.read(os.path.join(workdir, INPUTS_FILE)) or {}).get('workdir')
-    changes = differences(previous, as_json(config), workdir, started or '')
+        changes = _changes(json.load(f), config, workdir)
     if changes:
         raise WorkdirError(
             f'{workdir} holds a run with a different config ({format_changes(changes)}); '
@@ -179,6 +177,12 @@ def check_shared(config: ml_collections.ConfigDict, workdir: str, record: bool =
 def release_all() -> None:
     """Releases the workdir locks of this process (the launchers call it when they end)."""
     lock.release_all()
+
+
+def _changes(previous: Any, config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The fields in which `config` differs from the `previous` config.json of `workdir`."""
+    started = (fingerprint.read(os.path.join(workdir, INPUTS_FILE)) or {}).get('workdir')
+    return differences(previous, as_json(config), workdir, started or '')
 
 
 def _compare_previous(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -198,8 +202,7 @@ def _compare_previous(config: ml_collections.ConfigDict, workdir: str) -> None:
             ) from e
         previous, changes = None, ['config.json unreadable']
     else:
-        started = (fingerprint.read(os.path.join(workdir, INPUTS_FILE)) or {}).get('workdir')
-        changes = differences(previous, as_json(config), workdir, started or '')
+        changes = _changes(previous, config, workdir)
     if not changes:
         return
     if not overwrite:
