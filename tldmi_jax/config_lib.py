@@ -118,6 +118,8 @@ def classifier_config(
     config.seed = 0  # Model init, data order, flips and dropout all derive from it.
     config.overwrite = False  # True: replace a run with another config in --workdir.
     config.devices = 0  # Devices to train on (0: all; data parallel over the batch).
+    # True: one process per host (or GPU), JAX's multi-controller runtime; docs/scaling.md.
+    config.distributed = False
 
     # --- data ---
     config.data = ml_collections.ConfigDict()
@@ -330,6 +332,8 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
     config.runlocal = runlocal  # Make tiny target/prior/augmented models if not given.
     config.overwrite = False  # True: replace a run with another config in --workdir.
     config.devices = 0  # Devices the identities are sharded over (0: all).
+    # True: one process per host (or GPU), JAX's multi-controller runtime; docs/scaling.md.
+    config.distributed = False
 
     # --- attack (None: the attack's default in ATTACK_DEFAULTS above) ---
     config.attack = ml_collections.ConfigDict()

@@ -30,7 +30,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from tldmi_jax.utils import checkpoint, sharding
+from tldmi_jax.utils import checkpoint, distributed, sharding
 
 Latent = Any
 
@@ -176,7 +176,7 @@ class LatentSearch:
         mngr = checkpoint.manager(ckpt_dir, max_to_keep=1) if ckpt_dir else None
         if mngr is not None and mngr.latest_step() is not None:
             restored, step = checkpoint.restore_latest(
-                mngr, {'latent': latent, 'opt_state': opt_state}
+                mngr, distributed.to_host({'latent': latent, 'opt_state': opt_state})
             )
             latent, opt_state = restored['latent'], restored['opt_state']
             logging.info('Resuming identity batch at step %d', step)
@@ -184,7 +184,12 @@ class LatentSearch:
         opt_state = jax.device_put(opt_state, shard)
         aux: dict[str, Any] = {}
         bar = tqdm(
-            total=num_steps, initial=step, desc=progress, dynamic_ncols=True, mininterval=1.0
+            total=num_steps,
+            initial=step,
+            desc=progress,
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=not distributed.is_main(),
         )
         tic = time.perf_counter()
         while step < num_steps:
@@ -205,4 +210,5 @@ class LatentSearch:
         images = self._render(latent, ids)
         last = {k: float(v) for k, v in aux.items()}
         last['seconds'] = time.perf_counter() - tic
-        return jax.device_get(latent), np.asarray(images), last
+        # Gathered from every process (identities are sharded over all their devices).
+        return distributed.to_host(latent), distributed.to_host(images), last

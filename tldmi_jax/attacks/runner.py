@@ -23,7 +23,7 @@ from tldmi_jax import attacks, classifiers, config_lib, data, priors, reconstruc
 from tldmi_jax.attacks import common, latent_search
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
-from tldmi_jax.utils import atomic, metrics, npz, sharding
+from tldmi_jax.utils import atomic, distributed, metrics, npz, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 
@@ -181,7 +181,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     cfg = inputs.cfg
     problem = inputs.spec.module.make_problem(inputs.ctx, cfg)  # LOMMA: the base, configured.
     workdir_lib.save_config(config, workdir)  # Inputs checked: the run starts here.
-    os.makedirs(os.path.join(workdir, 'batches'), exist_ok=True)
+    main = distributed.is_main()  # In a multi-process run only process 0 writes files.
+    if main:
+        os.makedirs(os.path.join(workdir, 'batches'), exist_ok=True)
     search = latent_search.LatentSearch(
         problem,
         num_seeds=cfg.num_seeds,
@@ -195,7 +197,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     steps_run = 0
     for index, ids in enumerate(inputs.batches):
         path = _batch_path(workdir, index)
-        if os.path.exists(path):
+        if _finished(path):
             logging.info('Identity batch %d already finished.', index)
         else:
             _, images, aux = search.run_batch(
@@ -206,14 +208,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             )
             steps_run += cfg.steps
             b, s, k = images.shape[:3]
-            atomic.savez(
-                path,
-                images=images.reshape(b * s * k, *images.shape[3:]),
-                identity=np.repeat(ids, s * k),
-                seed=np.tile(np.arange(s * k), b),
-                losses=json.dumps(aux),
-            )
-        _batch_outputs(workdir, index, writer, logged)
+            if main:
+                atomic.savez(
+                    path,
+                    images=images.reshape(b * s * k, *images.shape[3:]),
+                    identity=np.repeat(ids, s * k),
+                    seed=np.tile(np.arange(s * k), b),
+                    losses=json.dumps(aux),
+                )
+            distributed.barrier(f'attack:{workdir}:batch_{index}')  # The file is there.
+        if main:
+            _batch_outputs(workdir, index, writer, logged)
     wall = time.perf_counter() - tic
     arrays = [_read_batch(_batch_path(workdir, i)) for i in range(len(inputs.batches))]
     images = np.concatenate([a['images'] for a in arrays])
@@ -245,6 +250,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'wall_seconds_this_run': wall,
         'iterations_per_second': steps_run / wall if steps_run else None,
     }
-    reconstructions.save(workdir, images, identity, seed, batch, summary)
+    if main:
+        reconstructions.save(workdir, images, identity, seed, batch, summary)
     writer.close()
+    distributed.barrier(f'attack:{workdir}:done')
     return summary
+
+
+def _finished(path: str) -> bool:
+    """Whether an identity batch has finished, as process 0 sees it (every process then
+    attacks the same batches, even on a filesystem that shows a new file late)."""
+    done = os.path.exists(path)
+    if distributed.multi():
+        from jax.experimental import multihost_utils
+
+        done = bool(multihost_utils.broadcast_one_to_all(np.asarray(done)))
+    return done

@@ -62,6 +62,7 @@ def epoch_batches(
     start_batch: int = 0,
     num_threads: int = 4,
     prefetch: int = 2,
+    rows: slice = slice(None),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields the batches of one epoch, from batch ``start_batch`` on.
 
@@ -78,6 +79,8 @@ def epoch_batches(
       start_batch: first batch to yield, for resuming mid-epoch.
       num_threads: loader threads; 0 loads in the calling thread.
       prefetch: batches loaded ahead of the one being consumed.
+      rows: the rows of every batch to load (a process of a multi-host run loads only its
+        share, `utils.distributed.process_rows`); the batches are cut before slicing.
 
     Yields:
       ``{'image': float32 [B, h, w, c], 'label': int32 [B]}``.
@@ -86,7 +89,9 @@ def epoch_batches(
     total = num_batches(len(order), batch_size, drop_remainder)
     if not 0 <= start_batch <= total:
         raise ValueError(f'start_batch {start_batch} is outside 0..{total}')
-    batches = (order[b * batch_size : (b + 1) * batch_size] for b in range(start_batch, total))
+    batches = (
+        order[b * batch_size : (b + 1) * batch_size][rows] for b in range(start_batch, total)
+    )
 
     if num_threads <= 0:
         for batch in batches:

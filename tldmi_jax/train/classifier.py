@@ -28,7 +28,7 @@ from tldmi_jax import classifiers, data, defenses, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.defenses import transfer
 from tldmi_jax.train import loop, optim
-from tldmi_jax.utils import checkpoint, metrics, sharding
+from tldmi_jax.utils import checkpoint, distributed, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 
@@ -229,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def evaluate(params, batch_stats, images, labels):
         variables = {'params': params, 'batch_stats': batch_stats}
+        if distributed.multi():  # Each process evaluates the whole split on its own device.
+            variables = distributed.to_host(variables)
         return classifiers.evaluate(apply, variables, images, labels, bs)
 
     def select(step: int, state: TrainState) -> TrainState:
@@ -247,7 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
         return state
 
-    logging.info('Data parallel over %d device(s).', mesh.size)
+    logging.info(
+        'Data parallel over %d device(s) of %d process(es).', mesh.size, distributed.process_count()
+    )
     state = train.run(
         sharding.replicate(state, mesh),
         loop.shuffled_batches(train_src, train_idx, bs, preprocess=prep, seed=config.seed),

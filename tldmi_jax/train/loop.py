@@ -19,6 +19,7 @@ good checkpoint is kept.
 """
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tldmi_jax.data import pipeline
-from tldmi_jax.utils import atomic, checkpoint, metrics, sharding
+from tldmi_jax.utils import atomic, checkpoint, distributed, metrics, sharding
 from tldmi_jax.utils import loop as steps
 
 Batches = Callable[[int, int], Iterable[dict[str, np.ndarray]]]
@@ -64,7 +65,9 @@ def shuffled_batches(
       keys: the fields each batch keeps (`image` float32 [B, h, w, c], `label` int32 [B]).
     """
 
-    def batches(epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    def batches(
+        epoch: int, start_batch: int, rows: slice = slice(None)
+    ) -> Iterator[dict[str, np.ndarray]]:
         for batch in pipeline.epoch_batches(
             source,
             indices,
@@ -75,6 +78,7 @@ def shuffled_batches(
             shuffle=True,
             drop_remainder=True,
             start_batch=start_batch,
+            rows=rows,
         ):
             yield {k: batch[k] for k in keys}
 
@@ -165,7 +169,9 @@ class TrainLoop:
 
         Args:
           state: the (resumed, replicated) state; `state.step` counts loop steps.
-          batches: `batches(epoch, start_batch)` yields host batches of one epoch.
+          batches: `batches(epoch, start_batch)` yields host batches of one epoch; in a
+            multi-process run `batches(epoch, start_batch, rows)` yields this process's
+            `rows` of each (`shuffled_batches` does both).
           step_fn: `step_fn(state, batch, step)` with the batch sharded over `mesh` and
             `step` the host count of steps before it; returns `(state, metrics)`, the
             metrics (scalars on device) of this batch.
@@ -175,20 +181,34 @@ class TrainLoop:
         """
         sched, step = self.schedule, int(state.step)
         hooks = [(sched.every(h.every), h.fn) for h in hooks]
+        if distributed.multi():
+            # Each process loads its rows of every batch; the global batch is the same.
+            rows = distributed.process_rows(sharding.batch_sharding(mesh), sched.batch_size)
+            epoch_batches = functools.partial(batches, rows=rows)
+
+            def place(batch):
+                return sharding.from_process_rows(batch, mesh, sched.batch_size)
+        else:
+            epoch_batches = batches
+
+            def place(batch):
+                return sharding.shard_batch(batch, mesh)
+
         bar = tqdm(
             total=sched.total_steps,
             initial=step,
             desc=self.desc,
             dynamic_ncols=True,
             mininterval=1.0,
+            disable=not distributed.is_main(),
         )
         tic, seen = time.perf_counter(), 0
         try:
             while step < sched.total_steps:
                 epoch, start_batch = divmod(step, sched.steps_per_epoch)
-                for batch in batches(epoch, start_batch):
-                    seen += len(jax.tree.leaves(batch)[0])
-                    state, step_metrics = step_fn(state, sharding.shard_batch(batch, mesh), step)
+                for batch in epoch_batches(epoch, start_batch):
+                    seen += len(jax.tree.leaves(batch)[0]) * distributed.process_count()
+                    state, step_metrics = step_fn(state, place(batch), step)
                     step = self.step = step + 1
                     for k, v in step_metrics.items():
                         self._pending.setdefault(k, []).append(v)
@@ -229,4 +249,6 @@ class TrainLoop:
         if record:
             self.writer.write(self.step, summary)
         self.writer.close()
-        atomic.write_json(os.path.join(self.workdir, 'results.json'), summary)
+        if distributed.is_main():
+            atomic.write_json(os.path.join(self.workdir, 'results.json'), summary)
+        distributed.barrier(f'finish:{self.workdir}')

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from tldmi_jax.utils import atomic, lock, metrics
+from tldmi_jax.utils import atomic, distributed, lock, metrics
 
 MODEL_DIRS = ('model_best', 'model_final')
 _ORBAX = f'{os.sep}orbax{os.sep}'  # In the file names of orbax's code.
@@ -166,14 +166,27 @@ def resume(
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
-    """Saves `state` at `step`, copied to host first (the caller may donate its buffers)."""
-    mngr.save(step, args=ocp.args.StandardSave(jax.tree.map(np.array, state)))
+    """Saves `state` at `step`, copied to host first (the caller may donate its buffers).
+
+    In a multi-process run every process calls it (orbax writes once, from process 0); an
+    array sharded over processes is gathered first.
+    """
+    mngr.save(step, args=ocp.args.StandardSave(jax.tree.map(np.array, distributed.to_host(state))))
+
+
+def _this_process() -> ocp.StandardCheckpointer:
+    """A checkpointer that reads or writes from this process alone (no cross-process sync)."""
+    if not distributed.multi():
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
 def save_tree(path: str, tree: Any) -> None:
     """Writes a pytree as an orbax checkpoint directory at `path` (blocking, new directory)."""
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(path), jax.device_get(tree))
+    ckptr = _this_process()
+    ckptr.save(os.path.abspath(path), distributed.to_host(tree))
     ckptr.wait_until_finished()
 
 
@@ -181,7 +194,7 @@ def read_tree(path: str) -> Any:
     """Reads a pytree written by `save_tree` (orbax's errors propagate, without the noise of
     its reads still in flight: see `_quiet_late_read_callbacks`)."""
     _quiet_late_read_callbacks()
-    return ocp.StandardCheckpointer().restore(os.path.abspath(path))
+    return _this_process().restore(os.path.abspath(path))
 
 
 def save_model(
@@ -199,11 +212,16 @@ def save_model(
       batch_stats: BatchNorm statistics tree (None or {} if the model has none).
       files: `{filename: payload}` written as JSON into the directory with the weights
         (e.g. a converter's `conversion.json`).
+
+    In a multi-process run every process calls it; process 0 writes and the others wait.
     """
-    with atomic.replacing_dir(path) as tmp:
-        save_tree(tmp, {'params': params, 'batch_stats': batch_stats or {}})
-        for name, payload in (files or {}).items():
-            atomic.write_json(os.path.join(tmp, name), payload)
+    tree = distributed.to_host({'params': params, 'batch_stats': batch_stats or {}})
+    if distributed.is_main():
+        with atomic.replacing_dir(path) as tmp:
+            save_tree(tmp, tree)
+            for name, payload in (files or {}).items():
+                atomic.write_json(os.path.join(tmp, name), payload)
+    distributed.barrier(f'save_model:{os.path.abspath(path)}')
 
 
 def find_model_dir(path: str) -> str:

@@ -27,6 +27,8 @@ from typing import Any, NoReturn
 
 from absl import app, flags
 
+from tldmi_jax.utils import distributed
+
 FAILURE, USAGE = 1, 2
 _MAX_CHARS = 2000
 
@@ -132,6 +134,9 @@ def _parse(argv: list[str]) -> list[str]:
 
 def _run_main(main: Main, args: list[str], argv: Sequence[str]) -> int:
     try:
+        config = _flag_value('config')
+        if config is not None and config.get('distributed', False):
+            distributed.initialize()  # Before the launcher's first JAX call.
         result = main(args)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):

@@ -14,6 +14,7 @@ class Schedule:
 
     steps_per_epoch: int
     total_steps: int
+    batch_size: int = 0  # The global batch (0: not given).
 
     def every(self, interval: int | None) -> int:
         return int(interval) if interval else self.steps_per_epoch
@@ -34,7 +35,7 @@ def make_schedule(
     steps_per_epoch = num_examples // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f'Batch size {batch_size} exceeds the {num_examples} {what}.')
-    return Schedule(steps_per_epoch, int(total_steps or epochs * steps_per_epoch))
+    return Schedule(steps_per_epoch, int(total_steps or epochs * steps_per_epoch), batch_size)
 
 
 class NonFiniteError(FloatingPointError):

@@ -14,7 +14,7 @@ from typing import Any
 
 from absl import logging
 
-from tldmi_jax.utils import atomic
+from tldmi_jax.utils import atomic, distributed
 from tldmi_jax.utils import tensorboard as tb_events
 
 
@@ -37,20 +37,27 @@ def _key(record: dict[str, Any]) -> tuple[Any, frozenset[str]]:
 class MetricWriter:
     """Appends `{"step": N, **metrics}` lines to `workdir/metrics.jsonl` and TB events.
 
-    A record whose step and keys are already in the file is not written again.
+    A record whose step and keys are already in the file is not written again. In a
+    multi-process run only process 0 writes (the others' writers do nothing).
     """
 
     def __init__(self, workdir: str, tensorboard: bool = True):
-        os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, 'metrics.jsonl')
+        self._written: set = set()
+        self._tb = None
+        self._active = distributed.is_main()
+        if not self._active:
+            return
+        os.makedirs(workdir, exist_ok=True)
         _drop_torn_tail(self.path)  # A kill mid-append must not glue two records together.
         self._written = {_key(r) for r in read_metrics(workdir)}
-        self._tb = None
         if tensorboard:
             self._tb = tb_events.ScalarWriter(os.path.join(workdir, 'tensorboard'))
 
     def write(self, step: int, metrics: dict[str, Any], log: bool = True) -> None:
         record = {'step': int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+        if not self._active:
+            return
         if _key(record) in self._written:
             logging.debug('step %d: already in %s, not written again', step, self.path)
             return
@@ -138,7 +145,7 @@ def truncate(workdir: str, step: int) -> None:
     rewritten atomically.
     """
     path = os.path.join(workdir, 'metrics.jsonl')
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not distributed.is_main():
         return
     records = [r for r in read_metrics(workdir) if r.get('step', 0) <= step]
     with atomic.open_for_write(path) as f:

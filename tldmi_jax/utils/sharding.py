@@ -44,6 +44,12 @@ def data_mesh(batch_size: int | None = None, devices: int | None = 0) -> Mesh:
     """
     n = check_devices(devices)
     devices = jax.devices()
+    if batch_size is not None and jax.process_count() > 1 and batch_size % n:
+        # Every process must hold an equal share of every batch (`from_process_rows`).
+        raise ValueError(
+            f'batch of {batch_size} does not split over the {n} devices of '
+            f'{jax.process_count()} processes; use a multiple of {n}'
+        )
     if batch_size is not None:
         while n > 1 and batch_size % n:
             n -= 1
@@ -54,14 +60,35 @@ def data_mesh(batch_size: int | None = None, devices: int | None = 0) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of `tree` on all devices of `mesh`."""
+    """Places every leaf of `tree` on all devices of `mesh` (of every process)."""
+    if jax.process_count() > 1:
+        tree = jax.device_get(tree)  # Host values: the same in every process.
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows split over 'data'."""
+    return NamedSharding(mesh, PartitionSpec('data'))
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Splits every leaf of `batch` along its first axis over the 'data' axis."""
     sharding = NamedSharding(mesh, PartitionSpec('data'))
     return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), batch)
+
+
+def from_process_rows(batch: Any, mesh: Mesh, global_size: int) -> Any:
+    """The global batch of `global_size` rows from this process's rows of it
+    (`distributed.process_rows`), split over 'data'; with one process, `shard_batch`."""
+    if jax.process_count() == 1:
+        return shard_batch(batch, mesh)
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(
+            sharding, np.asarray(x), (global_size, *np.shape(x)[1:])
+        ),
+        batch,
+    )
 
 
 def per_device(fn: Callable[..., Any], mesh: Mesh | None, num_batched: int) -> Callable[..., Any]:

@@ -48,14 +48,14 @@ import ml_collections
 from absl import logging
 
 from tldmi_jax import config_checks, config_lib
-from tldmi_jax.utils import atomic, fingerprint, lock
+from tldmi_jax.utils import atomic, distributed, fingerprint, lock
 
 CONFIG_FILE = 'config.json'
 INPUTS_FILE = 'inputs.json'  # Input fingerprints and where the run started.
 # Top-level fields that never count as a difference: the user study's serving options (what
 # to do with a prepared study, and where to serve it) do not change the study.
 # A sweep's `cells`/`only` choose what one command does with the same sweep.
-IGNORED = ('overwrite', 'mode', 'host', 'port', 'invite', 'cells', 'only')
+IGNORED = ('overwrite', 'mode', 'host', 'port', 'invite', 'cells', 'only', 'distributed')
 MAX_LISTED = 10
 # Every top-level name a stage, the sweep or the demo writes into its workdir (a test runs
 # each launcher and checks its workdir against this list). `overwrite` deletes only these;
@@ -94,10 +94,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
       WorkdirError: the workdir is empty, not a writable directory, or it holds a run whose
         config differs (the message lists the fields, old -> new) and overwrite is off.
       WorkdirInUseError: another process is running on the workdir (its pid is named).
+
+    In a multi-process run (`utils.distributed`) process 0 alone checks, locks and writes
+    the workdir; the others only check the config.
     """
     config_checks.check(config)
     if not workdir:
         raise WorkdirError('--workdir is empty; give the directory the run writes to')
+    if not distributed.is_main():
+        return
     check_writable(workdir)
     lock.set_overwrite(workdir, bool(config.get('overwrite', False)))
     if os.path.isdir(workdir):
@@ -116,6 +121,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         message names the field and the path).
       WorkdirInUseError: another process started on the same new workdir first.
     """
+    if distributed.is_main():
+        _save_config(config, workdir)
+    distributed.barrier(f'save_config:{workdir}')  # The workdir exists for every process.
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     if lock.acquire(workdir) and os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         _compare_previous(config, workdir)  # Written by a run that started after `prepare`.
     current = as_json(config)

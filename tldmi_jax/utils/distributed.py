@@ -1,0 +1,143 @@
+"""Multi-host runs with JAX's own multi-controller runtime (one process per host or GPU).
+
+`--config.distributed=True` (train and attack configs) makes the launcher call
+`initialize()` before any other JAX call. The coordinator, the process count and this
+process's index come from the environment: `JAX_COORDINATOR_ADDRESS` (host:port),
+`JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` when set, otherwise whatever
+`jax.distributed.initialize()` detects itself (Slurm, Cloud TPU, Open MPI, ...). On CPU the
+processes exchange data over gloo.
+
+Then every process runs the same program on the mesh over all processes' devices:
+
+* input: `process_rows` is the slice of a global batch this process loads and decodes, and
+  `sharding.from_process_rows` assembles the global array from each process's slice
+  (`jax.make_array_from_process_local_data`), so the global batch, and therefore every
+  number, does not depend on the process count;
+* output: only process 0 writes files (`is_main`); `barrier` makes the others wait until a
+  file they read next is there; `to_host` gathers a sharded array to every process.
+
+With one process every function here is the plain single-host behaviour.
+"""
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
+
+
+def initialize() -> None:
+    """Starts (once) the multi-controller runtime; call it before any other JAX call.
+
+    Raises:
+      ValueError: only some of the three `JAX_*` variables are set, or one does not parse.
+    """
+    import jax
+
+    if jax.distributed.is_initialized():
+        return
+    given = {name: os.environ.get(name, '') for name in _ENV}
+    if any(given.values()) and not all(given.values()):
+        missing = ', '.join(name for name, value in given.items() if not value)
+        raise ValueError(
+            f'--config.distributed=True: {missing} not set; set all of {", ".join(_ENV)} '
+            '(or none, on Slurm or Cloud TPU, where JAX reads its own variables)'
+        )
+    kwargs: dict[str, Any] = {}
+    if all(given.values()):
+        try:
+            kwargs = dict(
+                coordinator_address=given['JAX_COORDINATOR_ADDRESS'],
+                num_processes=int(given['JAX_NUM_PROCESSES']),
+                process_id=int(given['JAX_PROCESS_ID']),
+            )
+        except ValueError as e:
+            raise ValueError(
+                f'--config.distributed=True: JAX_NUM_PROCESSES={given["JAX_NUM_PROCESSES"]!r} '
+                f'and JAX_PROCESS_ID={given["JAX_PROCESS_ID"]!r} must be integers'
+            ) from e
+        if not 0 <= kwargs['process_id'] < kwargs['num_processes']:
+            raise ValueError(
+                f'JAX_PROCESS_ID={kwargs["process_id"]} is outside 0..'
+                f'{kwargs["num_processes"] - 1} (JAX_NUM_PROCESSES={kwargs["num_processes"]})'
+            )
+    # CPU processes need a collectives implementation; GPU and TPU ignore this option.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(**kwargs)
+
+
+def _runtime() -> Any:
+    """`jax` when its multi-controller runtime is up, else None (no import, no backend)."""
+    jax = sys.modules.get('jax')
+    if jax is None or not jax.distributed.is_initialized():
+        return None
+    return jax
+
+
+def process_count() -> int:
+    jax = _runtime()
+    return 1 if jax is None else jax.process_count()
+
+
+def is_main() -> bool:
+    """True in process 0, the only one that writes files (and in a single-process run)."""
+    jax = _runtime()
+    return jax is None or jax.process_index() == 0
+
+
+def multi() -> bool:
+    """True when several processes run this program together."""
+    return process_count() > 1
+
+
+def barrier(name: str) -> None:
+    """Waits until every process has reached `barrier(name)` (nothing with one process)."""
+    if multi():
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def process_rows(sharding: Any, global_size: int) -> slice:
+    """The rows of a batch of `global_size` that this process's devices hold under `sharding`.
+
+    Raises:
+      ValueError: the rows of this process are not one contiguous range.
+    """
+    if not multi():
+        return slice(0, global_size)
+    spans = sorted(
+        {
+            (index[0].start or 0, global_size if index[0].stop is None else index[0].stop)
+            for index in sharding.addressable_devices_indices_map((global_size,)).values()
+        }
+    )
+    jax = _runtime()
+    start, stop = spans[0]
+    for lo, hi in spans[1:]:
+        if lo != stop:
+            raise ValueError(
+                f'process {jax.process_index()} holds rows {spans} of the batch, not one '
+                'contiguous range; give each process the same number of devices'
+            )
+        stop = hi
+    return slice(start, stop)
+
+
+def to_host(tree: Any) -> Any:
+    """Every array of `tree` as a numpy array, whole, in every process."""
+
+    import jax
+
+    def get(leaf: Any) -> Any:
+        if isinstance(leaf, jax.Array) and not (
+            leaf.is_fully_addressable or leaf.is_fully_replicated
+        ):
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf
+
+    return jax.tree.map(get, tree)
