@@ -279,6 +279,12 @@ def _oom(p: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(classifier, 'make_train_step', make_train_step)
 
 
+def _partial_jax_environment(p: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '127.0.0.1:1234')
+    monkeypatch.delenv('JAX_NUM_PROCESSES', raising=False)
+    monkeypatch.delenv('JAX_PROCESS_ID', raising=False)
+
+
 def _disk_full(p: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     from tldmi_jax.utils import checkpoint
 
@@ -748,6 +754,18 @@ CASES = [
         fix='Use --config.devices=0 (all) or at most the count in the line.',
         launcher='train',
         args=_rl('--config.devices=64'),
+    ),
+    Case(
+        id='distributed-environment-partial',
+        input='a multi-process run with only some of its JAX_* variables set',
+        command=f'JAX_COORDINATOR_ADDRESS=host:1234 {TRAIN} --config.distributed=True',
+        expect='--config.distributed=True: JAX_NUM_PROCESSES, JAX_PROCESS_ID not set; set all '
+        'of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID',
+        fix='Set the three variables in every process (docs/scaling.md), or none of them on '
+        'Slurm or Cloud TPU.',
+        launcher='train',
+        args=_rl('--config.distributed=True'),
+        patch=_partial_jax_environment,
     ),
     Case(
         id='empty-workdir',

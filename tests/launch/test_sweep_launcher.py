@@ -4,7 +4,9 @@ import csv
 import json
 import os
 import random
+import re
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -315,3 +317,81 @@ def test_slurm_script_submits_one_array_per_level(tmp_path):
     expected = 'ran: launch/sweep.py --config=c.py --config.only=cell:tldmi__gmi'
     assert proc.stdout.strip() == expected
     assert len(log.read_text().strip().splitlines()) == len(groups)  # The task submits nothing.
+
+
+# --- notebooks/tldmi_celeba_reproduce.ipynb, on a copy of the reference sweep -----------------
+
+NOTEBOOK = os.path.join(ROOT, 'notebooks', 'tldmi_celeba_reproduce.ipynb')
+
+
+def _execute_notebook(config, workdir):
+    """Runs the reproduction notebook on `config` and `workdir`; returns it executed."""
+    nbclient = pytest.importorskip('nbclient')
+    nbformat = pytest.importorskip('nbformat')
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
+    assert len(params) == 1
+    settings = dict(RUNLOCAL=True, INSTALL=False, WORKDIR=workdir, CONFIG=str(config))
+    params[0].source += ''.join(f'\n{name} = {value!r}' for name, value in settings.items())
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': ROOT}}
+    )
+    client.execute()  # Raises CellExecutionError on a cell that errors.
+    return nb
+
+
+def _outputs(nb):
+    return [out for cell in nb.cells if cell.cell_type == 'code' for out in cell.outputs]
+
+
+def _printed(nb):
+    return ''.join(out.get('text', '') for out in _outputs(nb) if out.output_type == 'stream')
+
+
+def _markdown(nb):
+    data = [out.get('data', {}) for out in _outputs(nb)]
+    return [d['text/markdown'] for d in data if 'text/markdown' in d]
+
+
+def _pngs(nb):
+    return [out['data']['image/png'] for out in _outputs(nb) if 'image/png' in out.get('data', {})]
+
+
+# The kernel's zmq threads may report a closed event loop while the client shuts down.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_reproduce_notebook_runs_the_missing_pieces_and_resumes(reference, tmp_path):
+    """The notebook on a copy of the whole sweep with one cell deleted: it skips the finished
+    pieces, recomputes that cell (equal to the whole sweep's), reports the broken target's
+    failure and skips its cell, and shows the table, the plot and each cell's grid; a second
+    run recomputes nothing."""
+    config, clean = reference
+    workdir = str(tmp_path / 'notebook')
+    shutil.copytree(clean, workdir)
+    shutil.rmtree(os.path.join(workdir, 'cells', 'tldmi__gmi'))
+    nb = _execute_notebook(config, workdir)
+    assert not [out for out in _outputs(nb) if out.output_type == 'error']
+    printed = _printed(nb)
+    for piece in ('target:none', 'target:tldmi', 'eval_model', 'prior:gmi', 'cell:none__gmi'):
+        assert f'{piece}: skip (finished)' in printed, printed
+    assert 'cell:tldmi__gmi: done in ' in printed, printed
+    assert re.search(r'target:broken: FAILED after \d+ s: ValueError', printed), printed
+    assert 'cell:broken__gmi: skip, upstream target:broken failed' in printed, printed
+    assert _cell(workdir, 'tldmi') == _cell(clean, 'tldmi')
+    # The plan table, the results table (no image link), the captions of the two grids.
+    tables = [m for m in _markdown(nb) if '| acc@1 |' in m]
+    assert len(tables) == 1 and '![' not in tables[0]
+    for target, status in (('none', 'done'), ('tldmi', 'done'), ('broken', 'failed')):
+        row = [line for line in tables[0].splitlines() if line.startswith(f'| {target} |')]
+        assert len(row) == 1, (target, tables[0])
+        assert row[0].rstrip(' |').rsplit('| ', 1)[-1].startswith(status), row[0]
+    captions = [m for m in _markdown(nb) if m.endswith(' x GMI')]
+    assert captions == ['**no defense** x GMI', '**TL-DMI (official k)** x GMI']
+    assert len(_pngs(nb)) == 1 + len(captions)  # The utility-vs-privacy plot, then the grids.
+    assert 'broken x gmi: no reconstructions' in printed
+
+    again = _execute_notebook(config, workdir)
+    printed = _printed(again)
+    assert 'done in ' not in printed, printed  # Only the broken target is tried again.
+    assert printed.count('skip (finished)') == 7, printed  # All but the broken two.
+    assert [m for m in _markdown(again) if '| acc@1 |' in m] == tables
+    assert _pngs(again) == _pngs(nb)

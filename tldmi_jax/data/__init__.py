@@ -32,6 +32,7 @@ from tldmi_jax.data.fashion_mnist_mi import (
 from tldmi_jax.data.pipeline import epoch_batches, load_all, num_batches, split_validation
 from tldmi_jax.data.preprocess import get_preprocess, random_flip
 from tldmi_jax.data.synthetic import make_synthetic
+from tldmi_jax.utils import distributed
 
 __all__ = [
     'DATASETS',
@@ -125,4 +126,6 @@ def get_source(
         return make_synthetic(split, **kwargs)
     if name == 'fashion_mnist_mi':
         return load_fashion_mnist_mi(split, root=root)
-    return TfdsSource(get_builder(name, root=root, data_dir=data_dir), split)
+    # Prepared once, by process 0 of a multi-process run, before the others open it.
+    with distributed.main_first(f'prepare:{name}:{data_dir}'):
+        return TfdsSource(get_builder(name, root=root, data_dir=data_dir), split)

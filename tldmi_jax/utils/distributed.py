@@ -14,13 +14,16 @@ Then every process runs the same program on the mesh over all processes' devices
   (`jax.make_array_from_process_local_data`), so the global batch, and therefore every
   number, does not depend on the process count;
 * output: only process 0 writes files (`is_main`); `barrier` makes the others wait until a
-  file they read next is there; `to_host` gathers a sharded array to every process.
+  file they read next is there; `to_host` gathers a sharded array to every process;
+* data preparation: `main_first` (process 0 prepares a dataset, then the others read it).
 
 With one process every function here is the plain single-host behaviour.
 """
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -98,6 +101,20 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def main_first(name: str) -> Iterator[None]:
+    """Runs the block in process 0 first and in the others after it (e.g. preparing a dataset
+    once on a shared filesystem, then reading it everywhere); a plain block in one process."""
+    if not multi():
+        yield
+    elif is_main():
+        yield
+        barrier(name)
+    else:
+        barrier(name)
+        yield
 
 
 def process_rows(sharding: Any, global_size: int) -> slice:
