@@ -34,6 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.runlocal = arg.runlocal  # Without a target checkpoint, train a tiny target.
     config.overwrite = False  # True: replace a run with another config in --workdir.
     config.devices = 0  # Devices to train on (0: all; data parallel over the batch).
+    # True: one process per host (or GPU), JAX's multi-controller runtime; docs/scaling.md.
+    config.distributed = False
 
     # --- data ---
     config.data = ml_collections.ConfigDict()

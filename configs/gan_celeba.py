@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.runlocal = arg.runlocal  # Lets kedmi/plgmi train a tiny target when none is given.
     config.overwrite = False  # True: replace a run with another config in --workdir.
     config.devices = 0  # Devices to train on (0: all; data parallel over the batch).
+    # True: one process per host (or GPU), JAX's multi-controller runtime; docs/scaling.md.
+    config.distributed = False
 
     # --- data ---
     config.data = ml_collections.ConfigDict()

@@ -47,7 +47,7 @@ from tldmi_jax import classifiers, config_lib, data, models
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.train import loop
 from tldmi_jax.train import optim as optim_lib
-from tldmi_jax.utils import atomic, checkpoint, metrics, sharding
+from tldmi_jax.utils import atomic, checkpoint, distributed, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 
@@ -278,14 +278,15 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 def _train_student(config, index, arch, out_dir, target, target_vars, ds, target_path):
     """Distils student `index` into `out_dir` (resuming if possible); returns its metrics."""
     num_classes = target.num_classes
-    with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        saved = {
-            'model': {'arch': arch, 'num_classes': num_classes, 'kwargs': {}},
-            'data': {k: config.data[k] for k in ('name', 'image_size', 'channels')},
-            'distill': {'index': index, 'target': target_path},
-            'seed': config.seed,
-        }
-        json.dump(saved, f, indent=2)
+    saved = {
+        'model': {'arch': arch, 'num_classes': num_classes, 'kwargs': {}},
+        'data': {k: config.data[k] for k in ('name', 'image_size', 'channels')},
+        'distill': {'index': index, 'target': target_path},
+        'seed': config.seed,
+    }
+    if distributed.is_main():
+        with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+            json.dump(saved, f, indent=2)
     model, params, stats = init_student(config, arch, num_classes, index)
     bs = config.batch_size
     sched = loop.schedule(config, len(ds.train_idx), 'public images')
@@ -326,6 +327,8 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
 
     checkpoint.save_model(os.path.join(out_dir, 'model_final'), state.params, state.batch_stats)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    if distributed.multi():  # Each process predicts the whole split on its own device.
+        variables = distributed.to_host(variables)
     predict = classifiers.jit_apply(model)
     final = {'steps': train.step}
     if ds.holdout is not None:
@@ -392,7 +395,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for index, arch in enumerate(config.students):
         name = f'student_{index}_{arch}'
         out_dir = os.path.join(workdir, name)
-        os.makedirs(out_dir, exist_ok=True)
+        if distributed.is_main():
+            os.makedirs(out_dir, exist_ok=True)
+        distributed.barrier(f'distill:{out_dir}')
         done = os.path.join(out_dir, 'results.json')
         if os.path.exists(done):
             logging.info('%s is finished; skipping.', name)
@@ -404,5 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             writer.write(index, {f'{name}/{k}': v for k, v in res.items()})
         summary['students'].append({'name': name, 'arch': arch, 'dir': out_dir, **res})
     writer.close()
-    atomic.write_json(os.path.join(workdir, 'distill.json'), summary)
+    if distributed.is_main():
+        atomic.write_json(os.path.join(workdir, 'distill.json'), summary)
+    distributed.barrier(f'distill:{workdir}:done')
     return summary

@@ -30,7 +30,7 @@ from tldmi_jax import classifiers, data, priors
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import grids
 from tldmi_jax.train import gan_losses, loop
-from tldmi_jax.utils import atomic, metrics, npz, sharding
+from tldmi_jax.utils import atomic, distributed, metrics, npz, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 _NOT_OPTIONS = ('kind', 'num_classes')
@@ -177,7 +177,8 @@ def pseudo_labels(config, workdir, target_path, target, target_vars, source, pre
         return cached['indices'], cached['labels']
     probs = _target_probs(target, target_vars, source, prep, config.batch_size)
     indices, labels = top_n_selection(probs, key['top_n'])
-    atomic.savez(path, indices=indices, labels=labels, **key)
+    if distributed.is_main():  # Every process computes the labels; one writes them.
+        atomic.savez(path, indices=indices, labels=labels, **key)
     logging.info(
         'Pseudo-labelled %d of %d public images (top %d per class).',
         len(np.unique(indices)),
@@ -220,7 +221,8 @@ def _stream_seed(seed: int, stream: int) -> int:
 
 
 def _batches(kind: str, config, source, indices, prep) -> loop.Batches:
-    """`batches(epoch, start_batch)`: a dict per D step with the arrays that kind needs."""
+    """`batches(epoch, start_batch[, rows])`: a dict per D step with the arrays that kind
+    needs (`rows`: this process's rows of each, in a multi-process run)."""
     streams = [
         loop.shuffled_batches(
             source,
@@ -232,8 +234,8 @@ def _batches(kind: str, config, source, indices, prep) -> loop.Batches:
         for s in range(3 if kind == 'kedmi' else 1)
     ]
 
-    def batches(epoch: int, start_batch: int):
-        for parts in zip(*(s(epoch, start_batch) for s in streams), strict=True):
+    def batches(epoch: int, start_batch: int, rows: slice = slice(None)):
+        for parts in zip(*(s(epoch, start_batch, rows) for s in streams), strict=True):
             batch = {'image': parts[0]['image']}
             if kind == 'kedmi':
                 batch['unlabeled'], batch['unlabeled2'] = parts[1]['image'], parts[2]['image']
@@ -331,12 +333,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sample = jax.jit(lambda gv: prior.generate(gv, z_fixed, y_fixed))
 
     def save_samples(step: int, state: GanState) -> GanState:
-        images = np.asarray(sample({'params': state.g_params, **state.g_state}))
-        grids.save_grid(os.path.join(workdir, 'samples', f'step_{step}.png'), images, ncol=8)
+        images = distributed.to_host(sample({'params': state.g_params, **state.g_state}))
+        if distributed.is_main():
+            grids.save_grid(os.path.join(workdir, 'samples', f'step_{step}.png'), images, ncol=8)
         return state
 
     mesh = sharding.data_mesh(config.batch_size, config.get('devices', 0))
-    logging.info('Data parallel over %d device(s).', mesh.size)
+    logging.info(
+        'Data parallel over %d device(s) of %d process(es).', mesh.size, distributed.process_count()
+    )
     target_vars = sharding.replicate(target_vars, mesh) if target_vars is not None else {}
 
     def gan_step(state: GanState, batch: dict, step: int):
@@ -359,9 +364,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         hooks=[loop.Periodic(config.get('sample_every_steps'), save_samples)],
     )
 
-    prior = dataclasses.replace(prior, variables=jax.device_get(_variables(state)))
+    prior = dataclasses.replace(prior, variables=distributed.to_host(_variables(state)))
     prior_dir = os.path.join(workdir, priors.PRIOR_DIR)
-    priors.save_prior(prior_dir, prior)
+    if distributed.is_main():
+        priors.save_prior(prior_dir, prior)
+    distributed.barrier(f'save_prior:{prior_dir}')
     step, last = train.step, train.last
     g_steps = -(-step // n_critic) if g_first else step // n_critic
     if not last:  # Resumed at the last step: the killed run logged the last losses.
