@@ -34,6 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
     config.seed = 0  # KID subsets, FID real-image subsampling, runlocal stand-ins.
+    # True: a multi-process run (JAX's multi-controller runtime, docs/scaling.md): every process
+    # evaluates, process 0 writes.
+    config.distributed = False
     config.runlocal = False  # Make missing upstream artefacts (tiny, generated data).
     config.overwrite = False  # True: replace a run with another config in --workdir.
 

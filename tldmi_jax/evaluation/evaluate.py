@@ -33,7 +33,7 @@ from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.evaluation import attack_acc, features, fid, knn, report
 from tldmi_jax.models import inception
 from tldmi_jax.reporting import files
-from tldmi_jax.utils import checkpoint, metrics
+from tldmi_jax.utils import checkpoint, distributed, metrics
 from tldmi_jax.utils import workdir as workdir_lib
 
 FID_FIELD = 'config.fid.inception_checkpoint'
@@ -276,21 +276,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             }
         ),
     }
-    _write_outputs(
-        config,
-        workdir,
-        result,
-        recon=recon,
-        meta=meta,
-        acc=acc,
-        confidence=confidence,
-        dist=dist,
-        nearest=nearest,
-        notes=notes,
-        source=source,
-        private_indices=private['indices'],
-        eval_desc=f'`{config.eval_model.checkpoint}` ({eval_size} px, params hash {eval_hash})',
-    )
+    if distributed.is_main():  # Every process of a multi-process run computes; one writes.
+        _write_outputs(
+            config,
+            workdir,
+            result,
+            recon=recon,
+            meta=meta,
+            acc=acc,
+            confidence=confidence,
+            dist=dist,
+            nearest=nearest,
+            notes=notes,
+            source=source,
+            private_indices=private['indices'],
+            eval_desc=f'`{config.eval_model.checkpoint}` ({eval_size} px, params hash {eval_hash})',
+        )
+    distributed.barrier(f'evaluate:{workdir}')
     return result
 
 

@@ -32,7 +32,7 @@ from absl import logging
 
 from tldmi_jax import classifiers, config_lib
 from tldmi_jax.data import pipeline
-from tldmi_jax.utils import atomic, npz
+from tldmi_jax.utils import atomic, distributed, npz
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
@@ -162,5 +162,6 @@ class FeatureCache:
             logging.info('Feature cache hit: %s', self.path(kind, key))
             return cached
         arrays = compute()
-        logging.info('Feature cache stored: %s', self.save(kind, key, arrays))
+        if distributed.is_main():  # In a multi-process run every process computes them.
+            logging.info('Feature cache stored: %s', self.save(kind, key, arrays))
         return arrays
