@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
     config.seed = 0  # Subsampling with max_examples; runlocal stand-ins.
+    # True: a multi-process run (JAX's multi-controller runtime, docs/scaling.md): each chunk
+    # of examples is split over every process's devices; process 0 writes.
+    config.distributed = False
     config.runlocal = False  # Make a missing target/attack (tiny, generated data).
     config.overwrite = False  # True: replace a run with another config in --workdir.
 

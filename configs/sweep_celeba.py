@@ -79,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.overwrite = False  # True: replace a sweep with another config in --workdir.
     config.cells = ''  # 'plan': write plan.json + plan_slurm.sh (every piece as a command).
     config.only = ''  # One piece of the plan (e.g. 'target:none', 'cell:none__gmi', 'results').
+    # True: every process of a multi-process job runs the same piece(s) together (JAX's
+    # multi-controller runtime; docs/scaling.md); process 0 writes.
+    config.distributed = False
     # --- stages: config files (':args' allowed) ---
     config.stages = ml_collections.ConfigDict()
     config.stages.gan = f'gan_celeba.py:runlocal={arg.runlocal}'  # ':prior=KIND' is appended.

@@ -31,6 +31,7 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 # the next file in this order, so the long ones start early and the workers end together.
 SLOW_FIRST = (
     'tests/launch/test_sweep_launcher.py',
+    'tests/launch/test_distributed.py',
     'tests/launch/test_userstudy_launcher.py',
     'tests/attacks/test_attacks.py',
     'tests/launch/test_demo_launcher.py',

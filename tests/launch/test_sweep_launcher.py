@@ -53,14 +53,14 @@ def reference(tmp_path_factory):
     workdir = str(base / 'clean')
     # From another directory than the repository: stage configs resolve all the same.
     proc = crash.run(_cmd(config, workdir), timeout=900, status=1, cwd=str(base))
-    _check_failed_cells_line(proc)
+    _check_failed_cells_line(proc.stderr)
     return config, workdir
 
 
-def _check_failed_cells_line(proc):
+def _check_failed_cells_line(stderr):
     """The sweep finished the others, then exited 1 with one line naming the failed cell."""
-    errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
-    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1]
+    errors = [line for line in stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and errors[0] == stderr.strip().splitlines()[-1]
     assert errors[0].startswith('error: 1 of 3 sweep cells failed (broken x gmi: ValueError')
 
 
@@ -88,7 +88,7 @@ def _cell(workdir, name):
     return record
 
 
-def test_sweep_kill_resume_and_failing_cell(reference, tmp_path):
+def test_sweep_kill_resume_and_failing_cell(reference, tmp_path, capsys):
     config, clean = reference
     workdir = str(tmp_path / 'sweep')
     crash.kill_at_random_point(
@@ -103,9 +103,12 @@ def test_sweep_kill_resume_and_failing_cell(reference, tmp_path):
     first_cell = os.path.join(workdir, 'cells', 'none__gmi', 'cell.json')
     stamp = os.path.getmtime(first_cell) if os.path.exists(first_cell) else None
 
-    out = crash.run(_cmd(config, workdir), timeout=900, status=1)
-    assert '2/3 cells done' in out.stdout
-    _check_failed_cells_line(out)
+    # The rerun in this process (no interpreter start-up; the same numbers as a subprocess).
+    capsys.readouterr()
+    assert in_process.call_launcher('sweep', _cmd(config, workdir)[2:]) == 1
+    out = capsys.readouterr()
+    assert '2/3 cells done' in out.out
+    _check_failed_cells_line(out.err)
     if stamp is not None:
         assert os.path.getmtime(first_cell) == stamp  # finished cell skipped, not recomputed
     records = {name: _cell(workdir, name) for name in ('none', 'tldmi', 'broken')}
@@ -317,6 +320,13 @@ def test_slurm_script_submits_one_array_per_level(tmp_path):
     expected = 'ran: launch/sweep.py --config=c.py --config.only=cell:tldmi__gmi'
     assert proc.stdout.strip() == expected
     assert len(log.read_text().strip().splitlines()) == len(groups)  # The task submits nothing.
+    # TLDMI_MULTIHOST=1: the piece runs through srun on every task, as a multi-process run.
+    (fake / 'srun').write_text('#!/bin/bash\necho "srun"\nexec "$@"\n')
+    (fake / 'srun').chmod(0o755)
+    task['TLDMI_MULTIHOST'] = '1'
+    proc = subprocess.run(['bash', script], env=task, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == ['srun', f'{expected} --config.distributed=True']
 
 
 # --- notebooks/tldmi_celeba_reproduce.ipynb, on a copy of the reference sweep -----------------

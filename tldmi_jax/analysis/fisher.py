@@ -42,7 +42,7 @@ from flax import traverse_util
 from tldmi_jax import classifiers, config_lib, data, reconstructions
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import files
-from tldmi_jax.utils import atomic, metrics, sharding
+from tldmi_jax.utils import atomic, distributed, metrics, sharding
 from tldmi_jax.utils import workdir as workdir_lib
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -303,14 +303,15 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             }
         ),
     }
-    files.write_json(os.path.join(workdir, 'fisher.json'), result)
-    files.write_csv(os.path.join(workdir, 'fisher.csv'), groups)
-    names = [g['group'] for g in groups]
-    plot(
-        os.path.join(workdir, 'fisher.png'),
-        names,
-        {'classification (private data)': norm_cls, 'MI (reconstructions)': norm_mi},
-        f'Empirical Fisher information per layer ({type(model).__name__})',
-    )
-    logging.info('Fisher information written to %s', workdir)
+    if distributed.is_main():  # A multi-process run: every chunk was split over all devices.
+        files.write_json(os.path.join(workdir, 'fisher.json'), result)
+        files.write_csv(os.path.join(workdir, 'fisher.csv'), groups)
+        plot(
+            os.path.join(workdir, 'fisher.png'),
+            [g['group'] for g in groups],
+            {'classification (private data)': norm_cls, 'MI (reconstructions)': norm_mi},
+            f'Empirical Fisher information per layer ({type(model).__name__})',
+        )
+        logging.info('Fisher information written to %s', workdir)
+    distributed.barrier(f'fisher:{workdir}')
     return result

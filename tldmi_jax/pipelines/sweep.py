@@ -38,7 +38,7 @@ from tldmi_jax.evaluation import evaluate
 from tldmi_jax.pipelines import runlocal
 from tldmi_jax.reporting import tables
 from tldmi_jax.train import classifier, distill, gan
-from tldmi_jax.utils import atomic, metrics
+from tldmi_jax.utils import atomic, distributed, metrics
 from tldmi_jax.utils import workdir as workdir_lib
 
 
@@ -244,7 +244,8 @@ def run(
             logging.info('sweep: cell %d/%d: %s x %s', index + 1, len(cells), target_name, attack)
             record = run_cell(sweep, target_name, attack)
         rows.append({**target_info(sweep, target_name), 'attack': attack, **tables.row(record)})
-        tables.write(workdir, rows)
+        if distributed.is_main():
+            tables.write(workdir, rows)
     return rows
 
 
@@ -280,7 +281,10 @@ def run_cell(sweep: Sweep, target_name: str, attack: str) -> dict[str, Any]:
             'traceback': traceback.format_exc(),
         }
     record['seconds'] = time.perf_counter() - tic
-    atomic.write_json(os.path.join(sweep.cell_dir(target_name, attack), 'cell.json'), record)
+    path = os.path.join(sweep.cell_dir(target_name, attack), 'cell.json')
+    if distributed.is_main():  # A multi-process run: every process ran the cell; one writes.
+        atomic.write_json(path, record)
+    distributed.barrier(f'cell:{path}')
     return record
 
 

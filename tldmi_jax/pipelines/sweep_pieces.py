@@ -28,7 +28,7 @@ from tldmi_jax.pipelines.sweep import (
     target_info,
 )
 from tldmi_jax.reporting import tables
-from tldmi_jax.utils import atomic, metrics
+from tldmi_jax.utils import atomic, distributed, metrics
 from tldmi_jax.utils import workdir as workdir_lib
 
 __all__ = [
@@ -125,7 +125,8 @@ def assemble(sweep: Sweep) -> list[dict[str, Any]]:
         for a in sweep.config.attacks:
             record = read_record(sweep, t, a) or {'status': 'missing', 'error': 'not run yet'}
             rows.append({**target_info(sweep, t), 'attack': a, **tables.row(record)})
-    tables.write(sweep.workdir, rows)
+    if distributed.is_main():
+        tables.write(sweep.workdir, rows)
     return rows
 
 
@@ -203,12 +204,17 @@ _SLURM = """#!/bin/bash
 #   bash {script}     submits every level (extra sbatch options: SBATCH_ARGS='--gres=gpu:1')
 # Inside an array task it runs the piece of its level and index. The results level runs
 # after the cells whatever their outcome (afterany), so failed cells show in the table.
+# TLDMI_MULTIHOST=1 runs each piece on every task of its job (srun, --config.distributed=True):
+#   SBATCH_ARGS='--nodes=2 --ntasks-per-node=1 --gpus-per-node=8' TLDMI_MULTIHOST=1 bash {script}
 set -euo pipefail
 LEVELS=(
 {levels}
 )
 run_piece() {{
   cd {cwd}
+  if [ -n "${{TLDMI_MULTIHOST:-}}" ]; then
+    exec srun {command} --config.only="$1" --config.distributed=True
+  fi
   exec {command} --config.only="$1"
 }}
 if [ -n "${{SLURM_ARRAY_TASK_ID:-}}" ]; then

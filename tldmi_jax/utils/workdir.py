@@ -169,6 +169,8 @@ def check_shared(config: ml_collections.ConfigDict, workdir: str, record: bool =
       WorkdirError: not writable, or `config.json` holds another config (fields listed).
     """
     config_checks.check(config)
+    if not distributed.is_main():  # Process 0 of a multi-process piece checks and records.
+        return
     check_writable(workdir)
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
