@@ -23,6 +23,7 @@ from tldmi_jax.utils import checkpoint
 TRAIN = ('celeba.py:runlocal', '--config.total_steps=20', '--config.checkpoint_every_steps=5')
 TRAIN += ('--config.eval_every_steps=10', '--config.log_every_steps=5')
 ATTACK_CONFIG = 'attack_celeba.py:runlocal'
+GAN_CONFIG = 'gan_celeba.py:prior=kedmi,runlocal'
 ORBAX_DIRS = ('checkpoints', 'model_best', 'model_final', 'prior')
 
 
@@ -185,6 +186,23 @@ def test_two_processes_attack_resume_and_equal_one_process(reference, tmp_path):
         for losses in record['final_losses']:
             losses.pop('seconds')
     assert summary[1] == summary[0]
+    assert _files(two) == _files(one)
+
+
+def test_two_processes_train_a_kedmi_gan_like_one_process(reference, tmp_path):
+    """KEDMI's GAN (three data streams, minibatch discrimination, the target replicated):
+    the same prior, samples grid and metrics from two processes as from one."""
+    target, _ = reference
+    flags = (f'--config.target.checkpoint={target}', '--config.total_steps=6')
+    one, two = str(tmp_path / 'gan_one'), str(tmp_path / 'gan_two')
+    _one_process(crash.command('train_gan', GAN_CONFIG, one, *flags))
+    _finish(_start(crash.command('train_gan', GAN_CONFIG, two, *flags)))
+    prior = [priors.load_prior(os.path.join(d, 'prior')) for d in (one, two)]
+    crash.assert_trees_equal(prior[0].variables, prior[1].variables, 'prior/')
+    crash.assert_files_equal(
+        os.path.join(one, 'samples', 'step_6.png'), os.path.join(two, 'samples', 'step_6.png')
+    )
+    assert crash.records(two) == crash.records(one)
     assert _files(two) == _files(one)
 
 

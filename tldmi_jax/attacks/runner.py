@@ -136,8 +136,9 @@ def _p_reg(config, cfg, target, image_size: int, workdir: str) -> np.ndarray:
     n = min(len(source), int(cfg.p_reg_samples))
     batch = pipeline.load_all(source, np.arange(n), preprocess.get_preprocess(dc.name, image_size))
     value = common.public_feature_mean(target, np.asarray(batch['image'], np.float32))
-    with atomic.replacing(path) as tmp:
-        np.save(tmp, value)
+    if distributed.is_main():  # Every process of a multi-process run computes it; one writes.
+        with atomic.replacing(path) as tmp:
+            np.save(tmp, value)
     return value
 
 
