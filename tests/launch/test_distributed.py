@@ -227,6 +227,7 @@ batch = sharding.from_process_rows({'x': np.arange(4)[rows] * 10}, mesh, 4)
 total = jax.jit(lambda b: b['x'].sum())(batch)
 gathered = distributed.to_host(batch)['x']
 assert gathered.tolist() == [0, 10, 20, 30] and int(total) == 60, (gathered, total)
+assert distributed.broadcast_from_main(me == 0) is True  # Process 0's answer everywhere.
 try:
     sharding.data_mesh(3)
     raise SystemExit('a batch of 3 over 2 processes must be refused')
@@ -238,7 +239,8 @@ print('ok', me, distributed.process_count())
 
 def test_process_rows_main_first_and_gather(tmp_path):
     """The parts on their own: each process's rows of a batch, the global array made from
-    them, the gather back, process 0 first, and a batch that does not split refused."""
+    them, the gather back, process 0's decision broadcast, process 0 first, and a batch that
+    does not split refused."""
     marker = str(tmp_path / 'prepared')
     outs = _finish(_start([sys.executable, '-c', _PARTS, marker], distributed_flag=False))
     assert [out.strip().splitlines()[-1] for out in outs] == ['ok 0 2', 'ok 1 2']

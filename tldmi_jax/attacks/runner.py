@@ -261,9 +261,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def _finished(path: str) -> bool:
     """Whether an identity batch has finished, as process 0 sees it (every process then
     attacks the same batches, even on a filesystem that shows a new file late)."""
-    done = os.path.exists(path)
-    if distributed.multi():
-        from jax.experimental import multihost_utils
-
-        done = bool(multihost_utils.broadcast_one_to_all(np.asarray(done)))
-    return done
+    return distributed.broadcast_from_main(os.path.exists(path))

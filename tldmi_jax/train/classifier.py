@@ -228,9 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     apply = classifiers.jit_apply(model)
 
     def evaluate(params, batch_stats, images, labels):
-        variables = {'params': params, 'batch_stats': batch_stats}
-        if distributed.multi():  # Each process evaluates the whole split on its own device.
-            variables = distributed.to_host(variables)
+        # Multi-process: each process evaluates the whole split on its own device.
+        variables = distributed.local_copy({'params': params, 'batch_stats': batch_stats})
         return classifiers.evaluate(apply, variables, images, labels, bs)
 
     def select(step: int, state: TrainState) -> TrainState:

@@ -326,9 +326,8 @@ def _train_student(config, index, arch, out_dir, target, target_vars, ds, target
     )
 
     checkpoint.save_model(os.path.join(out_dir, 'model_final'), state.params, state.batch_stats)
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    if distributed.multi():  # Each process predicts the whole split on its own device.
-        variables = distributed.to_host(variables)
+    # Multi-process: each process predicts the whole split on its own device.
+    variables = distributed.local_copy({'params': state.params, 'batch_stats': state.batch_stats})
     predict = classifiers.jit_apply(model)
     final = {'steps': train.step}
     if ds.holdout is not None:

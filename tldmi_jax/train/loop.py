@@ -181,18 +181,11 @@ class TrainLoop:
         """
         sched, step = self.schedule, int(state.step)
         hooks = [(sched.every(h.every), h.fn) for h in hooks]
+        epoch_batches = batches
         if distributed.multi():
             # Each process loads its rows of every batch; the global batch is the same.
             rows = distributed.process_rows(sharding.batch_sharding(mesh), sched.batch_size)
             epoch_batches = functools.partial(batches, rows=rows)
-
-            def place(batch):
-                return sharding.from_process_rows(batch, mesh, sched.batch_size)
-        else:
-            epoch_batches = batches
-
-            def place(batch):
-                return sharding.shard_batch(batch, mesh)
 
         bar = tqdm(
             total=sched.total_steps,
@@ -208,7 +201,8 @@ class TrainLoop:
                 epoch, start_batch = divmod(step, sched.steps_per_epoch)
                 for batch in epoch_batches(epoch, start_batch):
                     seen += len(jax.tree.leaves(batch)[0]) * distributed.process_count()
-                    state, step_metrics = step_fn(state, place(batch), step)
+                    global_batch = sharding.from_process_rows(batch, mesh, sched.batch_size)
+                    state, step_metrics = step_fn(state, global_batch, step)
                     step = self.step = step + 1
                     for k, v in step_metrics.items():
                         self._pending.setdefault(k, []).append(v)

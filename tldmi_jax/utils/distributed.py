@@ -1,6 +1,7 @@
 """Multi-host runs with JAX's own multi-controller runtime (one process per host or GPU).
 
-`--config.distributed=True` (train and attack configs) makes the launcher call
+`--config.distributed=True` (train, train_gan, distill, attack, evaluate, fisher and sweep
+configs) makes the launcher call
 `initialize()` before any other JAX call. The coordinator, the process count and this
 process's index come from the environment: `JAX_COORDINATOR_ADDRESS` (host:port),
 `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` when set, otherwise whatever
@@ -14,7 +15,9 @@ Then every process runs the same program on the mesh over all processes' devices
   (`jax.make_array_from_process_local_data`), so the global batch, and therefore every
   number, does not depend on the process count;
 * output: only process 0 writes files (`is_main`); `barrier` makes the others wait until a
-  file they read next is there; `to_host` gathers a sharded array to every process;
+  file they read next is there; `to_host` gathers a sharded array to every process, and
+  `local_copy` gives a process its own copy to compute on alone; `broadcast_from_main` makes
+  every process take process 0's decision;
 * data preparation: `main_first` (process 0 prepares a dataset, then the others read it).
 
 With one process every function here is the plain single-host behaviour.
@@ -103,6 +106,15 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def broadcast_from_main(value: bool) -> bool:
+    """Process 0's `value` in every process (the value itself with one process)."""
+    if not multi():
+        return value
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
 @contextlib.contextmanager
 def main_first(name: str) -> Iterator[None]:
     """Runs the block in process 0 first and in the others after it (e.g. preparing a dataset
@@ -158,3 +170,9 @@ def to_host(tree: Any) -> Any:
         return np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf
 
     return jax.tree.map(get, tree)
+
+
+def local_copy(tree: Any) -> Any:
+    """`tree` for a computation each process runs alone on its own device: host arrays in a
+    multi-process run (a jit with them stays on this process), `tree` itself otherwise."""
+    return to_host(tree) if multi() else tree
