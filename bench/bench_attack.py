@@ -122,7 +122,8 @@ class JaxSide:
         mesh = sharding.data_mesh(identities, self.search.devices)
         shard = NamedSharding(mesh, PartitionSpec('data'))
         self.ids = jax.device_put(np.arange(identities, dtype=np.int32), shard)
-        latent, opt_state = self.search._init(self.ids)
+        self.seeds = sharding.replicate(np.arange(seeds, dtype=np.int32), mesh)
+        latent, opt_state = self.search._init(self.ids, self.seeds, None)
         self.z0 = np.asarray(latent)  # [B, S, z_dim], unclamped N(0, I)
         self.latent = jax.device_put(latent, shard)
         self.opt_state = jax.device_put(opt_state, shard)
@@ -132,7 +133,7 @@ class JaxSide:
         """One chunk of k steps; returns (seconds, aux of the chunk's last step)."""
         tic = time.perf_counter()
         self.latent, self.opt_state, aux = self.search._run_chunk(
-            self.latent, self.opt_state, self.ids, self.step, self.k
+            self.latent, self.opt_state, self.ids, self.seeds, self.step, self.k
         )
         jax.block_until_ready((self.latent, self.opt_state, aux))
         seconds = time.perf_counter() - tic
@@ -142,7 +143,9 @@ class JaxSide:
     def flops(self) -> float | None:
         """FLOPs of one step (XLA's cost analysis of the chunk; lowering, no compile)."""
         return step_flops(
-            self.search._run_chunk.lower(self.latent, self.opt_state, self.ids, self.step, self.k)
+            self.search._run_chunk.lower(
+                self.latent, self.opt_state, self.ids, self.seeds, self.step, self.k
+            )
         )
 
 

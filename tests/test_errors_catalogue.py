@@ -571,13 +571,13 @@ CASES = [
         id='unknown-attack',
         input='an unknown attack',
         command=(
-            'python launch/attack.py --config=configs/attack_celeba.py:attack=ppa,runlocal '
+            'python launch/attack.py --config=configs/attack_celeba.py:attack=brepmi,runlocal '
             '--workdir=W'
         ),
-        expect="Unknown attack 'ppa'; use one of",
+        expect="Unknown attack 'brepmi'; use one of",
         fix='Use one of the attacks listed.',
         launcher='attack',
-        args=lambda p: [f'--config={ATTACK}:attack=ppa,runlocal', f'--workdir={p.workdir}'],
+        args=lambda p: [f'--config={ATTACK}:attack=brepmi,runlocal', f'--workdir={p.workdir}'],
     ),
     Case(
         id='freeze-rule-matches-nothing',

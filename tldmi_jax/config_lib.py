@@ -303,7 +303,35 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
         iden_loss='margin',  # Max-margin loss on the target.
         views=2,  # Augmented views of each image per step.
     ),
+    # PPA on FaceScrub with the FFHQ StyleGAN2 (configs/attacking/FaceScrub_FFHQ.yaml);
+    # configs/attack_ppa.py:dataset=dogs sets Stanford Dogs' changes (PPA_DOGS below).
+    'ppa': dict(
+        steps=50,  # PPA's num_epochs: Adam steps on every w (CelebA 70, Stanford Dogs 100).
+        lr=0.005,
+        b1=0.1,  # Adam betas (0.1, 0.1).
+        b2=0.1,
+        num_seeds=200,  # num_candidates: the best candidates kept per identity and optimised.
+        samples=1,
+        final=50,  # samples_per_target: the reconstructions kept per identity.
+        candidates=2000,  # search_space_size: random w scored once (CelebA 5000).
+        psi=0.5,  # Truncation of the candidates' w ...
+        cutoff=8,  # ... on layers 0..7 (None: all).
+        candidate_flip=True,  # Candidate score averaged with the flipped image's.
+        candidate_batch=25,  # Candidates synthesised and scored at once.
+        single_w=True,  # One w for every layer (False: all num_ws optimised).
+        crop=800,  # Centre crop of the generator's output before the resize (0: none).
+        clip_images=False,  # PPA's `clip: false`: the loss sees unclipped images.
+        crop_scale=(0.9, 1.0),  # RandomResizedCrop of the loss's view (an empty tuple: none) ...
+        crop_ratio=(1.0, 1.0),  # ... and its aspect ratios.
+        select_views=100,  # Random transformations scoring each optimised w.
+        select_scale=(0.5, 0.9),  # Their RandomResizedCrop scale ...
+        select_ratio=(0.8, 1.2),  # ... and ratio (plus a horizontal flip).
+        select_batch=100,  # Transformed views scored at once.
+        seed_chunk=0,  # Instances of an identity optimised at once (0: all num_seeds).
+    ),
 }
+# Stanford Dogs with the AFHQ-Dog StyleGAN2 (configs/attacking/Stanford_Dogs_AFHQ.yaml).
+PPA_DOGS: dict[str, Any] = dict(steps=100, lr=0.01, crop=0, crop_scale=(0.75, 1.0))
 # LOMMA on top of gmi/kedmi: the variant, the feature-regulariser weight (TL-DMI's lam 1.0)
 # and the public images averaged into p_reg.
 LOMMA_DEFAULTS: dict[str, Any] = dict(variant='ours', reg_weight=1.0, p_reg_samples=5000)
@@ -351,6 +379,18 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
     config.attack.p_reg_samples = placeholder(int)  # Public images for LOMMA's p_reg.
     config.attack.init_log_var = placeholder(float)  # KEDMI log-variance init (TL-DMI: 0).
     config.attack.reference_batch = 60  # Losses are divided by it, as the original's mean.
+    if name == 'ppa':  # PPA's own fields (None: ATTACK_DEFAULTS['ppa']).
+        config.attack.reference_batch = 25  # PPA's batch of w.
+        for field in ('b1', 'b2', 'psi'):
+            config.attack[field] = placeholder(float)
+        for field in ('final', 'candidates', 'cutoff', 'crop', 'candidate_batch'):
+            config.attack[field] = placeholder(int)
+        for field in ('select_views', 'select_batch', 'seed_chunk'):
+            config.attack[field] = placeholder(int)
+        for field in ('candidate_flip', 'single_w', 'clip_images'):
+            config.attack[field] = placeholder(bool)
+        for field in ('crop_scale', 'crop_ratio', 'select_scale', 'select_ratio'):
+            config.attack[field] = placeholder(tuple)
 
     # --- identities ---
     config.identities = ml_collections.ConfigDict()

@@ -1,5 +1,7 @@
 """The latent-search loop on toy problems: update rule, descent, resume, independence."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,3 +117,69 @@ def test_one_compilation_per_batch_shape():
     search.run_batch(np.array([0, 1]), num_steps=7)  # Chunks of 2, 2, 2 and 1 steps.
     search.run_batch(np.array([2, 3]), num_steps=7)
     assert search._run_chunk._cache_size() == 2  # One per chunk length (2 and 1), not 2 x 3.
+
+
+def _pool_problem(select_count=2):
+    """`prepare` draws a pool of 8 latents, `start` gives identity i the pool rows ranked by
+    their logit for i (best first), `select` keeps the `select_count` instances whose render
+    has the largest first pixel."""
+    base = _toy_problem(optax.adam(0.05))
+
+    def prepare(key):
+        pool = jax.random.normal(key, (8, 6))
+        return {'pool': pool, 'scores': pool @ W}
+
+    def start(identity, seeds, data):
+        order = jnp.argsort(-data['scores'][:, identity])
+        return data['pool'][order[seeds]]
+
+    def select(images, identity, key):
+        del identity, key
+        return images[jnp.argsort(-images[:, 0, 0, 0, 0])[:select_count]]
+
+    return latent_search.Problem(
+        init=None,
+        loss=base.loss,
+        tx=base.tx,
+        render=base.render,
+        prepare=prepare,
+        start=start,
+        select=select,
+    )
+
+
+def test_start_places_instances_from_the_prepared_pool_and_select_keeps_the_best():
+    search = latent_search.LatentSearch(_pool_problem(), 4, jax.random.key(1), checkpoint_every=5)
+    data = search.prepared()
+    assert search.prepared() is data  # Computed once.
+    ids = np.array([0, 3], np.int32)
+    latents, images, _ = search.run_batch(ids, 0)  # No step: the start itself.
+    for row, identity in enumerate(ids):
+        order = np.argsort(-np.asarray(data['scores'])[:, identity], kind='stable')
+        np.testing.assert_array_equal(latents[row], np.asarray(data['pool'])[order[:4]])
+        # Rendered pixel [0, 0] is z[0]: the two largest of the four starts, largest first.
+        np.testing.assert_array_equal(
+            images[row, :, 0, 0, 0, 0], np.sort(latents[row, :, 0])[::-1][:2]
+        )
+    assert images.shape == (2, 2, 1, 2, 6, 1)
+
+
+def test_seed_chunks_give_the_unchunked_result_and_resume(tmp_path):
+    ids = np.array([1, 2], np.int32)
+
+    def search(chunk):
+        return latent_search.LatentSearch(
+            _pool_problem(3), 5, jax.random.key(2), checkpoint_every=3, seed_chunk=chunk
+        )
+
+    whole_lat, whole_img, _ = search(0).run_batch(ids, 9)
+    ckpt = str(tmp_path / 'ckpt')
+    chunked_lat, chunked_img, _ = search(2).run_batch(ids, 9, ckpt_dir=ckpt)
+    np.testing.assert_allclose(chunked_lat, whole_lat, atol=1e-6)
+    np.testing.assert_allclose(chunked_img, whole_img, atol=1e-6)
+    # Every chunk of seeds (0-1, 2-3, 4) kept its finished state: a rerun steps no more.
+    assert sorted(os.listdir(ckpt)) == ['seeds_00000', 'seeds_00002', 'seeds_00004']
+    again_lat, again_img, aux = search(2).run_batch(ids, 9, ckpt_dir=ckpt)
+    np.testing.assert_array_equal(again_lat, chunked_lat)
+    np.testing.assert_array_equal(again_img, chunked_img)
+    assert 'iden' not in aux  # Nothing ran: no step's losses.

@@ -4,6 +4,7 @@ import json
 import os
 
 from tests.launch import crash
+from tldmi_jax import priors
 from tldmi_jax.pipelines import runlocal
 
 CONFIG = 'attack_celeba.py:attack=kedmi,runlocal'
@@ -59,5 +60,51 @@ def test_killed_attack_resumes_to_identical_reconstructions(tmp_path):
     for index in range(2):
         name = os.path.join('grids', f'batch_{index:03d}.png')
         crash.assert_files_equal(os.path.join(clean, name), os.path.join(killed, name))
+    assert _attack_json(killed, clean) == _attack_json(clean, clean)
+    assert crash.records(killed) == crash.records(clean)
+
+
+PPA_STEPS = 6  # Per chunk of 3 seeds; two chunks per identity batch, two batches.
+
+
+def _ppa_cmd(workdir, target, prior):
+    return crash.command(
+        'attack',
+        'attack_ppa.py:runlocal',
+        workdir,
+        f'--config.target.checkpoint={target}',
+        f'--config.prior.checkpoint={prior}',
+    )
+
+
+def _ppa_steps_done(workdir):
+    """Steps finished over every (identity batch, chunk of seeds): 0..4 * PPA_STEPS."""
+    done = 0
+    for index in range(2):
+        if os.path.exists(os.path.join(workdir, 'batches', f'batch_{index:03d}.npz')):
+            done += 2 * PPA_STEPS
+            continue
+        for chunk in ('seeds_00000', 'seeds_00003'):
+            path = os.path.join(workdir, 'checkpoints', f'batch_{index:03d}', chunk)
+            done += crash.latest_step(path) if os.path.isdir(path) else 0
+    return done
+
+
+def test_killed_ppa_attack_resumes_to_identical_reconstructions(tmp_path):
+    target = runlocal.tiny_classifier(str(tmp_path / 'target'), arch='small', steps=10)
+    prior = str(tmp_path / 'prior')
+    priors.save_prior(prior, priors.make_prior('stylegan2', image_size=32, tiny=True))
+    clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
+    summary = json.loads(crash.run(_ppa_cmd(clean, target, prior)).stdout.strip().splitlines()[-1])
+    assert summary['attack'] == 'ppa' and summary['num_reconstructions'] == 8
+
+    crash.kill_at_random_point(
+        _ppa_cmd(killed, target, prior), killed, _ppa_steps_done, test='ppa', low=2, high=20
+    )
+    assert not os.path.exists(os.path.join(killed, 'reconstructions.npz'))
+    crash.run(_ppa_cmd(killed, target, prior))
+    crash.assert_npz_equal(
+        os.path.join(clean, 'reconstructions.npz'), os.path.join(killed, 'reconstructions.npz')
+    )
     assert _attack_json(killed, clean) == _attack_json(clean, clean)
     assert crash.records(killed) == crash.records(clean)

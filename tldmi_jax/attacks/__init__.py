@@ -3,9 +3,12 @@
 Each attack is one module exporting the same names:
 
 * `NAME`: its name in configs (`config.attack.name`);
-* `PRIOR_KIND`: the `tldmi_jax.priors` kind it searches (`gmi`, `kedmi`, `plgmi`);
+* `PRIOR_KIND`: the `tldmi_jax.priors` kind it searches (`gmi`, `kedmi`, `plgmi`,
+  `stylegan2`);
 * `LOMMA`: whether LOMMA's identity terms (`lomma.py`) apply on top of it;
-* `make_problem(ctx, cfg)`: the `latent_search.Problem` (latent, losses, optimizer, clamp).
+* `make_problem(ctx, cfg)`: the `latent_search.Problem` (latent, losses, optimizer, clamp);
+* optionally `EXECUTION_ONLY`: hyperparameters that set memory use and batching but not the
+  result (PPA's chunk sizes), left out of the protocol hash.
 
 `ATTACKS` is built from those modules. LOMMA is an option of its base attack
 (`--config.attack.name=gmi --config.attack.lomma=ours`); the old names `lomma_gmi` and
@@ -21,9 +24,9 @@ import ml_collections
 from absl import logging
 
 from tldmi_jax import config_lib
-from tldmi_jax.attacks import gmi, kedmi, lomma, plgmi
+from tldmi_jax.attacks import gmi, kedmi, lomma, plgmi, ppa
 
-_MODULES = (gmi, kedmi, plgmi)
+_MODULES = (gmi, kedmi, plgmi, ppa)
 ATTACKS: dict[str, ModuleType] = {m.NAME: m for m in _MODULES}
 _OLD_PREFIX = 'lomma_'
 

@@ -18,6 +18,7 @@ identities share its batch or on the device count (up to float summation order).
 """
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,14 @@ class Problem:
       project: `latent -> latent` after each update (e.g. clamp z to [-1, 1]).
       render: `(latent, identity, key) -> images [K, H, W, C]` in [0, 1]: the K
         reconstructions of the instance (K = 1 for a point latent, 5 KEDMI samples...).
+      prepare: `key -> data`, computed (jitted) once per `LatentSearch` before the first
+        identity batch starts (PPA: the scored pool of candidate latents); None: nothing.
+      start: `(identity, seeds [S], data) -> latents [S, ...]`: the initial latents of one
+        identity's instances from `prepare`'s data, replacing `init` (PPA: the identity's
+        best candidates, seed s taking the s-th best); None: `init` from each instance key.
+      select: `(images [S, K, H, W, C], identity, key) -> images [S', K, H, W, C]`: the
+        final choice among an identity's rendered instances (PPA: the S' most robustly
+        classified); None: all of them.
     """
 
     init: Callable[[jax.Array], Latent]
@@ -53,6 +62,9 @@ class Problem:
     tx: optax.GradientTransformation
     project: Callable[[Latent], Latent] = lambda latent: latent
     render: Callable[[Latent, jax.Array, jax.Array], jax.Array] | None = None
+    prepare: Callable[[jax.Array], Any] | None = None
+    start: Callable[[jax.Array, jax.Array, Any], Latent] | None = None
+    select: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
 
 
 def instance_key(key: jax.Array, identity: jax.Array, seed_index: jax.Array) -> jax.Array:
@@ -89,6 +101,11 @@ class LatentSearch:
       key: the attack's base key (from config.seed).
       checkpoint_every: steps per jitted chunk (and between checkpoints).
       devices: shard the identities over at most this many devices (0: all).
+      seed_chunk: optimise at most this many seeds of every identity at once (0: all).
+        The seeds of a batch then run one chunk after another, each checkpointed
+        (also when finished), then are rendered together and go through `select`: what
+        bounds memory when an instance is large (PPA: 200 candidates of a 1024 px
+        StyleGAN2 per identity). The result does not depend on it.
     """
 
     def __init__(
@@ -98,26 +115,36 @@ class LatentSearch:
         key: jax.Array,
         checkpoint_every: int,
         devices: int = 0,
+        seed_chunk: int = 0,
     ):
         self.problem = problem
         self.devices = sharding.check_devices(devices)
         self.num_seeds = num_seeds
+        seed_chunk = int(seed_chunk or 0)
+        if seed_chunk < 0:
+            raise ValueError(f'seed_chunk must be >= 0 (0: all seeds at once), got {seed_chunk}.')
+        self.seed_chunk = min(seed_chunk or num_seeds, num_seeds)
         self.key = key
         self.chunk = max(1, int(checkpoint_every))
-        self._run_chunk = jax.jit(self._chunk_fn, static_argnums=(4,))
+        self._run_chunk = jax.jit(self._chunk_fn, static_argnums=(5,))
         self._init = jax.jit(self._init_fn)
         self._render = jax.jit(self._render_fn)
+        self._select = jax.jit(self._select_fn)
+        self._data: Any = None
+        self._prepared = False
 
     # --- per-batch pure functions (vmapped over [B, S]) ---
-    def _keys(self, identities: jax.Array) -> jax.Array:
-        seeds = jnp.arange(self.num_seeds)
+    def _keys(self, identities: jax.Array, seeds: jax.Array) -> jax.Array:
         return jax.vmap(lambda i: jax.vmap(lambda s: instance_key(self.key, i, s))(seeds))(
             identities
         )
 
-    def _init_fn(self, identities: jax.Array):
-        keys = self._keys(identities)
-        latent = jax.vmap(jax.vmap(lambda k: self.problem.init(_purpose_keys(k)[0])))(keys)
+    def _init_fn(self, identities: jax.Array, seeds: jax.Array, data: Any):
+        if self.problem.start is not None:
+            latent = jax.vmap(self.problem.start, in_axes=(0, None, None))(identities, seeds, data)
+        else:
+            keys = self._keys(identities, seeds)
+            latent = jax.vmap(jax.vmap(lambda k: self.problem.init(_purpose_keys(k)[0])))(keys)
         latent = _strong(latent)
         opt_state = _strong(jax.vmap(jax.vmap(self.problem.tx.init))(latent))
         return latent, opt_state
@@ -131,8 +158,8 @@ class LatentSearch:
         latent = self.problem.project(optax.apply_updates(latent, updates))
         return latent, opt_state, {'loss': loss, **aux}
 
-    def _chunk_fn(self, latent, opt_state, identities, start, length: int):
-        keys = self._keys(identities)
+    def _chunk_fn(self, latent, opt_state, identities, seeds, start, length: int):
+        keys = self._keys(identities, seeds)
         update = jax.vmap(
             jax.vmap(self._update, in_axes=(0, 0, None, 0, None)), in_axes=(0, 0, 0, 0, None)
         )
@@ -147,12 +174,27 @@ class LatentSearch:
         )
         return latent, opt_state, jax.tree.map(lambda a: a[-1], aux)
 
-    def _render_fn(self, latent, identities):
-        keys = self._keys(identities)
+    def _render_fn(self, latent, identities, seeds):
+        keys = self._keys(identities, seeds)
         render = self.problem.render or (lambda lat, i, k: lat[None])
         return jax.vmap(jax.vmap(render, in_axes=(0, None, 0)), in_axes=(0, 0, 0))(
             latent, identities, jax.vmap(jax.vmap(lambda k: _purpose_keys(k)[2]))(keys)
         )
+
+    def _select_fn(self, images, identities):
+        # One key per identity, apart from every instance's (init, step, render) keys.
+        keys = jax.vmap(lambda i: jax.random.fold_in(instance_key(self.key, i, 0), 3))(identities)
+        return jax.vmap(self.problem.select)(images, identities, keys)
+
+    def prepared(self) -> Any:
+        """`problem.prepare()`'s data, computed on the first call (None without one)."""
+        if not self._prepared:
+            if self.problem.prepare is not None:
+                # Its own key, apart from every instance's (`instance_key` folds identities).
+                key = jax.random.fold_in(jax.random.fold_in(self.key, 2**31 - 1), 4)
+                self._data = jax.jit(self.problem.prepare)(key)
+            self._prepared = True
+        return self._data
 
     # --- driver ---
     def run_batch(
@@ -165,13 +207,46 @@ class LatentSearch:
         """Optimises one identity batch; resumes from `ckpt_dir` if it holds a checkpoint.
 
         Returns:
-          `(latents [B, S, ...], images [B, S, K, H, W, C], last_aux)` as numpy.
+          `(latents [B, S, ...], images [B, S', K, H, W, C], last_aux)` as numpy (S' = S
+          unless the problem selects).
         """
         identities = np.asarray(identities, np.int32)
         mesh = sharding.data_mesh(len(identities), self.devices)
         shard = NamedSharding(mesh, PartitionSpec('data'))
         ids = jax.device_put(identities, shard)
-        latent, opt_state = self._init(ids)
+        data = self.prepared()
+        if data is not None:
+            data = sharding.replicate(data, mesh)
+        tic = time.perf_counter()
+        latents, images, aux = [], [], {}
+        chunked = self.seed_chunk < self.num_seeds
+        for first in range(0, self.num_seeds, self.seed_chunk):
+            seeds = np.arange(first, min(first + self.seed_chunk, self.num_seeds), dtype=np.int32)
+            sub, label = ckpt_dir, progress
+            if chunked:
+                sub = ckpt_dir and os.path.join(ckpt_dir, f'seeds_{first:05d}')
+                label = f'{progress} seeds {first}-{seeds[-1]}'
+            latent, image, aux = self._run_seeds(
+                ids, shard, sharding.replicate(seeds, mesh), data, num_steps, sub, label, chunked
+            )
+            latents.append(latent)
+            images.append(image)
+        latent = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *latents)
+        image = jnp.concatenate(images, axis=1) if chunked else images[0]
+        if self.problem.select is not None:
+            image = self._select(image, ids)
+        last = {k: float(v) for k, v in aux.items()}
+        last['seconds'] = time.perf_counter() - tic
+        # Gathered from every process (identities are sharded over all their devices).
+        return distributed.to_host(latent), distributed.to_host(image), last
+
+    def _run_seeds(self, ids, shard, seeds, data, num_steps, ckpt_dir, progress, keep_final):
+        """Optimises and renders the instances `seeds` of every identity in `ids`.
+
+        `keep_final`: checkpoint the finished state too (a chunk of seeds whose batch goes
+        on to other chunks), so a rerun does not optimise it again.
+        """
+        latent, opt_state = self._init(ids, seeds, data)
         step = 0
         mngr = checkpoint.manager(ckpt_dir, max_to_keep=1) if ckpt_dir else None
         if mngr is not None and mngr.latest_step() is not None:
@@ -191,15 +266,14 @@ class LatentSearch:
             mininterval=1.0,
             disable=not distributed.is_main(),
         )
-        tic = time.perf_counter()
         while step < num_steps:
             length = min(self.chunk, num_steps - step)
-            latent, opt_state, aux = self._run_chunk(latent, opt_state, ids, step, length)
+            latent, opt_state, aux = self._run_chunk(latent, opt_state, ids, seeds, step, length)
             # The chunk's outputs as its inputs (XLA may replicate a small leaf such as a
             # step count): the next chunk then reuses the compiled one.
             latent, opt_state = jax.device_put((latent, opt_state), shard)
             step += length
-            if mngr is not None and step < num_steps:
+            if mngr is not None and (step < num_steps or keep_final):
                 checkpoint.save_state(mngr, step, {'latent': latent, 'opt_state': opt_state})
             bar.update(length)
             bar.set_postfix({k: f'{float(v):.3f}' for k, v in aux.items()})
@@ -207,8 +281,4 @@ class LatentSearch:
         if mngr is not None:
             mngr.wait_until_finished()
             mngr.close()
-        images = self._render(latent, ids)
-        last = {k: float(v) for k, v in aux.items()}
-        last['seconds'] = time.perf_counter() - tic
-        # Gathered from every process (identities are sharded over all their devices).
-        return distributed.to_host(latent), distributed.to_host(images), last
+        return latent, self._render(latent, ids, seeds), aux

@@ -59,7 +59,7 @@ def _check_prior(prior: priors.Prior, spec: attacks.Spec, path: str, num_classes
         raise ValueError(
             f'Attack {spec.label} needs a {kind} prior; {path} holds a {prior.kind} prior.'
         )
-    if prior.kind != 'gmi' and prior.num_classes != num_classes:
+    if prior.kind in ('kedmi', 'plgmi') and prior.num_classes != num_classes:
         raise ValueError(
             f'The {prior.kind} prior {path} was trained for a target with {prior.num_classes} '
             f'classes, but the target has {num_classes}; train the prior against this target '
@@ -191,6 +191,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         key=jax.random.fold_in(jax.random.key(config.seed), 7),
         checkpoint_every=config.checkpoint_every_steps,
         devices=config.get('devices', 0),
+        seed_chunk=cfg.get('seed_chunk') or 0,
     )
     writer = metrics.MetricWriter(workdir, tensorboard=False)
     logged = {r['step'] for r in metrics.read_metrics(workdir)}
@@ -230,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ids = [int(i) for b in inputs.batches for i in b]
     protocol = {
         'attack': inputs.spec.label,
-        'hyperparameters': cfg.to_dict(),
+        'hyperparameters': protocol_hyperparameters(inputs.spec, cfg),
         'identities': ids,
         'seed': config.seed,
         'target': inputs.target_meta['fingerprint'],
@@ -242,7 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'target': inputs.target_meta,
         'prior': inputs.prior_meta,
         'identities': ids,
-        'num_seeds': int(cfg.num_seeds),
+        'num_seeds': int(cfg.get('final') or cfg.num_seeds),  # Kept per identity (PPA: final).
         'samples': int(cfg.get('samples', 1)),
         'image_size': int(images.shape[1]),
         'num_reconstructions': int(len(images)),
@@ -256,6 +257,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
     distributed.barrier(f'attack:{workdir}:done')
     return summary
+
+
+def protocol_hyperparameters(spec: attacks.Spec, cfg: ml_collections.ConfigDict) -> dict:
+    """The hyperparameters that enter the protocol hash: all but the attack's
+    `EXECUTION_ONLY` settings of memory and batching, which leave the result unchanged (up
+    to float rounding)."""
+    execution = getattr(spec.module, 'EXECUTION_ONLY', ())
+    return {k: v for k, v in cfg.to_dict().items() if k not in execution}
 
 
 def _finished(path: str) -> bool:

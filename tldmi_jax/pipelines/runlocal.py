@@ -164,9 +164,8 @@ def _attack(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
         path = os.path.join(workdir, 'prior')
         if not os.path.isdir(path):
             logging.info('runlocal: writing a tiny random %s prior to %s', kind, path)
-            prior = priors.make_prior(
-                kind, num_classes=model.num_classes, image_size=size, tiny=True
-            )
+            classes = 0 if kind == 'stylegan2' else model.num_classes  # Unconditional.
+            prior = priors.make_prior(kind, num_classes=classes, image_size=size, tiny=True)
             priors.save_prior(path, prior)
         config.prior.checkpoint = path
     if spec.lomma and not config.augmented.checkpoints:
