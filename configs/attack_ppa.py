@@ -35,7 +35,10 @@ _DATA = {'facescrub': 'facescrub_mi', 'dogs': 'stanford_dogs_mi'}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the PPA attack config for `arg` (see the module docstring)."""
-    arg = config_lib.parse_arg(arg, dataset='facescrub', runlocal=False)
+    # `attack` is accepted for the sweep, which appends the attack's name to its config file.
+    arg = config_lib.parse_arg(arg, dataset='facescrub', attack='ppa', runlocal=False)
+    if arg.attack != 'ppa':
+        raise ValueError(f'configs/attack_ppa.py runs PPA only, not {arg.attack!r}.')
     if arg.dataset not in _CLASSES:
         raise ValueError(f'Unknown dataset {arg.dataset!r}; use one of {sorted(_CLASSES)}.')
     config = config_lib.attack_config('ppa', arg.runlocal)

@@ -1038,6 +1038,21 @@ CASES = [
         args=_evaluate('--config.fid.inception_checkpoint={p.tmp}/no_inception'),
     ),
     Case(
+        id='missing-face-model-checkpoint',
+        input="a FaceNet checkpoint path (PPA's delta_face) that does not exist",
+        command=(
+            'python launch/evaluate.py --config=configs/evaluate_ppa.py --workdir=W '
+            '--config.attack_dir=A --config.eval_model.checkpoint=E '
+            '--config.face_model.checkpoint=MISSING'
+        ),
+        expect='config.face_model.checkpoint: Model checkpoint not found: ',
+        fix="Convert facenet-pytorch's 20180402-114759-vggface2.pt once (launch/convert.py "
+        '--kind=facenet_vggface2) and give that directory, or leave the field empty to skip '
+        'delta_face.',
+        launcher='evaluate',
+        args=_evaluate('--config.distance=ppa', '--config.face_model.checkpoint={p.tmp}/no_face'),
+    ),
+    Case(
         id='not-a-pytorch-checkpoint',
         input='a file that is not a PyTorch checkpoint given to the converter',
         command='python launch/convert.py --kind=vgg16 --src=RANDOM_BYTES --dst=OUT',

@@ -110,6 +110,7 @@ BLOCKS: dict[str, dict[str, Range]] = {
         'b2': FRACTION,
         'decay_every_epochs': ints(1),
         'decay_factor': POSITIVE,
+        'gamma': POSITIVE,
     },
     'attack': {
         'steps': ints(1),

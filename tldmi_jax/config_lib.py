@@ -131,7 +131,15 @@ def classifier_config(
     config.data.test_split = 'private_test'  # Natural accuracy.
     config.data.image_size = image_size  # Model input size after the dataset's crop.
     config.data.channels = channels  # Image channels fed to the model.
+    config.data.preprocess = ''  # data.get_preprocess name ('': data.name); e.g. facescrub_ppa.
     config.data.flip = True  # Random horizontal flip in training (original).
+    # On-device training augmentation before the flip, as PPA's recipe (off by default):
+    config.data.random_resized_crop = ml_collections.ConfigDict()
+    config.data.random_resized_crop.scale = ()  # Area fraction range, e.g. (0.85, 1.0); (): off.
+    config.data.random_resized_crop.ratio = (1.0, 1.0)  # Aspect w/h range (PPA's; tv: 3/4, 4/3).
+    # torchvision ColorJitter (brightness, contrast, saturation, hue), e.g. PPA's
+    # (0.2, 0.2, 0.1, 0.1); (): off.
+    config.data.color_jitter = ()
     config.data.val_fraction = 0.1  # Carved from private_train for model selection.
     config.data.max_train = 0  # Cap on training images (0: all).
     config.data.max_test = 0  # Cap on test images (0: all).
@@ -177,10 +185,14 @@ def classifier_config(
     # --- optim ---
     config.optim = ml_collections.ConfigDict()
     config.optim.name = 'sgd'  # sgd | adam.
-    config.optim.lr = lr  # Constant (the original builds no schedule).
-    config.optim.momentum = 0.9
-    config.optim.nesterov = False
+    config.optim.lr = lr  # Constant unless milestones are given (the original has no schedule).
+    config.optim.momentum = 0.9  # SGD only.
+    config.optim.nesterov = False  # SGD only.
+    config.optim.b1 = 0.9  # Adam only.
+    config.optim.b2 = 0.999  # Adam only.
     config.optim.weight_decay = 1e-4  # Not applied to frozen parameters.
+    config.optim.milestones = ()  # MultiStepLR epochs, e.g. PPA's (75, 90); (): constant lr.
+    config.optim.gamma = 0.1  # lr factor at each milestone.
     config.batch_size = batch_size
     config.epochs = epochs
     config.total_steps = 0  # Overrides epochs when > 0.
@@ -425,6 +437,100 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
         config.data.name = 'synthetic'
         config.data.kwargs = ml_collections.ConfigDict(dict(num_classes=4, image_size=32))
         config.data.image_size = 32
+    return config
+
+
+def evaluate_config(runlocal: bool = False) -> ml_collections.ConfigDict:
+    """The evaluation config (`launch/evaluate.py`): TL-DMI's 64 px protocol by default.
+
+    `configs/evaluate_celeba.py` is this; `configs/evaluate_ppa.py` switches it to Plug & Play
+    Attacks' protocol (`distance='ppa'`, FaceNet's delta_face, FID on all reconstructions).
+    `runlocal` shrinks it to seconds on generated data.
+    """
+    placeholder = ml_collections.config_dict.placeholder
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # KID subsets, FID real-image subsampling, runlocal stand-ins.
+    # True: a multi-process run (JAX's multi-controller runtime, docs/scaling.md): every process
+    # evaluates, process 0 writes.
+    config.distributed = False
+    config.runlocal = False  # Make missing upstream artefacts (tiny, generated data).
+    config.overwrite = False  # True: replace a run with another config in --workdir.
+
+    # --- data ---
+    config.data = ml_collections.ConfigDict()
+    config.data.name = 'celeba_mi'  # A tldmi_jax.data.DATASETS name (the private data).
+    config.data.root = placeholder(str)  # Manual dir with the raw files.
+    config.data.data_dir = placeholder(str)  # Where prepared array_record files go.
+    config.data.kwargs = ml_collections.ConfigDict()  # Extra builder arguments (synthetic).
+    config.data.preprocess = ''  # '': the dataset's own (data.get_preprocess); e.g. facescrub_ppa.
+    config.data.train_split = 'private_train'  # KNN references, FID real images, grid.
+    config.data.test_split = 'private_test'  # Target natural accuracy.
+
+    # --- attack ---
+    config.attack_dir = placeholder(str)  # Attack workdir holding reconstructions.npz.
+
+    # --- models ---
+    config.eval_model = ml_collections.ConfigDict()
+    config.eval_model.checkpoint = placeholder(str)  # Trainer workdir or model checkpoint.
+    # '': from the workdir's config.json, else facenet (distance=knn_squared_min) or
+    # inception_v3 (distance=ppa).
+    config.eval_model.arch = ''
+    config.eval_model.num_classes = 0  # 0: from the checkpoint's fc layer.
+    # 0: from config.json, else 112 (64 -> 112 resize) or 299 (PPA).
+    config.eval_model.image_size = 0
+    config.target = ml_collections.ConfigDict()
+    config.target.checkpoint = placeholder(str)  # '': the one attack.json names, if present.
+    config.target.arch = ''  # '': from config.json, else attack.json.
+    config.target.num_classes = 0  # 0: from the checkpoint's fc layer.
+    config.target.image_size = 0  # 0: from config.json, else attack.json's image_size.
+    config.batch_size = 64  # Images per forward pass of the classifiers and the FaceNet.
+
+    # --- evals ---
+    config.reproduce_top5_bug = False  # True: acc@5 of the last seed per batch (original).
+    # Feature distance (evaluation.knn.DISTANCES): 'knn_squared_min' reports attack/knn_dist
+    # (TL-DMI); 'ppa' the same mean minimum squared L2 distance as attack/delta_eval, plus
+    # attack/delta_face in FaceNet's embedding (face_model below).
+    config.distance = 'knn_squared_min'
+    config.knn = ml_collections.ConfigDict()
+    config.knn.chunk_size = 256  # Reconstructions per distance matrix product.
+    config.face_model = ml_collections.ConfigDict()  # PPA's delta_face (distance='ppa' only).
+    config.face_model.enabled = True  # False: no delta_face (not a face dataset: dogs).
+    # Converted facenet-pytorch 20180402-114759-vggface2.pt (kind facenet_vggface2); unset:
+    # delta_face skipped with a warning (random weights under runlocal).
+    config.face_model.checkpoint = placeholder(str)
+    config.face_model.arch = 'inception_resnet_v1'  # models.inception_resnet_v1.FACE_MODELS key.
+    # [0, 1] -> FaceNet input: 'ppa' (2x - 1, PPA's) | 'fixed_standardization' (facenet-pytorch).
+    config.face_model.input_mapping = 'ppa'
+    config.fid = ml_collections.ConfigDict()
+    config.fid.enabled = True  # Compute FID, KID and PRDC (needs Inception weights).
+    config.fid.inception_checkpoint = placeholder(str)  # Converted pt_inception-2015-12-05.
+    config.fid.arch = 'fid_inception'  # tldmi_jax.models.inception.INCEPTIONS key.
+    config.fid.original_range_mapping = False  # True: the original's (x*0.5+0.5)*255.
+    config.fid.reconstructions = 'successful'  # Fake set: 'successful' (TL-DMI) | 'all' (PPA).
+    # Private images preprocessed at the 'reconstructions' side (TL-DMI) or straight at the
+    # 'inception' side (PPA), then resized to 299 by the Inception.
+    config.fid.real_size = 'reconstructions'
+    config.fid.batch_size = 50  # Images per Inception forward pass.
+    config.fid.max_real = 0  # Cap on private images for FID (0: all of the identities).
+    config.fid.kid_subsets = 100  # KID: number of random subsets averaged.
+    config.fid.kid_subset_size = 1000  # KID: maximum subset size.
+    config.fid.prdc_k = 3  # Nearest neighbours for precision/recall/density/coverage.
+
+    # --- report ---
+    config.report = ml_collections.ConfigDict()
+    config.report.max_pairs = 30  # Reconstruction/nearest-image pairs in pairs.png.
+    config.report.pairs_per_row = 5  # Pairs per grid row.
+
+    if runlocal:
+        config.runlocal = True
+        config.data.name = 'synthetic'
+        config.data.kwargs = ml_collections.ConfigDict(dict(num_classes=4, image_size=32))
+        config.fid.arch = 'fid_inception_tiny'
+        config.fid.batch_size = 16
+        config.fid.kid_subsets = 10
+        config.face_model.arch = 'inception_resnet_v1_tiny'
+        config.batch_size = 16
+        config.report.max_pairs = 8
     return config
 
 

@@ -162,6 +162,7 @@ def test_unknown_name_and_split():
         'celeba_mi',
         'ffhq_mi',
         'facescrub_mi',
+        'stanford_dogs_mi',
         'fashion_mnist_mi',
         'synthetic',
     }

@@ -230,7 +230,7 @@ def _aliases(arch):
     if family.startswith('efficientnet'):
         stages = {f'features_{s}': f'stage{s}' for s in range(1, 8)}
         return {'features_0': 'stem', **stages, 'features_8': 'head_conv'}
-    return {}  # The IR models always used stage1..4.
+    return {}  # IR, DenseNet and Inception models always used stage1..N.
 
 
 @pytest.mark.parametrize('arch', sorted(models.ARCHS))
@@ -244,7 +244,7 @@ def test_every_stage_and_head_resolve_and_train_fewer(arch):
 
 @pytest.mark.parametrize('arch', sorted(models.ARCHS))
 def test_old_names_resolve_to_the_same_plan(arch):
-    assert arch.startswith(('ir', 'facenet')) or _aliases(arch)
+    assert arch.startswith(('ir', 'facenet', 'densenet', 'inception')) or _aliases(arch)
     for old, new in _aliases(arch).items():
         by_old, by_new = _plan(arch, old), _plan(arch, new)
         assert by_old.labels == by_new.labels, (old, new)

@@ -1,13 +1,16 @@
-"""Pieces of evaluate(): where Inception weights come from, and when FID is skipped."""
+"""Pieces of evaluate(): where Inception weights come from, when FID is skipped, and which
+images PPA's FID compares."""
 
 import logging
 
+import flax.linen as nn
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import evaluate_celeba
-from tldmi_jax.evaluation import evaluate, report
+from configs import evaluate_celeba, evaluate_ppa
+from tldmi_jax import data
+from tldmi_jax.evaluation import evaluate, features, report
 from tldmi_jax.models import inception
 from tldmi_jax.reporting import files
 from tldmi_jax.utils import checkpoint
@@ -46,3 +49,41 @@ def test_report_table_and_json(tmp_path):
     assert '| 0.5 ± 0.1 |' in table and '`attack/fid` | n/a |' in table
     path = files.write_json(str(tmp_path / 'm.json'), metrics)
     assert '"attack/fid": null' in open(path).read()
+
+
+class _Probe(nn.Module):
+    """An 'Inception' whose features are its (resized, mapped) 2 x 2 input."""
+
+    IMAGE_SIZE = 2
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return x.reshape(len(x), -1), x[:, 0, 0, :]
+
+
+def test_ppa_fid_images(tmp_path, monkeypatch):
+    """PPA: every reconstruction against private images preprocessed straight to the
+    Inception's side; TL-DMI: only successful ones, private images at their size."""
+    config = evaluate_ppa.get_config('runlocal')
+    monkeypatch.setattr(evaluate, 'load_inception', lambda c: (_Probe(), {}, 'probe'))
+    sizes = []
+    prep = evaluate._preprocess
+    monkeypatch.setattr(evaluate, '_preprocess', lambda c, s: sizes.append(s) or prep(c, s))
+    source = data.get_source('synthetic', 'private_train', **config.data.kwargs)
+    indices = np.arange(len(source))
+    recon = np.random.default_rng(0).uniform(size=(6, 8, 8, 3)).astype(np.float32)
+    success = np.array([True, False, True, False, False, False])
+    cache = features.FeatureCache(str(tmp_path))
+
+    def run():
+        return evaluate._distribution_metrics(
+            config, cache, recon, success, source, indices, {'split': 'private_train'}
+        )
+
+    result, notes = run()
+    assert sizes == [2] and np.isfinite(result['attack/fid'])
+    assert f'6 reconstructions (all) vs {len(source)} private images' in notes[-1]
+    config.fid.reconstructions, config.fid.real_size = 'successful', 'reconstructions'
+    result, notes = run()
+    assert sizes == [2, 8] and np.isfinite(result['attack/fid'])
+    assert '2 successful reconstructions vs' in notes[-1]

@@ -106,3 +106,26 @@ def test_inception_input_mapping(original):
     np.testing.assert_allclose(np.asarray(out), expected, atol=1e-6)
     (grey,) = features.inception_fn(_Probe(), {}, original_range_mapping=original)(x[..., :1])
     np.testing.assert_allclose(np.asarray(grey), np.asarray(out), atol=1e-6)
+
+
+class _FaceProbe(nn.Module):
+    """Returns its (already resized and mapped) input as the embedding."""
+
+    IMAGE_SIZE = 2
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return x.reshape(len(x), -1)
+
+
+@pytest.mark.parametrize(
+    'mapping, expected',
+    [('ppa', 2 * 0.2 - 1), ('fixed_standardization', (0.2 * 255 - 127.5) / 128)],
+)
+def test_face_input_mapping_and_resize(mapping, expected):
+    x = np.full((1, 4, 4, 3), 0.2, np.float32)  # Resized 4 -> 2 (a constant stays constant).
+    (out,) = features.face_fn(_FaceProbe(), {}, input_mapping=mapping)(x)
+    assert out.shape == (1, 2 * 2 * 3)
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-6)
+    with pytest.raises(ValueError, match='config.face_model.input_mapping'):
+        features.face_fn(_FaceProbe(), {}, input_mapping='prewhiten')

@@ -45,3 +45,27 @@ def test_errors_and_evaluator():
     images = np.array([[[[1.0, 0.0]]], [[[1.0, 1.0]]], [[[2.0, 0.0]]]])  # [3, 1, 1, 2]
     out = dict(evaluator.run({'images': images, 'identity': np.array([0, 1, 1])}))
     assert out['attack/knn_dist'] == pytest.approx((1.0 + 2.0 + 0.0) / 3)
+
+
+def test_ppa_delta_hand_computed():
+    """PPA's delta (distance_metrics.py compute_dist): per reconstruction the minimum over its
+    class's training images of the *squared* L2 distance, then the mean over reconstructions
+    (not over identities); other classes' images never count."""
+    assert knn.distance_metrics('ppa') == {
+        'eval': 'attack/delta_eval',
+        'face': 'attack/delta_face',
+    }
+    assert knn.distance_metrics('knn_squared_min') == {'eval': 'attack/knn_dist'}
+    query = np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    query_ids = np.array([0, 0, 1])
+    ref = np.array([[0.0, 1.0], [6.0, 8.0], [1.0, 1.0], [4.0, 5.0], [0.0, 0.0]])
+    ref_ids = np.array([0, 0, 1, 1, 2])  # (0, 0) of class 2 would be q0's nearest.
+    dist, nearest = knn.knn_distances(query, query_ids, ref, ref_ids)
+    # q0: min(1, 100) = 1; q1: min(9 + 9, 9 + 16) = 18; q2: min(0, 9 + 16) = 0.
+    np.testing.assert_allclose(dist, [1.0, 18.0, 0.0])
+    assert nearest.tolist() == [0, 0, 2]
+    # Mean over the 3 reconstructions: 19 / 3, not the identity mean ((1 + 18) / 2 + 0) / 2
+    # and not the unsquared (1 + sqrt(18) + 0) / 3.
+    assert knn.knn_dist(query, query_ids, ref, ref_ids) == pytest.approx(19.0 / 3.0)
+    with pytest.raises(ValueError, match=r"config.distance='l2'"):
+        knn.distance_metrics('l2')

@@ -1,14 +1,17 @@
 """Parity of every converter kind against PyTorch reference modules written here.
 
 The references rebuild the original architectures (TL-DMI/KEDMI `VGG16`, `IR152`,
-`FaceNet64`, `FaceNet`; face.evoLVe `Backbone`; torchvision `vgg16_bn` and ResNets) from
-their descriptions, parameterised so the tests run at the tiny widths of
-`tldmi_jax.models`. Each parity test saves a random state dict (plain, and nested under
+`FaceNet64`, `FaceNet`; face.evoLVe `Backbone`; torchvision `vgg16_bn`, ResNets and
+DenseNets) from their descriptions, parameterised so the tests run at the tiny widths of
+`tldmi_jax.models` (the high-resolution torchvision kinds' parity tests are in
+`test_convert_highres.py`). Each parity test saves a random state dict (plain, and nested under
 `state_dict` with DataParallel's `module.` prefix), converts it, and compares features and
 logits in inference mode and in training mode (batch statistics, updated running
 statistics; dropout off). A full-size mapping check per kind runs on shapes only (torch
 modules on the meta device, `jax.eval_shape` on ours).
 """
+
+from collections import OrderedDict
 
 import flax.linen as nn
 import jax
@@ -17,6 +20,7 @@ import pytest
 from flax import traverse_util
 
 from configs import celeba, eval_celeba
+from tests.interop import test_convert_facenet as facenet_refs
 from tests.interop import test_convert_gans as gan_refs
 from tests.interop import test_convert_inception as inception_refs
 from tests.interop import tolerance
@@ -234,6 +238,73 @@ class TorchResNet(tnn.Module):
             x = getattr(self, f'layer{s + 1}')(x)
         f = x.mean(dim=(2, 3))
         return f, self.fc(f)
+
+
+class TorchDenseLayer(tnn.Module):
+    """torchvision `_DenseLayer`: BN-ReLU-conv1x1 (bn_size * growth) -> BN-ReLU-conv3x3."""
+
+    def __init__(self, cin, growth, bn_size):
+        super().__init__()
+        self.norm1 = tnn.BatchNorm2d(cin)
+        self.relu1 = tnn.ReLU()
+        self.conv1 = tnn.Conv2d(cin, bn_size * growth, 1, bias=False)
+        self.norm2 = tnn.BatchNorm2d(bn_size * growth)
+        self.relu2 = tnn.ReLU()
+        self.conv2 = tnn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+
+
+class TorchDenseBlock(tnn.ModuleDict):
+    """torchvision `_DenseBlock`: layer j sees the concatenation of the input and layers < j."""
+
+    def __init__(self, num_layers, cin, growth, bn_size):
+        super().__init__()
+        for j in range(num_layers):
+            self.add_module(
+                f'denselayer{j + 1}', TorchDenseLayer(cin + j * growth, growth, bn_size)
+            )
+
+    def forward(self, x):
+        outputs = [x]
+        for layer in self.values():
+            outputs.append(layer(torch.cat(outputs, 1)))
+        return torch.cat(outputs, 1)
+
+
+class TorchDenseNet(tnn.Module):
+    """torchvision DenseNet (`features` Sequential, `classifier`): (pooled features, logits)."""
+
+    def __init__(self, block_layers, growth=32, bn_size=4, init=64, num_classes=1000):
+        super().__init__()
+        layers = OrderedDict(
+            conv0=tnn.Conv2d(3, init, 7, 2, 3, bias=False),
+            norm0=tnn.BatchNorm2d(init),
+            relu0=tnn.ReLU(),
+            pool0=tnn.MaxPool2d(3, 2, 1),
+        )
+        cin = init
+        for i, n in enumerate(block_layers):
+            layers[f'denseblock{i + 1}'] = TorchDenseBlock(n, cin, growth, bn_size)
+            cin += n * growth
+            if i != len(block_layers) - 1:
+                layers[f'transition{i + 1}'] = tnn.Sequential(
+                    OrderedDict(
+                        norm=tnn.BatchNorm2d(cin),
+                        relu=tnn.ReLU(),
+                        conv=tnn.Conv2d(cin, cin // 2, 1, bias=False),
+                        pool=tnn.AvgPool2d(2, 2),
+                    )
+                )
+                cin //= 2
+        layers['norm5'] = tnn.BatchNorm2d(cin)
+        self.features = tnn.Sequential(layers)
+        self.classifier = tnn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        f = torch.relu(self.features(x)).mean(dim=(2, 3))
+        return f, self.classifier(f)
 
 
 # ---------------------------------------------------------------------------------------
@@ -548,10 +619,16 @@ FULL_SIZE = {
     'evolve_ir50_backbone': lambda: TorchIRBackbone(**FULL_IR50, head_spatial=7),
     'vgg16_bn': lambda: TorchTorchvisionVGG(**FULL_VGG),
     'resnet18': lambda: TorchResNet(TorchBasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64, 1000),
+    'resnet101': lambda: TorchResNet(TorchBottleneck, (3, 4, 23, 3), (64, 128, 256, 512), 64, 1000),
     'resnet152': lambda: TorchResNet(TorchBottleneck, (3, 8, 36, 3), (64, 128, 256, 512), 64, 1000),
+    'densenet121': lambda: TorchDenseNet((6, 12, 24, 16)),
+    'densenet169': lambda: TorchDenseNet((6, 12, 32, 32)),
+    # As torchvision's file: with AuxLogits, which the kind ignores (the model has none).
+    'inception_v3': lambda: inception_refs.TorchInception3(aux_logits=True),
     # The real file has 1008 classes (test_convert_inception checks that layout); 1000 here
     # for the class-count assertion of test_full_size_mapping.
     'fid_inception': lambda: inception_refs.TorchFIDInception(num_classes=1000),
+    'facenet_vggface2': lambda: facenet_refs.TorchInceptionResnetV1(num_classes=1000),
     'gmi_generator': lambda: gan_refs.TorchDCGANGenerator(),
     'gmi_critic': lambda: gan_refs.TorchDGWGAN(),
     'kedmi_generator': lambda: gan_refs.TorchDCGANGenerator(),
@@ -563,6 +640,13 @@ FULL_COUNTS = {  # torch parameter counts of the released models (cf. tests/laun
     'vgg16': 16_774_184,  # without the frozen BN1d bias, which our head_bn does not have
     'ir152': 62_599_848,
     'facenet64': 35_437_224,
+    # torchvision's documented sizes (ImageNet weights, 1000 classes).
+    'resnet18': 11_689_512,
+    'resnet101': 44_549_160,
+    'resnet152': 60_192_808,
+    'densenet121': 7_978_856,
+    'densenet169': 14_149_480,
+    'inception_v3': 27_161_264 - 3_326_696,  # without AuxLogits (ignored): 23,834,568
 }
 
 

@@ -1,10 +1,13 @@
 """`fid_inception`: pytorch-fid's FID Inception-v3 -> `FIDInceptionV3` -> `load_inception`.
 
-The PyTorch reference rebuilds pytorch-fid's `fid_inception_v3()` (torchvision `Inception3`
-without the auxiliary head, 1008 classes, with `FIDInceptionA/C/E_1/E_2`: average pools
-that exclude the padding, a max pool in the last block) from that description, with a
-width multiplier so the parity test runs the tiny stand-in (1/16 width, 75 px). The full
-network is checked on shapes only (meta device, `jax.eval_shape`).
+The PyTorch reference `TorchInception3` rebuilds torchvision's `Inception3` from its
+description, with the pool branch of each block as an argument: torchvision's (average
+pools that count the padding, optional auxiliary head; the `inception_v3` kind, tested in
+`test_convert_highres.py`) or pytorch-fid's `fid_inception_v3()` (`TorchFIDInception`:
+no auxiliary head, 1008 classes, `FIDInceptionA/C/E_1/E_2`: average pools that exclude the
+padding, a max pool in the last block). A width multiplier lets the parity test run the
+tiny stand-in (1/16 width, 75 px). The full network is checked on shapes only (meta device,
+`jax.eval_shape`).
 """
 
 import json
@@ -45,26 +48,30 @@ class TorchBasicConv(tnn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def avg_pool_same(x):
-    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+def pool_same(x, pool):
+    """3x3 stride-1 pool, padding 1: 'avg' (padding not counted), 'avg_pad' (counted), 'max'."""
+    if pool == 'max':
+        return F.max_pool2d(x, 3, 1, 1)
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=pool == 'avg_pad')
 
 
 class TorchA(tnn.Module):
-    def __init__(self, cin, pool, w):
+    def __init__(self, cin, pool_features, w, pool='avg'):
         super().__init__()
         c = lambda n: width(n, w)
+        self.pool = pool
         self.branch1x1 = TorchBasicConv(cin, c(64), 1)
         self.branch5x5_1 = TorchBasicConv(cin, c(48), 1)
         self.branch5x5_2 = TorchBasicConv(c(48), c(64), 5, padding=2)
         self.branch3x3dbl_1 = TorchBasicConv(cin, c(64), 1)
         self.branch3x3dbl_2 = TorchBasicConv(c(64), c(96), 3, padding=1)
         self.branch3x3dbl_3 = TorchBasicConv(c(96), c(96), 3, padding=1)
-        self.branch_pool = TorchBasicConv(cin, c(pool), 1)
+        self.branch_pool = TorchBasicConv(cin, c(pool_features), 1)
 
     def forward(self, x):
         b5 = self.branch5x5_2(self.branch5x5_1(x))
         bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = self.branch_pool(avg_pool_same(x))
+        bp = self.branch_pool(pool_same(x, self.pool))
         return torch.cat([self.branch1x1(x), b5, bd, bp], 1)
 
 
@@ -83,10 +90,11 @@ class TorchB(tnn.Module):
 
 
 class TorchC(tnn.Module):
-    def __init__(self, cin, c7, w):
+    def __init__(self, cin, c7, w, pool='avg'):
         super().__init__()
         c = lambda n: width(n, w)
         c7 = c(c7)
+        self.pool = pool
         row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
         self.branch1x1 = TorchBasicConv(cin, c(192), 1)
         self.branch7x7_1 = TorchBasicConv(cin, c7, 1)
@@ -104,7 +112,7 @@ class TorchC(tnn.Module):
         bd = x
         for i in range(1, 6):
             bd = getattr(self, f'branch7x7dbl_{i}')(bd)
-        bp = self.branch_pool(avg_pool_same(x))
+        bp = self.branch_pool(pool_same(x, self.pool))
         return torch.cat([self.branch1x1(x), b7, bd, bp], 1)
 
 
@@ -128,7 +136,7 @@ class TorchD(tnn.Module):
 
 
 class TorchE(tnn.Module):
-    """`FIDInceptionE_1` (avg pool without padding) or `_2` (max pool)."""
+    """`FIDInceptionE_1` (pool 'avg'), `_2` ('max') or torchvision's `InceptionE` ('avg_pad')."""
 
     def __init__(self, cin, pool, w):
         super().__init__()
@@ -149,14 +157,37 @@ class TorchE(tnn.Module):
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
         bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-        pooled = avg_pool_same(x) if self.pool == 'avg' else F.max_pool2d(x, 3, 1, 1)
+        pooled = pool_same(x, self.pool)
         return torch.cat([self.branch1x1(x), b3, bd, self.branch_pool(pooled)], 1)
 
 
-class TorchFIDInception(tnn.Module):
-    """pytorch-fid `fid_inception_v3()`: returns (pool3 features, logits)."""
+class TorchAux(tnn.Module):
+    """torchvision `InceptionAux`: avg-pool 5/3, 1x1 and 5x5 BasicConv2d, mean, Linear."""
 
-    def __init__(self, num_classes=1008, w=1.0):
+    def __init__(self, cin, num_classes, w):
+        super().__init__()
+        c = lambda n: width(n, w)
+        self.conv0 = TorchBasicConv(cin, c(128), 1)
+        self.conv1 = TorchBasicConv(c(128), c(768), 5)
+        self.fc = tnn.Linear(c(768), num_classes)
+
+    def forward(self, x):
+        x = self.conv1(self.conv0(F.avg_pool2d(x, 5, 3)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+TORCHVISION_POOLS = ('avg_pad', 'avg_pad', 'avg_pad', 'avg_pad')
+FID_POOLS = ('avg', 'avg', 'avg', 'max')
+
+
+class TorchInception3(tnn.Module):
+    """torchvision `Inception3` (transform_input=False): returns (features, logits).
+
+    `pools` are the pool branches of (the A blocks, the C blocks, Mixed_7b, Mixed_7c). In
+    training mode with `aux_logits`, the auxiliary logits are kept in `self.aux`.
+    """
+
+    def __init__(self, num_classes=1000, w=1.0, pools=TORCHVISION_POOLS, aux_logits=False):
         super().__init__()
         c = lambda n: width(n, w)
         self.Conv2d_1a_3x3 = TorchBasicConv(3, c(32), 3, stride=2)
@@ -167,20 +198,23 @@ class TorchFIDInception(tnn.Module):
         a_in = (c(192), c(64) + c(64) + c(96) + c(32), c(64) + c(64) + c(96) + c(64))
         blocks_a = ('Mixed_5b', 'Mixed_5c', 'Mixed_5d')
         for name, cin, pool in zip(blocks_a, a_in, (32, 64, 64), strict=True):
-            setattr(self, name, TorchA(cin, pool, w))
+            setattr(self, name, TorchA(cin, pool, w, pools[0]))
         cin = a_in[2]
         self.Mixed_6a = TorchB(cin, w)
         cin = c(384) + c(96) + cin
         blocks_c = ('Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e')
         for name, c7 in zip(blocks_c, (128, 160, 160, 192), strict=True):
-            setattr(self, name, TorchC(cin, c7, w))
+            setattr(self, name, TorchC(cin, c7, w, pools[1]))
             cin = 4 * c(192)
+        self.AuxLogits = TorchAux(cin, num_classes, w) if aux_logits else None
         self.Mixed_7a = TorchD(cin, w)
         cin = c(320) + c(192) + cin
-        self.Mixed_7b = TorchE(cin, 'avg', w)
+        self.Mixed_7b = TorchE(cin, pools[2], w)
         cin = c(320) + 4 * c(384) + c(192)
-        self.Mixed_7c = TorchE(cin, 'max', w)
+        self.Mixed_7c = TorchE(cin, pools[3], w)
+        self.dropout = tnn.Dropout(0.5)
         self.fc = tnn.Linear(cin, num_classes)
+        self.aux = None
 
     def forward(self, x):
         for name in ('Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3'):
@@ -189,9 +223,18 @@ class TorchFIDInception(tnn.Module):
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, 2)
         for name in inception_map.MIXED:
+            if name == 'Mixed_7a' and self.AuxLogits is not None and self.training:
+                self.aux = self.AuxLogits(x)
             x = getattr(self, name)(x)
         features = x.mean(dim=(2, 3))
-        return features, self.fc(features)
+        return features, self.fc(self.dropout(features))
+
+
+class TorchFIDInception(TorchInception3):
+    """pytorch-fid `fid_inception_v3()`: returns (pool3 features, logits)."""
+
+    def __init__(self, num_classes=1008, w=1.0):
+        super().__init__(num_classes, w, FID_POOLS)
 
 
 def randomise(module, seed=0):

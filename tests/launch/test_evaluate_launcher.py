@@ -1,15 +1,18 @@
 """End to end: launch/evaluate.py with runlocal, then rerun on its artefacts without it; the
-same run SIGKILLed at a seeded random point (upstream training, attack or feature caching)."""
+same run SIGKILLed at a seeded random point (upstream training, attack or feature caching);
+PPA's protocol (configs/evaluate_ppa.py:runlocal) in-process on the same stand-ins."""
 
 import csv
 import glob
 import json
+import logging
+import math
 import os
 import shutil
 
 import pytest
 
-from tests.launch import crash
+from tests.launch import crash, in_process
 
 CONFIG = 'evaluate_celeba.py:runlocal'
 KEYS = [
@@ -123,3 +126,45 @@ def test_killed_evaluation_resumes_to_the_same_metrics(reference, tmp_path):
         *(os.path.join(w, 'runlocal', 'attack', 'reconstructions.npz') for w in (clean, killed))
     )
     assert crash.records(killed) == crash.records(clean)  # One record, not one per attempt.
+
+
+def test_ppa_protocol_in_process(reference, tmp_path, capsys, caplog):
+    """configs/evaluate_ppa.py:runlocal on the reference's stand-ins (target, evaluation
+    model, reconstructions): delta_eval and delta_face (tiny random FaceNet) are finite; then
+    without a FaceNet and without runlocal delta_face is skipped with the warning. FID is off
+    (the reference runs it; PPA's choice of images: test_evaluate_parts.py)."""
+    workdir, metrics = reference[0], reference[1]
+    stand_ins = [
+        f'--config.target.checkpoint={workdir}/runlocal/target',
+        f'--config.attack_dir={workdir}/runlocal/attack',
+        f'--config.eval_model.checkpoint={workdir}/runlocal/eval_model',
+        '--config.fid.enabled=False',
+    ]
+    config = f'--config={os.path.join(crash.ROOT, "configs", "evaluate_ppa.py:runlocal")}'
+
+    def launch(out, *extra):
+        # The evaluation model's features of the private images are the reference's.
+        shutil.copytree(os.path.join(workdir, 'feature_cache'), os.path.join(out, 'feature_cache'))
+        status = in_process.call_launcher('evaluate', [config, f'--workdir={out}', *extra])
+        assert status == 0, capsys.readouterr().err[-3000:]
+        with open(os.path.join(out, 'metrics.json')) as f:
+            return json.load(f)
+
+    ppa = launch(str(tmp_path / 'ppa'), *stand_ins)
+    for key in ('attack/delta_eval', 'attack/delta_face'):
+        assert ppa[key] is not None and math.isfinite(ppa[key]) and ppa[key] >= 0.0, key
+    assert 'attack/knn_dist' not in ppa
+    # The same distance as the 64 px protocol's, under PPA's name; accuracy is unchanged.
+    assert ppa['attack/delta_eval'] == pytest.approx(metrics['attack/knn_dist'], rel=1e-5)
+    assert ppa['attack/acc@1'] == metrics['attack/acc@1']
+    with open(tmp_path / 'ppa' / 'per_identity.csv') as f:
+        assert {'delta_eval', 'delta_face'} <= set(next(csv.DictReader(f)))
+    assert '`attack/delta_face` |' in (tmp_path / 'ppa' / 'report.md').read_text()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = launch(str(tmp_path / 'no_face'), *stand_ins, '--config.runlocal=False')
+    assert 'delta_face skipped' in caplog.text and 'config.face_model.checkpoint' in caplog.text
+    assert again['attack/delta_face'] is None
+    assert again['attack/delta_eval'] == ppa['attack/delta_eval']
+    assert again['protocol_hash'] == ppa['protocol_hash'] != metrics['protocol_hash']

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from configs import sweep_celeba
+from configs import sweep_celeba, sweep_facescrub
 from tests.launch import crash, in_process
 from tldmi_jax import attacks
 from tldmi_jax.pipelines import sweep, sweep_pieces
@@ -210,6 +210,30 @@ def test_paper_table_plan_lists_every_piece_once_with_its_dependencies(tmp_path)
     # Targets + the GMI prior; the per-target priors, students and the 4 GMI cells (they need
     # nothing else); the other 16 cells; the table.
     assert [len(g) for g in sweep_pieces.levels(pieces)] == [5, 16, 16, 1]
+
+
+def test_facescrub_ppa_table_plan_and_its_converted_prior(tmp_path):
+    """The high-resolution table: four ResNet-152 rows x PPA, whose StyleGAN2 is a converted
+    prior the config names (no piece), or under runlocal a tiny stand-in piece."""
+    config = sweep_facescrub.get_config('')
+    config.eval_model.checkpoint = '/ckpt/inception_v3'
+    configs = os.path.join(ROOT, 'configs')
+    with pytest.raises(ValueError, match=r'Set --config.priors.stylegan2=DIR'):
+        sweep_pieces.run_piece(config, str(tmp_path / 'none'), 'prior:stylegan2', configs)
+    config.priors.stylegan2 = '/ckpt/ffhq'
+    deps = {p['id']: p['deps'] for p in sweep_pieces.plan(config, str(tmp_path), configs)}
+    rows = ('none', 'tldmi', 'negls', 'bido')
+    assert set(deps) == {f'target:{t}' for t in rows} | {f'cell:{t}__ppa' for t in rows} | {
+        'results'
+    }
+    assert deps['cell:bido__ppa'] == ['target:bido']
+    local = sweep_facescrub.get_config('runlocal')
+    deps = {p['id']: p['deps'] for p in sweep_pieces.plan(local, str(tmp_path / 'rl'), configs)}
+    assert deps['prior:stylegan2'] == []
+    assert deps['cell:tldmi__ppa'] == ['target:tldmi', 'prior:stylegan2', 'eval_model']
+    dogs = sweep_facescrub.get_config('dataset=dogs,arch=densenet121')
+    assert sorted(dogs.targets) == ['negls', 'none', 'tldmi']
+    assert dogs.targets.tldmi.train == 'stanford_dogs.py:arch=densenet121,defense=tldmi'
 
 
 def _piece_argv(command):

@@ -4,9 +4,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 
-from tests.launch import crash
-from tldmi_jax.utils import checkpoint
+from tests.launch import crash, in_process
+from tldmi_jax.utils import checkpoint, metrics
 
 CONFIG = 'celeba.py:arch=vgg16,defense=tldmi,runlocal'
 STEPS = 40
@@ -49,3 +50,27 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
     assert json.load(open(os.path.join(killed, 'results.json'))) == results
     # Every step logged once, with the same values (throughput aside).
     assert crash.records(killed) == crash.records(clean)
+
+
+def test_ppa_recipe_runlocal_in_process(tmp_path, capsys):
+    """configs/stanford_dogs.py (PPA's 224 px recipe: Adam, MultiStepLR, crop + colour jitter,
+    TL-DMI on layer4 + fc) on its tiny runlocal model; 2 steps per epoch, lr x0.1 at epoch 1."""
+    workdir = str(tmp_path / 'dogs')
+    config = os.path.join(crash.ROOT, 'configs', 'stanford_dogs.py')
+    argv = [
+        f'--config={config}:arch=resnet18,defense=tldmi,runlocal',
+        f'--workdir={workdir}',
+        '--config.total_steps=4',
+        '--config.data.max_train=16',
+        '--config.optim.milestones=(1,)',
+        '--config.log_every_steps=2',
+        '--config.checkpoint_every_steps=4',
+    ]
+    status = in_process.call_launcher('train', argv)
+    out, err = capsys.readouterr()
+    assert status == 0, err[-3000:]
+    assert 'natural accuracy' in out
+    lrs = [r['train/lr'] for r in metrics.read_metrics(workdir) if 'train/lr' in r]
+    assert lrs == pytest.approx([0.01, 0.001], rel=1e-6)  # The steps before each log.
+    results = json.load(open(os.path.join(workdir, 'results.json')))
+    assert results['steps'] == 4 and 0 < results['params/trainable'] < results['params/total']

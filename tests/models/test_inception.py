@@ -1,4 +1,9 @@
-"""The FID Inception: parameter count, pytorch-fid naming, tiny forward pass."""
+"""Inception-v3: the FID network (parameter count, pytorch-fid naming, tiny forward pass)
+and torchvision's classifier (pool branches, groups, freezing, auxiliary head).
+
+The classifier's sizes and shapes run with every model in `test_models.py`; its parity
+with torchvision's layout is in `tests/interop/test_convert_highres.py`.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +11,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from tldmi_jax import models
 from tldmi_jax.models import inception
 
 # torchvision's documented inception_v3 size (ImageNet weights meta: 27,161,264), minus
@@ -88,3 +94,48 @@ def test_average_pool_excludes_padding():
     # TF (and FIDInceptionA/C/E_1) average only over real pixels: a constant stays constant.
     out = inception._avg_pool_same(jnp.ones((1, 4, 4, 2)))
     np.testing.assert_allclose(np.asarray(out), 1.0)
+
+
+def test_torchvision_average_pool_counts_the_padding():
+    # torchvision's avg_pool2d(3, 1, 1) divides by 9 everywhere: a corner sees 4 real pixels.
+    out = np.asarray(inception._pool_same(jnp.ones((1, 4, 4, 2)), 'avg_pad'))
+    np.testing.assert_allclose(out[0, 0, 0], 4.0 / 9.0, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 0, 1], 6.0 / 9.0, rtol=1e-6)
+    np.testing.assert_allclose(out[0, 1, 1], 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match='pool must be one of'):
+        inception._pool_same(jnp.ones((1, 4, 4, 2)), 'mean')
+
+
+@pytest.mark.parametrize('aux_logits', [False, True])
+def test_torchvision_groups_cut_points_and_freezing(aux_logits):
+    model = models.get_model('inception_v3', 10, aux_logits=aux_logits)
+    assert isinstance(model, inception.InceptionV3) and model.OFFICIAL_FREEZE_LAYERS is None
+    names = [name for name, _ in model.layer_groups]
+    mixed = [f'Mixed_{b}' for b in ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e')]
+    aux = ['AuxLogits'] if aux_logits else []
+    assert names == [*inception.STEM, *mixed, *aux, 'Mixed_7a', 'Mixed_7b', 'Mixed_7c', 'head']
+    assert model.cut_points == {
+        'stage1': 'Mixed_5b',
+        'stage2': 'Mixed_6a',
+        'stage3': 'Mixed_7a',
+        'head': 'head',
+    }
+    assert model.official_frozen_groups(0) == tuple(names[:-1])
+    assert model.official_frozen_groups(2) == inception.STEM[:3]
+    assert model.official_frozen_groups(6) == inception.STEM  # index 6 is maxpool2
+    assert model.official_frozen_groups(14) == (*inception.STEM, *mixed)
+    child_15 = 'AuxLogits' if aux_logits else 'Mixed_7a'
+    assert model.official_frozen_groups(15) == (*inception.STEM, *mixed, child_15)
+    assert model.official_frozen_groups(99) == tuple(names[:-1])  # never the head
+
+
+def test_aux_head_is_built_at_init_and_runs_only_in_training():
+    model = models.get_model('inception_v3_tiny', 4, aux_logits=True)
+    x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert set(variables['params']['AuxLogits']) == {'conv0', 'conv1', 'fc'}
+    assert variables['params']['AuxLogits']['fc']['kernel'].shape == (48, 4)
+    _, state = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']), variables, x
+    )
+    assert 'aux_logits' not in state.get('intermediates', {})

@@ -11,11 +11,13 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
 
 from tldmi_jax import models
+from tldmi_jax.defenses import transfer
 from tldmi_jax.models import irse, resnet, small, vgg
 
 FULL_ARCHS = (
@@ -25,7 +27,11 @@ FULL_ARCHS = (
     'facenet',
     'ir50',
     'resnet18',
+    'resnet101',
     'resnet152',
+    'densenet121',
+    'densenet169',
+    'inception_v3',
     'small',
     'efficientnet_b0',
     'efficientnet_b1',
@@ -33,12 +39,35 @@ FULL_ARCHS = (
 )
 TINY_ARCHS = tuple(a for a in models.ARCHS if a.endswith('_tiny'))
 NUM_CLASSES = 5
+SHAPE_CLASSES = 1000  # Of the shape-only tests: torchvision's sizes.
 
 
 def _abstract_variables(model: nn.Module, size: int, channels: int = 3) -> dict:
     """Variable shapes of `model.init` on a [1, size, size, channels] input."""
     x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
     return jax.eval_shape(model.init, jax.random.key(0), x)
+
+
+@functools.cache
+def _registered(
+    arch: str, num_classes: int, **kwargs
+) -> tuple[nn.Module, dict, tuple[jax.ShapeDtypeStruct, ...], tuple[str, ...]]:
+    """A registered model, its variable shapes and output shapes (`(features, logits)`) on a
+    [1, size, size, 3] input at its image size, and the paths of the modules whose
+    `__call__` ran, in order: one trace, shared by the shape-only tests."""
+    model = models.get_model(arch, num_classes, **kwargs)
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == '__call__':
+            called.append('/'.join(context.module.path))
+        return next_fun(*args, **kwargs)
+
+    size = models.default_image_size(arch)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    with nn.intercept_methods(record):
+        outputs, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x)
+    return model, variables, outputs, tuple(called)
 
 
 def _flat(tree: dict) -> dict[str, jax.ShapeDtypeStruct]:
@@ -49,11 +78,10 @@ def _group_of(model: nn.Module, path: str) -> list[str]:
     return [name for name, regex in model.layer_groups if re.fullmatch(regex, path)]
 
 
-def _trainable_count(model: nn.Module, size: int, frozen: tuple[str, ...]) -> int:
+def _trainable_count(model: nn.Module, params: dict, frozen: tuple[str, ...]) -> int:
     """Number of params whose group is not in `frozen`."""
-    params = _flat(_abstract_variables(model, size)['params'])
     total = 0
-    for path, leaf in params.items():
+    for path, leaf in _flat(params).items():
         (group,) = _group_of(model, path)
         if group not in frozen:
             total += math.prod(leaf.shape)
@@ -78,24 +106,57 @@ def _images(arch: str, batch: int = 2, channels: int = 3, seed: int = 0) -> jax.
     ],
 )
 def test_param_counts(arch, num_classes, total, trainable, rel):
-    model = models.get_model(arch, num_classes)
-    size = models.default_image_size(arch)
+    model, variables, _, _ = _registered(arch, num_classes)
     if total is not None:
-        assert models.count_params(model, size) == pytest.approx(total, rel=rel)
+        assert _trainable_count(model, variables['params'], ()) == pytest.approx(total, rel=rel)
     if trainable is not None:
         frozen = model.official_frozen_groups(model.OFFICIAL_FREEZE_LAYERS)
-        assert _trainable_count(model, size, frozen) == pytest.approx(trainable, rel=rel)
+        count = _trainable_count(model, variables['params'], frozen)
+        assert count == pytest.approx(trainable, rel=rel)
 
 
-def test_resnet_exact_counts():
-    assert models.count_params(models.get_model('resnet18', 1000), 224) == 11_689_512
-    assert models.count_params(models.get_model('resnet152', 1000), 224) == 60_192_808
+# torchvision's sizes at 1000 classes (its documented ImageNet weights; the PyTorch
+# references of tests/interop/test_convert_highres.py have them too).
+@pytest.mark.parametrize(
+    'arch, total',
+    [
+        ('resnet18', 11_689_512),
+        ('resnet101', 44_549_160),
+        ('resnet152', 60_192_808),
+        ('densenet121', 7_978_856),
+        ('densenet169', 14_149_480),
+        ('inception_v3', 23_834_568),  # With AuxLogits 27,161,264 (test_convert_highres.py).
+    ],
+)
+def test_torchvision_exact_counts(arch, total):
+    _, variables, _, _ = _registered(arch, SHAPE_CLASSES)
+    assert sum(math.prod(v.shape) for v in jax.tree.leaves(variables['params'])) == total
+
+
+# TL-DMI at 224 px: the official freeze (`defense=tldmi` alone) trains ResNet's layer4 + fc
+# (DaredEVAL's freeze_layers=6) and DenseNet's denseblock4 + norm5 + classifier (our
+# analogue, freeze_layers=9); the torch references have the same trainable sizes.
+@pytest.mark.parametrize(
+    'arch, num_classes, trainable, groups',
+    [
+        ('resnet18', 1000, 8_393_728 + 513_000, ('layer4', 'head')),
+        ('resnet152', 530, 14_964_736 + 1_085_970, ('layer4', 'head')),
+        ('densenet121', 1000, 3_185_128, ('denseblock4', 'head')),
+        ('densenet169', 1000, 7_581_928, ('denseblock4', 'head')),
+    ],
+)
+def test_tldmi_official_theta_c(arch, num_classes, trainable, groups):
+    model, variables, _, _ = _registered(arch, num_classes)
+    spec = ml_collections.ConfigDict({'name': 'tldmi'})
+    plan = transfer.resolve(model, variables['params'], variables['batch_stats'], spec)
+    assert plan.trainable_params == trainable
+    assert tuple(row.group for row in plan.table if row.trainable) == groups
+    assert all(row.trainable in (0, row.params) for row in plan.table)
 
 
 @pytest.mark.parametrize('arch', FULL_ARCHS + TINY_ARCHS)
 def test_layer_groups_partition_variables(arch):
-    model = models.get_model(arch, NUM_CLASSES)
-    variables = _abstract_variables(model, models.default_image_size(arch))
+    model, variables, _, _ = _registered(arch, SHAPE_CLASSES)
     assert set(variables) == {'params', 'batch_stats'}
     names = [name for name, _ in model.layer_groups]
     assert len(set(names)) == len(names)
@@ -114,17 +175,7 @@ def test_layer_groups_partition_variables(arch):
 @pytest.mark.parametrize('arch', FULL_ARCHS + TINY_ARCHS)
 def test_layer_groups_in_forward_order(arch):
     """Leaf modules are called in non-decreasing group order."""
-    model = models.get_model(arch, NUM_CLASSES)
-    size = models.default_image_size(arch)
-    called = []
-
-    def record(next_fun, args, kwargs, context):
-        if context.method_name == '__call__':
-            called.append('/'.join(context.module.path))
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        variables = _abstract_variables(model, size)
+    model, variables, _, called = _registered(arch, SHAPE_CLASSES)
     paths = list(_flat(variables['params'])) + list(_flat(variables['batch_stats']))
     index = {name: i for i, (name, _) in enumerate(model.layer_groups)}
     order = []
@@ -144,7 +195,11 @@ def test_layer_groups_in_forward_order(arch):
         ('facenet64', 64, 512),
         ('facenet', 112, 512),
         ('resnet18', 224, 512),
+        ('resnet101', 224, 2048),
         ('resnet152', 224, 2048),
+        ('densenet121', 224, 1024),
+        ('densenet169', 224, 1664),
+        ('inception_v3', 299, 2048),
         ('small', 32, 1024),
         ('efficientnet_b0', 64, 1280),
         ('efficientnet_b1', 64, 1280),
@@ -152,13 +207,10 @@ def test_layer_groups_in_forward_order(arch):
     ],
 )
 def test_full_size_output_shapes(arch, size, feat_dim):
-    model = models.get_model(arch, NUM_CLASSES)
+    _, _, (features, logits), _ = _registered(arch, SHAPE_CLASSES)
     assert models.default_image_size(arch) == size
-    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-    variables = _abstract_variables(model, size)
-    features, logits = jax.eval_shape(model.apply, variables, x)
-    assert features.shape == (2, feat_dim)
-    assert logits.shape == (2, NUM_CLASSES)
+    assert features.shape == (1, feat_dim)
+    assert logits.shape == (1, SHAPE_CLASSES)
 
 
 _TINY_FEAT_DIMS = {
@@ -172,7 +224,13 @@ _TINY_FEAT_DIMS = {
 }
 
 
-@pytest.mark.parametrize('arch', TINY_ARCHS)
+# The forward passes of these tiny models are compared with torch's, outputs and every
+# running statistic, in train and eval mode, by tests/interop/test_convert_highres.py
+# (compiling them three more times here would cost about 20 s: 94 convs in the Inception).
+_FORWARD_TESTED_ELSEWHERE = ('densenet121_tiny', 'inception_v3_tiny')
+
+
+@pytest.mark.parametrize('arch', [a for a in TINY_ARCHS if a not in _FORWARD_TESTED_ELSEWHERE])
 def test_tiny_forward_train_and_eval(arch):
     model = models.get_model(arch, NUM_CLASSES)
     x = _images(arch)
@@ -292,7 +350,8 @@ def test_ir_official_freezing():
     assert irse.FaceNet.OFFICIAL_FREEZE_LAYERS is None
     assert irse.FaceNet64(num_classes=10).cut_points['stage4'] == 'body_21'
     # The stem typo of the original code: its 1,920 parameters stay trainable.
-    stem_params = _trainable_count(model, 64, ()) - _trainable_count(model, 64, ('stem',))
+    params = _abstract_variables(model, 64)['params']
+    stem_params = _trainable_count(model, params, ()) - _trainable_count(model, params, ('stem',))
     assert stem_params == 1920
 
 
@@ -333,8 +392,9 @@ def test_registry():
         models.get_model('vgg19', 7)
     with pytest.raises(ValueError, match='Unknown arch'):
         models.default_image_size('nope')
-    for arch in TINY_ARCHS:
-        assert models.default_image_size(arch) in (16, 32)
+    for arch in TINY_ARCHS:  # The Inception-v3 trunk needs at least 75 px.
+        expected = (75,) if arch.startswith('inception') else (16, 32)
+        assert models.default_image_size(arch) in expected
 
 
 # The 1-based cut-point vocabulary: the layer group where `stageK` starts, per architecture
@@ -359,8 +419,14 @@ _STAGE_GROUPS = {
     'facenet64_tiny': _ir_starts((1, 1, 1, 1)),
     'facenet_tiny': _ir_starts((1, 1, 1, 1)),
     'resnet18': ['layer1', 'layer2', 'layer3', 'layer4'],
+    'resnet101': ['layer1', 'layer2', 'layer3', 'layer4'],
     'resnet152': ['layer1', 'layer2', 'layer3', 'layer4'],
     'resnet18_tiny': ['layer1', 'layer2', 'layer3', 'layer4'],
+    'densenet121': [f'denseblock{i}' for i in range(1, 5)],
+    'densenet169': [f'denseblock{i}' for i in range(1, 5)],
+    'densenet121_tiny': [f'denseblock{i}' for i in range(1, 5)],
+    'inception_v3': ['Mixed_5b', 'Mixed_6a', 'Mixed_7a'],
+    'inception_v3_tiny': ['Mixed_5b', 'Mixed_6a', 'Mixed_7a'],
     'efficientnet_b0': [f'stage{s}' for s in range(1, 8)],
     'efficientnet_b1': [f'stage{s}' for s in range(1, 8)],
     'efficientnet_b2': [f'stage{s}' for s in range(1, 8)],

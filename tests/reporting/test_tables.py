@@ -62,3 +62,17 @@ def test_load_config_file_and_sweep_config(tmp_path):
     full = sweep_celeba.get_config()
     assert set(full.targets) == {'none', 'tldmi', 'tldmi_k33', 'tldmi_k36', 'tldmi_k39'}
     assert full.attacks == ['gmi', 'kedmi', 'kedmi+lomma', 'plgmi']
+
+
+def test_ppa_rows_show_delta_eval_and_delta_face_instead_of_the_knn_distance():
+    ppa = tables.row(
+        {
+            'status': 'done',
+            'metrics': {'attack/acc@1': 0.5, 'attack/delta_eval': 35.25, 'attack/delta_face': 0.75},
+        }
+    )
+    rows = [{'target': 'none', 'attack': 'ppa', **ppa}]
+    assert tables.header(rows)[7:9] == ('delta_eval', 'delta_face')
+    assert tables.cells(rows)[0][7:9] == ['35.2500', '0.7500']
+    knn = [{'target': 'none', 'attack': 'gmi', **tables.row({'metrics': {'attack/knn_dist': 2.0}})}]
+    assert tables.header(knn) == tables.HEADER and tables.cells(knn)[0][7] == '2.0000'

@@ -28,6 +28,15 @@ CONFIGS = (
     'sweep_celeba.py:table=paper,runlocal',
     'demo.py:kedmi',
     'demo.py:runlocal',
+    'facescrub.py:arch=resnet152,defense=tldmi+negls',
+    'facescrub.py:arch=inception_v3,runlocal',
+    'stanford_dogs.py:arch=densenet121,defense=tldmi',
+    'attack_ppa.py',
+    'attack_ppa.py:dataset=dogs,runlocal',
+    'evaluate_ppa.py',
+    'evaluate_ppa.py:dataset=dogs,runlocal',
+    'sweep_facescrub.py',
+    'sweep_facescrub.py:dataset=dogs,runlocal',
 )
 # Free-form constructor and builder arguments (`model.kwargs`, `data.kwargs`): only finite.
 UNCHECKED = ('kwargs',)

@@ -8,7 +8,8 @@ except fashion_mnist_mi's public split, which keeps the original classes 5-9.
 
 The image datasets are TFDS builders, prepared once from a local manual directory into
 array_record files under ``data_dir`` and then only read (no TensorFlow, no network).
-Fashion-MNIST and the synthetic set are built in memory.
+Fashion-MNIST and the synthetic set are built in memory. Stanford Dogs takes one option,
+``cropped`` (the images cut to their bounding boxes on read, PPA's ``stanford_dogs_cropped``).
 
 Example::
 
@@ -22,7 +23,14 @@ Example::
 
 from __future__ import annotations
 
-from tldmi_jax.data import celeba_mi, facescrub_mi, fashion_mnist_mi, ffhq_mi, synthetic
+from tldmi_jax.data import (
+    celeba_mi,
+    facescrub_mi,
+    fashion_mnist_mi,
+    ffhq_mi,
+    stanford_dogs_mi,
+    synthetic,
+)
 from tldmi_jax.data.builders import ArraySource, DataError, Source, TfdsSource, load_builder
 from tldmi_jax.data.fashion_mnist_mi import (
     DEFAULT_FASHION_MNIST_DIR,
@@ -58,6 +66,7 @@ DATASETS: dict[str, tuple[str, ...]] = {
     'celeba_mi': celeba_mi.SPLITS,
     'ffhq_mi': ffhq_mi.SPLITS,
     'facescrub_mi': facescrub_mi.SPLITS,
+    'stanford_dogs_mi': stanford_dogs_mi.SPLITS,
     'fashion_mnist_mi': fashion_mnist_mi.SPLITS,
     'synthetic': synthetic.SPLITS,
 }
@@ -66,7 +75,10 @@ _BUILDERS = {
     'celeba_mi': celeba_mi.CelebaMi,
     'ffhq_mi': ffhq_mi.FfhqMi,
     'facescrub_mi': facescrub_mi.FacescrubMi,
+    'stanford_dogs_mi': stanford_dogs_mi.StanfordDogsMi,
 }
+# The options `get_source` accepts, per dataset (synthetic: those of `make_synthetic`).
+_OPTIONS = {'stanford_dogs_mi': ('cropped',)}
 
 
 def _check_name_split(name: str, split: str) -> None:
@@ -101,14 +113,16 @@ def get_source(
     """Returns random access to one split of a dataset.
 
     Args:
-      name: one of ``DATASETS``: 'celeba_mi', 'ffhq_mi', 'facescrub_mi', 'fashion_mnist_mi',
-        'synthetic'.
+      name: one of ``DATASETS``: 'celeba_mi', 'ffhq_mi', 'facescrub_mi', 'stanford_dogs_mi',
+        'fashion_mnist_mi', 'synthetic'.
       split: one of ``DATASETS[name]``.
       root: the manual directory with the original files. Needed to prepare celeba_mi,
-        ffhq_mi and facescrub_mi the first time (afterwards ignored); for fashion_mnist_mi
-        the idx directory (default ``DEFAULT_FASHION_MNIST_DIR``); unused for synthetic.
+        ffhq_mi, facescrub_mi and stanford_dogs_mi the first time (afterwards ignored); for
+        fashion_mnist_mi the idx directory (default ``DEFAULT_FASHION_MNIST_DIR``); unused
+        for synthetic.
       data_dir: where TFDS keeps prepared array_record files; None is the TFDS default.
-      **kwargs: options of ``make_synthetic`` (seed, num_classes, image_size, ...); no other
+      **kwargs: options of ``make_synthetic`` (seed, num_classes, image_size, ...), or
+        stanford_dogs_mi's ``cropped`` (bool, default False: whole images); no other
         dataset takes any.
 
     Returns:
@@ -120,12 +134,17 @@ def get_source(
       DataError: missing or malformed local files (the message names the file).
     """
     _check_name_split(name, split)
-    if kwargs and name != 'synthetic':
-        raise TypeError(f'{name} takes no options, got {", ".join(sorted(kwargs))}')
     if name == 'synthetic':
         return make_synthetic(split, **kwargs)
+    unknown = sorted(set(kwargs) - set(_OPTIONS.get(name, ())))
+    if unknown:
+        takes = f'only {", ".join(_OPTIONS[name])}' if name in _OPTIONS else 'no options'
+        raise TypeError(f'{name} takes {takes}, got {", ".join(unknown)}')
     if name == 'fashion_mnist_mi':
         return load_fashion_mnist_mi(split, root=root)
     # Prepared once, by process 0 of a multi-process run, before the others open it.
     with distributed.main_first(f'prepare:{name}:{data_dir}'):
-        return TfdsSource(get_builder(name, root=root, data_dir=data_dir), split)
+        builder = get_builder(name, root=root, data_dir=data_dir)
+        if name == 'stanford_dogs_mi':
+            return stanford_dogs_mi.make_source(builder, split, **kwargs)
+        return TfdsSource(builder, split)

@@ -12,6 +12,20 @@
   an image of another size is first resized to 64x64.
 * fashion_mnist, synthetic: only a resize when the size differs; channels are kept.
 
+The 224 px (PPA) targets and the 299 px evaluation models use Plug & Play Attacks' own
+``T.Resize(image_size, antialias=True)`` instead (``RESIZES``), without the crops above.
+PPA then normalises to [-1, 1] (mean = std = 0.5); here values stay in [0, 1], as for every
+model of this library:
+
+* stanford_dogs: a resize to exactly ``image_size x image_size`` (PPA's ``image_size:
+  [224, 224]``; the aspect ratio is not kept), for the uncropped and the bounding-box
+  cropped images alike.
+* facescrub_ppa: the shorter side resized to ``image_size`` with the aspect ratio kept (PPA's
+  ``image_size: 224``; the longer side ``int(image_size * long / short)``, as torchvision),
+  then the centre ``image_size x image_size``. For a square face the crop is a no-op and
+  this is PPA's preprocessing exactly; PPA keeps a non-square one whole (its batches then
+  only stack when every image has the same shape).
+
 An image that is not the native size is bilinearly resized to it before cropping. Resizes
 use PIL ``Image.BILINEAR`` on uint8 images, which is what torchvision's ``Resize`` does with
 PIL input. Horizontal flips are not done here: the trainer calls :func:`random_flip` on the
@@ -43,6 +57,11 @@ CROPS: dict[str, CropSpec | None] = {
     'fashion_mnist': None,
     'synthetic': None,
 }
+# PPA's `T.Resize(image_size)`: 'exact' (a [size, size] list) or 'shorter_side' (an int).
+RESIZES: dict[str, str] = {
+    'stanford_dogs': 'exact',
+    'facescrub_ppa': 'shorter_side',
+}
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -65,10 +84,18 @@ def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return image[top : top + height, left : left + width]
 
 
+def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's ``Resize(size)``: the shorter side to ``size``, the aspect ratio kept."""
+    h, w = image.shape[:2]
+    if h <= w:
+        return resize(image, (size, int(size * w / h)))
+    return resize(image, (int(size * h / w), size))
+
+
 def _canonical_name(dataset_name: str) -> str:
     name = dataset_name.removesuffix('_mi')
-    if name not in CROPS:
-        valid = ', '.join(sorted(CROPS))
+    if name not in CROPS and name not in RESIZES:
+        valid = ', '.join(sorted({*CROPS, *RESIZES}))
         raise ValueError(f'no preprocessing for dataset {dataset_name!r}; valid: {valid}')
     return name
 
@@ -77,14 +104,17 @@ def get_preprocess(dataset_name: str, image_size: int) -> Callable[[np.ndarray],
     """Returns the original code's preprocessing for a dataset.
 
     Args:
-      dataset_name: 'celeba', 'ffhq', 'facescrub', 'fashion_mnist' or 'synthetic' (a '_mi'
-        suffix is accepted, so the names of ``tldmi_jax.data.DATASETS`` work).
-      image_size: output height and width (64 for targets, 112 for the evaluation model).
+      dataset_name: 'celeba', 'ffhq', 'facescrub', 'fashion_mnist', 'synthetic', or PPA's
+        'stanford_dogs' and 'facescrub_ppa' (a '_mi' suffix is accepted, so the names of
+        ``tldmi_jax.data.DATASETS`` work; ``config.data.preprocess`` picks another one).
+      image_size: output height and width (64 for targets, 112 for the evaluation model;
+        224 and 299 in the PPA setting).
 
     Returns:
       ``fn(image: uint8 [H, W, C]) -> float32 [image_size, image_size, C]`` in [0, 1].
     """
-    spec = CROPS[_canonical_name(dataset_name)]
+    name = _canonical_name(dataset_name)
+    spec, mode = CROPS.get(name), RESIZES.get(name)
     out = (int(image_size), int(image_size))
 
     def preprocess(image: np.ndarray) -> np.ndarray:
@@ -93,6 +123,8 @@ def get_preprocess(dataset_name: str, image_size: int) -> Callable[[np.ndarray],
             raise ValueError(f'expected a uint8 [H, W, C] image, got {image.dtype} {image.shape}')
         if spec is not None:
             image = center_crop(resize(image, spec.native), spec.crop)
+        elif mode == 'shorter_side':
+            image = center_crop(resize_shorter_side(image, out[0]), out)
         return resize(image, out).astype(np.float32) * np.float32(1.0 / 255.0)
 
     return preprocess

@@ -1,5 +1,8 @@
 """Evaluation of model-inversion attacks: attack accuracy, KNN distance, FID/KID/PRDC.
 
+Two protocols: TL-DMI's 64 px one (`attack/knn_dist`) and Plug & Play Attacks' 224 px one
+(the same distance as `attack/delta_eval`, plus FaceNet's `attack/delta_face`, `face.py`).
+
 `evaluate.evaluate(config, workdir)` runs the whole protocol (`launch/evaluate.py`); the
 metric functions are plain numpy and usable alone:
 

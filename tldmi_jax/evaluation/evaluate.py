@@ -1,23 +1,34 @@
 """`evaluate(config, workdir)`: every metric of the MI protocol for one attack output.
 
 Inputs: the reconstructions of an attack workdir (`config.attack_dir`,
-`tldmi_jax.reconstructions`), the evaluation model (`config.eval_model.checkpoint`, the
-112 px FaceNet/IR-50 trained with `configs/eval_celeba.py`), the private data
-(`config.data`), the target (`config.target.checkpoint`, else the one `attack.json`
-names) and, for FID/KID/PRDC, converted FID Inception weights
-(`config.fid.inception_checkpoint`).
+`tldmi_jax.reconstructions`), the evaluation model (`config.eval_model.checkpoint`: the
+112 px FaceNet/IR-50 trained with `configs/eval_celeba.py`, or PPA's 299 px Inception-v3),
+the private data (`config.data`), the target (`config.target.checkpoint`, else the one
+`attack.json` names), for FID/KID/PRDC converted FID Inception weights
+(`config.fid.inception_checkpoint`) and, for PPA's delta_face, a converted FaceNet
+(`config.face_model.checkpoint`).
+
+Two protocols (`config.distance`, `knn.DISTANCES`): `knn_squared_min`, TL-DMI's 64 px one
+(`configs/evaluate_celeba.py`), reports `attack/knn_dist`; `ppa`, Plug & Play Attacks' 224 px
+one (`configs/evaluate_ppa.py`), reports the same distance as `attack/delta_eval` and adds
+`attack/delta_face` in FaceNet's embedding. PPA's FID takes all reconstructions
+(`config.fid.reconstructions='all'`) against private images resized straight to 299 px
+(`config.fid.real_size='inception'`).
 
 Outputs in `workdir`: `metrics.json` (`attack/acc@1`, `attack/acc@1_std`, `attack/acc@5`,
-`attack/acc@5_std`, `attack/knn_dist`, `attack/fid`, `attack/kid`, `attack/precision`,
-`attack/recall`, `attack/density`, `attack/coverage`, `target/natural_acc`,
-`protocol_hash`, ...; null where skipped), `metrics.jsonl`, `per_identity.csv`,
-`groups.csv`, `pairs.png`, `report.md`, `config.json` and `feature_cache/`.
+`attack/acc@5_std`, `attack/knn_dist` or `attack/delta_eval` and `attack/delta_face`,
+`attack/fid`, `attack/kid`, `attack/precision`, `attack/recall`, `attack/density`,
+`attack/coverage`, `target/natural_acc`, `protocol_hash`, ...; null where skipped),
+`metrics.jsonl`, `per_identity.csv`, `groups.csv`, `pairs.png`, `report.md`, `config.json`
+and `feature_cache/`.
 
-Reconstructions are resized bilinearly to the evaluation model's input (64 -> 112 in the
-real protocol; see `features`). Without Inception weights (and outside runlocal) FID, KID
-and PRDC are skipped with a warning naming `config.fid.inception_checkpoint`; nothing is
-ever downloaded. With `config.runlocal` the tiny Inception runs with random weights (the
-launcher makes missing upstream artefacts first, `tldmi_jax.pipelines.runlocal`).
+Reconstructions are resized bilinearly to each network's input (64 -> 112 in the 64 px
+protocol; 224 -> 299 and 224 -> 160 in PPA's; see `features`). Without Inception weights
+(and outside runlocal) FID, KID and PRDC are skipped with a warning naming
+`config.fid.inception_checkpoint`, and without FaceNet weights delta_face with one naming
+`config.face_model.checkpoint`; nothing is ever downloaded. With `config.runlocal` the tiny
+Inception and FaceNet run with random weights (the launcher makes missing upstream
+artefacts first, `tldmi_jax.pipelines.runlocal`).
 """
 
 import os
@@ -30,13 +41,21 @@ from absl import logging
 
 from tldmi_jax import classifiers, config_lib, data, reconstructions
 from tldmi_jax.data import pipeline, preprocess
-from tldmi_jax.evaluation import attack_acc, features, fid, knn, report
-from tldmi_jax.models import inception
+from tldmi_jax.evaluation import attack_acc, face, features, fid, knn, report
+from tldmi_jax.models import inception, inception_resnet_v1
 from tldmi_jax.reporting import files
 from tldmi_jax.utils import checkpoint, distributed, metrics
 from tldmi_jax.utils import workdir as workdir_lib
 
 FID_FIELD = 'config.fid.inception_checkpoint'
+# `config.distance` -> (arch, input size) of the evaluation model when neither the config nor
+# the checkpoint's config.json names them: TL-DMI's FaceNet, PPA's Inception-v3.
+EVAL_FALLBACK = {'knn_squared_min': ('facenet', 112), 'ppa': ('inception_v3', 299)}
+# `config.fid.reconstructions`: the fake set (TL-DMI: successful ones; PPA: all).
+FID_RECONSTRUCTIONS = ('successful', 'all')
+# `config.fid.real_size`: the side private images are preprocessed to before the Inception's
+# own resize (TL-DMI: the reconstructions'; PPA: straight to the Inception's 299 px).
+FID_REAL_SIZES = ('reconstructions', 'inception')
 
 
 def _source(config: ml_collections.ConfigDict, split: str):
@@ -44,6 +63,29 @@ def _source(config: ml_collections.ConfigDict, split: str):
     return data.get_source(
         dc.name, split, root=dc.root, data_dir=dc.data_dir, **dict(dc.get('kwargs') or {})
     )
+
+
+def _preprocess(config: ml_collections.ConfigDict, size: int) -> pipeline.Preprocess:
+    """The private images' preprocessing at `size` (`config.data.preprocess`, else the name)."""
+    return preprocess.get_preprocess(config.data.get('preprocess') or config.data.name, size)
+
+
+def _check_options(config: ml_collections.ConfigDict) -> None:
+    """Refuses unknown protocol options before anything is computed or written.
+
+    Raises:
+      ValueError: naming the field and its valid values.
+    """
+    knn.distance_metrics(config.distance)
+    choices = (
+        ('fid.reconstructions', config.fid.reconstructions, FID_RECONSTRUCTIONS),
+        ('fid.real_size', config.fid.real_size, FID_REAL_SIZES),
+        ('face_model.input_mapping', config.face_model.input_mapping, features.FACE_INPUT_MAPPINGS),
+        ('face_model.arch', config.face_model.arch, inception_resnet_v1.FACE_MODELS),
+    )
+    for field, value, valid in choices:
+        if value not in valid:
+            raise ValueError(f'config.{field}={value!r}: use one of {sorted(valid)}.')
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -83,7 +125,7 @@ def load_inception(config: ml_collections.ConfigDict) -> tuple[Any, Any, str] | 
 def _distribution_metrics(
     config, cache, recon, success, source, indices, split_key
 ) -> tuple[dict[str, float], list[str]]:
-    """FID, KID and PRDC between successful reconstructions and private images."""
+    """FID, KID and PRDC between (successful or all) reconstructions and private images."""
     keys = ('attack/fid', 'attack/kid', 'attack/precision', 'attack/recall', 'attack/density')
     result = dict.fromkeys((*keys, 'attack/coverage'), float('nan'))
     if not config.fid.enabled:
@@ -98,7 +140,7 @@ def _distribution_metrics(
         notes.append('FID uses the original pixel mapping (x*0.5+0.5)*255: not standard FID.')
     fn = features.inception_fn(model, variables, original_range_mapping=mapping)
     bs = config.fid.batch_size
-    size = recon.shape[1]
+    size = recon.shape[1] if config.fid.real_size == 'reconstructions' else model.IMAGE_SIZE
     max_real = int(config.fid.max_real or 0)
     if max_real and len(indices) > max_real:
         rng = np.random.default_rng(config.seed)
@@ -111,16 +153,19 @@ def _distribution_metrics(
         'indices': pipeline.array_hash(indices),
         'image_size': size,
     }
-    prep = preprocess.get_preprocess(config.data.name, size)
+    prep = _preprocess(config, size)
     real = cache.get_or_compute(
         'inception',
         key,
         lambda: {'features': features.run_on_source(fn, source, indices, prep, bs)[0][0]},
     )['features']
-    if success.sum() < 2:
-        notes.append(f'Only {int(success.sum())} successful reconstruction(s): FID/KID/PRDC n/a.')
+    which = config.fid.reconstructions
+    chosen = success if which == 'successful' else np.ones(len(recon), bool)
+    label = 'successful reconstructions' if which == 'successful' else 'reconstructions (all)'
+    if chosen.sum() < 2:
+        notes.append(f'Only {int(chosen.sum())} {label}: FID/KID/PRDC n/a.')
         return result, notes
-    fake = classifiers.run_batched(fn, recon[success], bs)[0]
+    fake = classifiers.run_batched(fn, recon[chosen], bs)[0]
     result['attack/fid'] = fid.fid_score(real, fake)
     result['attack/kid'] = fid.kid(
         real,
@@ -131,7 +176,7 @@ def _distribution_metrics(
     )
     for k, v in fid.prdc(real, fake, k=config.fid.prdc_k).items():
         result[f'attack/{k}'] = v
-    notes.append(f'FID/KID/PRDC: {int(success.sum())} successful vs {len(real)} private images.')
+    notes.append(f'FID/KID/PRDC: {int(chosen.sum())} {label} vs {len(real)} private images.')
     return result, notes
 
 
@@ -175,7 +220,7 @@ def natural_accuracy(config: ml_collections.ConfigDict, target: tuple[Any, Any, 
     """Top-1 accuracy of the target `(model, variables, size)` on the private test split."""
     model, variables, size = target
     source = _source(config, config.data.test_split)
-    prep = preprocess.get_preprocess(config.data.name, size)
+    prep = _preprocess(config, size)
     test = pipeline.load_all(source, np.arange(len(source)), prep)
     res = classifiers.evaluate(
         classifiers.jit_apply(model), variables, test['image'], test['label'], config.batch_size
@@ -187,7 +232,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Evaluates the reconstructions of `config.attack_dir`; writes the outputs in `workdir`.
 
     Args:
-      config: see `configs/evaluate_celeba.py`.
+      config: see `configs/evaluate_celeba.py` and `configs/evaluate_ppa.py`.
       workdir: output directory (the feature cache lives there too).
 
     Returns:
@@ -197,10 +242,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir_lib.prepare(config, workdir)
     if not config.attack_dir or not config.eval_model.checkpoint:
         raise ValueError('Set --config.attack_dir and --config.eval_model.checkpoint.')
+    _check_options(config)
+    names = knn.distance_metrics(config.distance)
+    with_face = 'face' in names and config.face_model.enabled
     recon, meta = reconstructions.load(config.attack_dir)
     images, identity = recon['images'], recon['identity'].astype(np.int64)
+    fallback_arch, fallback_size = EVAL_FALLBACK[config.distance]
     model, variables, eval_size = classifiers.load_block(
-        config.eval_model, fallback_arch='facenet', fallback_size=112, name='eval_model'
+        config.eval_model,
+        fallback_arch=fallback_arch,
+        fallback_size=fallback_size,
+        name='eval_model',
     )
     eval_fn = features.resized_fn(model, variables, eval_size)
     recon_feats, logits = classifiers.run_batched(eval_fn, images, config.batch_size)
@@ -212,6 +264,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     target = load_target(config, meta)
     if config.fid.enabled and config.fid.inception_checkpoint:
         checkpoint.find_model_dir(config.fid.inception_checkpoint)  # Missing: fail up front.
+    if with_face and config.face_model.checkpoint:
+        face.model_dir(config.face_model.checkpoint)  # The same for the FaceNet.
     workdir_lib.save_config(config, workdir)  # The inputs are valid: the run starts here.
     acc = attack_acc.attack_accuracy(
         logits,
@@ -226,11 +280,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     split_key = pipeline.split_fingerprint(
         config.data.name, config.data.train_split, source, config.data.get('kwargs')
     )
+    if config.data.get('preprocess'):  # Keyed only when set: older caches and hashes hold.
+        split_key['preprocess'] = config.data.preprocess
     ids = np.unique(identity)
     indices = np.flatnonzero(np.isin(np.asarray(source.labels), ids))
     cache = features.FeatureCache(os.path.join(workdir, 'feature_cache'))
     eval_hash = classifiers.variables_hash(variables)
-    prep = preprocess.get_preprocess(config.data.name, eval_size)
+    prep = _preprocess(config, eval_size)
 
     def private_features():
         (feats, _), labels = features.run_on_source(
@@ -252,6 +308,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     dist_metrics, notes = _distribution_metrics(
         config, cache, images, acc.correct1, source, indices, split_key
     )
+    distances = {names['eval']: dist}
+    if 'face' in names:
+        distances[names['face']], face_notes = face.face_distances(
+            config,
+            cache,
+            images,
+            identity,
+            source,
+            indices,
+            split_key,
+            lambda size: _preprocess(config, size),
+        )
+        notes += face_notes
     natural = None if target is None else natural_accuracy(config, target)
     if natural is None:
         notes.append('Target natural accuracy skipped: set `config.target.checkpoint`.')
@@ -260,7 +329,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     result = {
         **acc.metrics,
-        'attack/knn_dist': float(np.mean(dist)),
+        **{k: float('nan') if d is None else float(np.mean(d)) for k, d in distances.items()},
         **dist_metrics,
         'target/natural_acc': float('nan') if natural is None else natural,
         'attack/num_reconstructions': len(identity),
@@ -273,6 +342,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 'seeds': np.unique(recon['seed']).tolist(),
                 'eval_model': eval_hash,
                 'data': split_key,
+                # Only PPA's is named: the 64 px protocol's hashes stay as they were.
+                **({} if config.distance == 'knn_squared_min' else {'distance': config.distance}),
             }
         ),
     }
@@ -285,7 +356,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             meta=meta,
             acc=acc,
             confidence=confidence,
-            dist=dist,
+            distances=distances,
             nearest=nearest,
             notes=notes,
             source=source,
@@ -305,25 +376,29 @@ def _write_outputs(
     meta: dict[str, Any],
     acc: attack_acc.AttackAccuracy,
     confidence: np.ndarray,
-    dist: np.ndarray,
+    distances: dict[str, np.ndarray | None],
     nearest: np.ndarray,
     notes: list[str],
     source: Any,
     private_indices: np.ndarray,
     eval_desc: str,
 ) -> None:
-    """Writes metrics.json/.jsonl, the CSV tables, the pairs grid and report.md."""
+    """Writes metrics.json/.jsonl, the CSV tables, the pairs grid and report.md.
+
+    `distances`: per-reconstruction distances by metric name (the first: the evaluation
+    model's, whose nearest private images `nearest` indexes; None: not computed).
+    """
     identity = recon['identity']
+    dist = next(iter(distances.values()))
+    columns = {'acc@1': acc.correct1, 'acc@5': acc.correct5}
+    columns.update({k.split('/')[-1]: d for k, d in distances.items() if d is not None})
     files.write_json(os.path.join(workdir, 'metrics.json'), result)
     metrics.truncate(workdir, -1)  # One record: this evaluation's, not one per attempt.
     writer = metrics.MetricWriter(workdir, tensorboard=False)
     scalars = {k: v for k, v in result.items() if not isinstance(v, str | None)}
     writer.write(0, scalars, log=False)
     writer.close()
-    rows = attack_acc.per_identity(
-        identity,
-        {'acc@1': acc.correct1, 'acc@5': acc.correct5, 'knn_dist': dist, 'confidence': confidence},
-    )
+    rows = attack_acc.per_identity(identity, {**columns, 'confidence': confidence})
     files.write_csv(os.path.join(workdir, 'per_identity.csv'), rows)
     files.write_csv(os.path.join(workdir, 'groups.csv'), acc.groups)
 
@@ -331,7 +406,7 @@ def _write_outputs(
     grid = None
     if len(order):
         size = recon['images'].shape[1]
-        prep = preprocess.get_preprocess(config.data.name, size)
+        prep = _preprocess(config, size)
         near_idx = private_indices[nearest[order]]
         near_images = pipeline.load_all(source, near_idx, prep)['image']
         grid = report.save_pairs_grid(

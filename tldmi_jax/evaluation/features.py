@@ -3,7 +3,8 @@
 A *feature function* maps a float32 [B, h, w, C] batch in [0, 1] to a tuple of arrays with
 leading dimension B. `resized_fn` builds one for a classifier (resized to its input size,
 inference-mode BatchNorm, returning `(features, logits)`); `inception_fn` one for the FID
-Inception (returning `(pool3,)`). `classifiers.run_batched` applies it to in-memory arrays
+Inception (returning `(pool3,)`); `face_fn` one for the FaceNet of PPA's delta_face
+(returning `(embedding,)`). `classifiers.run_batched` applies it to in-memory arrays
 and `run_on_source` streams a dataset split through it; both pad the last batch so that one
 compiled shape serves every batch, and neither holds more than a few batches of images.
 
@@ -90,6 +91,50 @@ def inception_fn(
         x = classifiers.resize(images, size) * 2.0 - 1.0
         features, _ = model.apply(variables, x, train=False)
         return (features,)
+
+    return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
+
+
+# `config.face_model.input_mapping`: how [0, 1] images are standardised for the face model.
+FACE_INPUT_MAPPINGS = {
+    # PPA feeds FaceNet the [-1, 1] tensors of its pipeline (`Normalize(0.5, 0.5)` on the
+    # private images, the raw StyleGAN2 output for reconstructions).
+    'ppa': lambda x: x * 2.0 - 1.0,
+    # facenet-pytorch's `fixed_image_standardization`, what the VGGFace2 model was trained on.
+    'fixed_standardization': lambda x: (x * 255.0 - 127.5) / 128.0,
+}
+
+
+def face_fn(model: nn.Module, variables: Any, *, input_mapping: str = 'ppa') -> FeatureFn:
+    """`images [B, h, w, 3] in [0, 1] -> (embedding [B, D],)` of a FaceNet (InceptionResnetV1).
+
+    The images are resized (bilinear, antialiased: torchvision's `Resize(antialias=True)`,
+    which PPA uses) to the network's input side (160 px) and standardised by
+    `FACE_INPUT_MAPPINGS[input_mapping]`. Both steps are affine per pixel, so their order
+    does not matter.
+
+    Args:
+      model: an `InceptionResnetV1`.
+      variables: its `{'params', 'batch_stats'}`.
+      input_mapping: a `FACE_INPUT_MAPPINGS` key.
+
+    Returns:
+      A jitted function returning a 1-tuple of unit-norm embeddings.
+
+    Raises:
+      ValueError: for an unknown `input_mapping`.
+    """
+    if input_mapping not in FACE_INPUT_MAPPINGS:
+        raise ValueError(
+            f'config.face_model.input_mapping={input_mapping!r}: use one of '
+            f'{sorted(FACE_INPUT_MAPPINGS)}.'
+        )
+    size, standardise = model.IMAGE_SIZE, FACE_INPUT_MAPPINGS[input_mapping]
+
+    @jax.jit
+    def apply(variables, images):
+        x = standardise(classifiers.resize(images, size))
+        return (model.apply(variables, x, train=False),)
 
     return lambda images: apply(variables, jnp.asarray(images, jnp.float32))
 

@@ -5,6 +5,16 @@ space (512-d for the FaceNet) to any *private training* image of the same identi
 reported `attack/knn_dist` is the mean over all reconstructions, successful or not, as in
 the original `metrics/KNN_dist.py`. Lower means closer to the private data.
 
+Plug & Play Attacks' feature distances (`metrics/distance_metrics.py`,
+`DistanceEvaluation.compute_dist`) are the same quantity: per target class, `torch.cdist`
+(L2) between the reconstructions and that class's training images, squared (line 104),
+the minimum over the training images (line 105), then the mean over the concatenated
+minima of all reconstructions (lines 114-115). PPA reports it twice: `attack/delta_eval` in
+the penultimate features of its Inception-v3 evaluation model (the model with `fc`
+removed: the 2048-d pooled features) and `attack/delta_face` in the 512-d embedding of
+FaceNet (InceptionResnetV1, VGGFace2), faces only. `DISTANCES` names the metrics of each
+protocol (`config.distance`).
+
 All pairs are computed with matrix products, `|q|^2 + |r|^2 - 2 q r^T` in float64, over
 chunks of queries (memory: chunk x references); pairs of different identities are masked
 to +inf before the minimum. There is no Python loop over pairs or identities.
@@ -15,6 +25,24 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from tldmi_jax import classifiers
+
+# `config.distance` -> the metric each feature space reports the mean minimum squared distance
+# under: 'eval' (the evaluation model's features) and, for PPA, 'face' (FaceNet's embedding).
+DISTANCES: dict[str, dict[str, str]] = {
+    'knn_squared_min': {'eval': 'attack/knn_dist'},  # TL-DMI's 64 px protocol.
+    'ppa': {'eval': 'attack/delta_eval', 'face': 'attack/delta_face'},  # PPA, 224 px.
+}
+
+
+def distance_metrics(distance: str) -> dict[str, str]:
+    """`DISTANCES[distance]`.
+
+    Raises:
+      ValueError: for an unknown protocol, naming the config field and the valid values.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f'config.distance={distance!r}: use one of {sorted(DISTANCES)}.')
+    return DISTANCES[distance]
 
 
 def knn_distances(

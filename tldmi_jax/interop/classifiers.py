@@ -12,10 +12,19 @@ counts and widths come from it and tiny variants map the same way) and returns t
   1: Dropout, 2: Flatten, 3: Linear, 4: BN1d}`.
 - torchvision ResNet: `conv1`, `bn1`, `layer{L}.{b}.{conv,bn}{1,2[,3]}`,
   `layer{L}.{b}.downsample.{0: Conv1x1, 1: BN}`, `fc`.
+- torchvision DenseNet: `features.{conv0,norm0}`,
+  `features.denseblock{i}.denselayer{j}.{norm1,conv1,norm2,conv2}` (i, j from 1),
+  `features.transition{i}.{norm,conv}` (after blocks 1-3), `features.norm5`, `classifier`.
+  Checkpoints from before torchvision 0.3 spell `norm1` as `norm.1` (and so on); the kinds
+  rewrite those keys with `aliases`.
+- torchvision Inception-v3: `{block}.conv`, `{block}.bn` for every `BasicConv2d` (stem
+  `Conv2d_*`, `Mixed_*.branch*`; see `tldmi_jax.interop.inception`), `fc`, and the
+  auxiliary classifier `AuxLogits.{conv0,conv1}.{conv,bn}`, `AuxLogits.fc`.
 """
 
 import flax.linen as nn
 
+from tldmi_jax.interop import inception
 from tldmi_jax.interop.mapping import Rule, batch_norm, conv, linear, prelu
 
 
@@ -129,3 +138,29 @@ def torchvision_resnet(model: nn.Module) -> list[Rule]:
                 rules += batch_norm(f'{src}.downsample.1', f'{dst}/downsample_bn')
             in_width = width * expansion
     return [*rules, *linear('fc', 'fc')]
+
+
+def torchvision_densenet(model: nn.Module) -> list[Rule]:
+    """torchvision `densenet*`: stem, dense blocks, transitions, `norm5` and `classifier`."""
+    rules = [*conv('features.conv0', 'conv0', bias=False), *batch_norm('features.norm0', 'norm0')]
+    for i, layers in enumerate(model.block_layers, start=1):
+        for j in range(1, layers + 1):
+            src, dst = f'features.denseblock{i}.denselayer{j}', f'denseblock{i}/denselayer{j}'
+            for k in (1, 2):
+                rules += batch_norm(f'{src}.norm{k}', f'{dst}/norm{k}')
+                rules += conv(f'{src}.conv{k}', f'{dst}/conv{k}', bias=False)
+        if i < len(model.block_layers):
+            src, dst = f'features.transition{i}', f'transition{i}'
+            rules += batch_norm(f'{src}.norm', f'{dst}/norm')
+            rules += conv(f'{src}.conv', f'{dst}/conv', bias=False)
+    return [*rules, *batch_norm('features.norm5', 'norm5'), *linear('classifier', 'classifier')]
+
+
+def torchvision_inception_v3(model: nn.Module) -> list[Rule]:
+    """torchvision `inception_v3`: the trunk, `fc`, and `AuxLogits` if the model has it."""
+    rules = [*inception.trunk(), *linear('fc', 'fc')]
+    if model.aux_logits:
+        for name in ('conv0', 'conv1'):
+            rules += inception.basic_conv(f'AuxLogits.{name}', f'AuxLogits/{name}')
+        rules += linear('AuxLogits.fc', 'AuxLogits/fc')
+    return rules

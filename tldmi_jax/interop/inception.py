@@ -5,7 +5,8 @@ aux_logits=False)` with the `FIDInceptionA/C/E_1/E_2` blocks; its state dict nam
 `BasicConv2d` as `{block}.{branch}.conv` / `.bn` and the classifier `fc`. The target is
 `tldmi_jax.models.inception.FIDInceptionV3`, whose parameter paths are those module paths
 ('.' -> '/', see `torch_name_to_flax` there). Convolutions have no bias; BatchNorm eps is
-1e-3 on both sides.
+1e-3 on both sides. torchvision's `inception_v3` names its trunk the same way (`trunk()`;
+its classifier kind is `tldmi_jax.interop.classifiers.torchvision_inception_v3`).
 
 The converted directory is the orbax model checkpoint that
 `tldmi_jax.evaluation.evaluate.load_inception` reads from `config.fid.inception_checkpoint`:
@@ -62,16 +63,21 @@ def basic_conv(src: str, dst: str) -> list[Rule]:
     return [*conv(f'{src}.conv', f'{dst}/conv', bias=False), *batch_norm(f'{src}.bn', f'{dst}/bn')]
 
 
-def fid_inception(model: nn.Module) -> list[Rule]:
-    """pytorch-fid `fid_inception_v3()` -> `FIDInceptionV3` (any `width_mult`)."""
-    del model  # Same names at every width.
+def trunk() -> list[Rule]:
+    """The stem convs and Mixed blocks, named alike in pytorch-fid and torchvision."""
     rules = []
     for name in inception.STEM:
         rules += basic_conv(name, name)
     for block, branches in MIXED.items():
         for branch in branches:
             rules += basic_conv(f'{block}.{branch}', f'{block}/{branch}')
-    return [*rules, *linear('fc', 'fc')]
+    return rules
+
+
+def fid_inception(model: nn.Module) -> list[Rule]:
+    """pytorch-fid `fid_inception_v3()` -> `FIDInceptionV3` (any `width_mult`)."""
+    del model  # Same names at every width.
+    return [*trunk(), *linear('fc', 'fc')]
 
 
 def make_model(arch: str, num_classes: int, **kwargs) -> nn.Module:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tldmi_jax import models
-from tldmi_jax.interop import classifiers, gans
+from tldmi_jax.interop import classifiers, facenet, gans
 from tldmi_jax.interop import inception as inception_map
 from tldmi_jax.interop.mapping import Rule
 
@@ -140,6 +140,29 @@ _EVOLVE_HEAD = (
     'face.evoLVe 112-px embedding head (Linear over 7x7x512); TL-DMI trains a new 64-px head',
 )
 
+# torchvision DenseNet keys of before 0.3 (`...denselayer1.norm.1.weight`) -> today's
+# (`...denselayer1.norm1.weight`), as torchvision's own loader rewrites them.
+_DENSENET_OLD_KEYS = (
+    (
+        r'(.*\.denselayer\d+\.(?:norm|relu|conv))\.([12])\.'
+        r'(weight|bias|running_mean|running_var|num_batches_tracked)',
+        r'\1\2.\3',
+    ),
+)
+
+
+def _torchvision_densenet(depth: int) -> Kind:
+    return Kind(
+        f'densenet{depth}',
+        f'densenet{depth}',
+        classifiers.torchvision_densenet,
+        f'torchvision densenet{depth} (ImageNet or fine-tuned, any class count); the keys of '
+        'checkpoints before torchvision 0.3 (denselayer*.norm.1, conv.1, ...) are accepted',
+        aliases=_DENSENET_OLD_KEYS,
+        num_classes_key='classifier.weight',
+    )
+
+
 KINDS: dict[str, Kind] = {
     kind.name: kind
     for kind in (
@@ -221,10 +244,34 @@ KINDS: dict[str, Kind] = {
             num_classes_key='fc.weight',
         ),
         Kind(
+            'resnet101',
+            'resnet101',
+            classifiers.torchvision_resnet,
+            'torchvision resnet101 (ImageNet or fine-tuned, any class count)',
+            num_classes_key='fc.weight',
+        ),
+        Kind(
             'resnet152',
             'resnet152',
             classifiers.torchvision_resnet,
             'torchvision resnet152 (ImageNet or fine-tuned, any class count)',
+            num_classes_key='fc.weight',
+        ),
+        _torchvision_densenet(121),
+        _torchvision_densenet(169),
+        Kind(
+            'inception_v3',
+            'inception_v3',
+            classifiers.torchvision_inception_v3,
+            'torchvision inception_v3 at 299 px (PPA evaluation model; ImageNet or fine-tuned, '
+            'any class count); AuxLogits.* is ignored, or kept with '
+            "convert_state_dict(..., model_kwargs={'aux_logits': True})",
+            ignore=(
+                (
+                    r'AuxLogits\..*',
+                    'auxiliary classifier (training only); the model has none (aux_logits=False)',
+                ),
+            ),
             num_classes_key='fc.weight',
         ),
         Kind(
@@ -236,6 +283,18 @@ KINDS: dict[str, Kind] = {
             num_classes_key='fc.weight',
             image_size=299,
             make_model=inception_map.make_model,
+            classifier=False,
+        ),
+        Kind(
+            'facenet_vggface2',
+            'inception_resnet_v1',
+            facenet.facenet,
+            "facenet-pytorch's InceptionResnetV1 on VGGFace2 (20180402-114759-vggface2.pt), "
+            "for config.face_model.checkpoint (PPA's delta_face)",
+            ignore=((r'logits\..*', facenet.LOGITS_REASON),),
+            num_classes_key='logits.weight',
+            image_size=160,
+            make_model=facenet.make_model,
             classifier=False,
         ),
         _gan_half(

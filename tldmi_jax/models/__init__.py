@@ -19,7 +19,9 @@ counted from the input) and `head`. `model.cut_points` maps these names to group
 | `vgg16` | conv block K (`convK_1`) | 5 | `blockK` = `stageK` |
 | `small` | conv block K (`block{K-1}`) | 4 * | `block{K-1}` = `stageK` (0-based) |
 | `ir152`, `facenet64`, `ir50`, `facenet` | IR stage K (its first unit, `body_i`) | 4 | - |
-| `resnet18`, `resnet152` | torchvision `layerK` (`layerK`) | 4 | `layerK` = `stageK` |
+| `resnet18`, `resnet101`, `resnet152` | torchvision `layerK` (`layerK`) | 4 | `layerK` = `stageK` |
+| `densenet121`, `densenet169` | dense block K (`denseblockK`) | 4 | - |
+| `inception_v3` | Mixed_5b, Mixed_6a, Mixed_7a (35, 17, 8 px) | 3 | - |
 | `efficientnet_b0/b1/b2` | MBConv stage K (`stageK`) | 7 | `features_K` = `stageK` ** |
 
 `head` is the classifier head on every architecture (with MID, its VIB layer and the head).
@@ -38,11 +40,11 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from tldmi_jax.models import efficientnet, irse, resnet, small, vgg
+from tldmi_jax.models import densenet, efficientnet, inception, irse, resnet, small, vgg
 
 # The registry, collected from the model modules (each exports `ARCHS`: name -> (class,
 # input size it is used at)); the `_tiny` variants have the same parameter names.
-_MODULES = (vgg, irse, resnet, small, efficientnet)
+_MODULES = (vgg, irse, resnet, densenet, inception, small, efficientnet)
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     name: cls for module in _MODULES for name, (cls, _) in module.ARCHS.items()
 }

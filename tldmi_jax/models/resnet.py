@@ -1,15 +1,21 @@
 """torchvision ResNets (v1.5) at 224x224, the high-resolution (PPA) TL-DMI targets.
 
 conv1 7x7/2 (no bias) -> bn1 -> ReLU -> max-pool 3x3/2 (pad 1) -> layer1..layer4 -> global
-average pool (the features) -> `fc`. ResNet-18 uses BasicBlocks [2, 2, 2, 2]; ResNet-152 uses
-Bottlenecks [3, 8, 36, 3] with the stride on the 3x3 conv (torchvision v1.5); the first block
-of a stage whose shape changes has a 1x1 conv + BN `downsample` shortcut.
+average pool (the features) -> `fc`. ResNet-18 uses BasicBlocks [2, 2, 2, 2]; ResNet-101 and
+ResNet-152 use Bottlenecks [3, 4, 23, 3] and [3, 8, 36, 3] with the stride on the 3x3 conv
+(torchvision v1.5); the first block of a stage whose shape changes has a 1x1 conv + BN
+`downsample` shortcut. Parameters at 1000 classes (torchvision's): 11,689,512 (ResNet-18),
+44,549,160 (ResNet-101), 60,192,808 (ResNet-152).
 
 Parameter paths: `conv1/kernel`, `bn1/{scale,bias}`, `layer{L}_{b}/{conv1,bn1,conv2,bn2,conv3,
 bn3,downsample_conv,downsample_bn}/...` (b counts from 0, as torchvision's `layer{L}.{b}`),
 `fc/{kernel,bias}`. Layer groups: `stem` (conv1 + bn1), `layer1`..`layer4`, `head` (fc).
 Cut points: `stage{L}` is group `layer{L}` (both 1-based), and `head`; the old cut-point names
 `layer{L}` are aliases.
+
+TL-DMI freezing: DaredEVAL's `freeze_layers=6` (`OFFICIAL_FREEZE_LAYERS`) trains layer4 and
+fc: theta_C = 8,393,728 + 513,000 = 8,906,728 parameters on ResNet-18 at 1000 classes,
+14,964,736 + 1,085,970 = 16,050,706 on ResNet-152 at 530 classes (FaceScrub).
 """
 
 from collections.abc import Sequence
@@ -180,6 +186,13 @@ class ResNet18(ResNet):
     """ResNet-18 (BasicBlock [2, 2, 2, 2])."""
 
 
+class ResNet101(ResNet):
+    """ResNet-101 (Bottleneck [3, 4, 23, 3])."""
+
+    stage_blocks: Sequence[int] = (3, 4, 23, 3)
+    bottleneck: bool = True
+
+
 class ResNet152(ResNet):
     """ResNet-152 (Bottleneck [3, 8, 36, 3])."""
 
@@ -197,6 +210,7 @@ class _TinyResNet18(ResNet18):
 
 ARCHS = {  # name: (class, input size it is used at); collected by `models.ARCHS`.
     'resnet18': (ResNet18, 224),
+    'resnet101': (ResNet101, 224),
     'resnet152': (ResNet152, 224),
     'resnet18_tiny': (_TinyResNet18, 32),  # Same parameter names, for tests and runlocal.
 }

@@ -304,7 +304,8 @@ def _html(blocks, workdir: str) -> str:
         elif kind == 'p':
             body.append(f'<p>{html.escape(payload)}</p>')
         elif kind == 'table':
-            trs = ['<tr>' + ''.join(f'<th>{html.escape(c)}</th>' for c in tables.HEADER) + '</tr>']
+            names = tables.header(payload)
+            trs = ['<tr>' + ''.join(f'<th>{html.escape(c)}</th>' for c in names) + '</tr>']
             for r in tables.cells(payload):
                 trs.append('<tr>' + ''.join(f'<td>{html.escape(c)}</td>' for c in r) + '</tr>')
             body.append('<table>' + ''.join(trs) + '</table>')

@@ -6,7 +6,9 @@
   (`workdir/targets/<name>`), or loaded when `checkpoint` is given;
 * priors: the GMI prior is trained once on public data (`workdir/priors/gmi`); the KEDMI GAN,
   the PLG-MI cGAN and LOMMA's augmented models depend on the target and are retrained per
-  target (`workdir/targets/<name>/priors/...`);
+  target (`workdir/targets/<name>/priors/...`); PPA's StyleGAN2 is converted, not trained:
+  `config.priors.stylegan2` names it (under runlocal a tiny random one stands in,
+  `workdir/priors/stylegan2`);
 * the attack runs and is evaluated (`workdir/cells/<target>__<attack>/{attack,eval}`).
 
 Every stage resumes from its own workdir, each finished cell is recorded in `cell.json`, and a
@@ -32,7 +34,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from tldmi_jax import attacks, config_lib
+from tldmi_jax import attacks, config_lib, priors
 from tldmi_jax.attacks import runner
 from tldmi_jax.evaluation import evaluate
 from tldmi_jax.pipelines import runlocal
@@ -40,6 +42,9 @@ from tldmi_jax.reporting import tables
 from tldmi_jax.train import classifier, distill, gan
 from tldmi_jax.utils import atomic, distributed, metrics
 from tldmi_jax.utils import workdir as workdir_lib
+
+# Priors that do not depend on the target: one for every cell (`workdir/priors/<kind>`).
+SHARED_PRIORS = ('gmi', 'stylegan2')
 
 
 class CellsFailed(RuntimeError):
@@ -128,10 +133,22 @@ class Sweep:
             self.workdir, 'targets', name
         )
 
+    def given_prior(self, kind: str) -> str:
+        """The prior of `kind` the config names (`config.priors.<kind>`), or ''."""
+        return (self.config.get('priors') or {}).get(kind) or ''
+
     def prior_dir(self, kind: str, target_name: str) -> str:
-        if kind == 'gmi':
-            return os.path.join(self.workdir, 'priors', 'gmi')
+        if self.given_prior(kind):
+            return self.given_prior(kind)
+        if kind in SHARED_PRIORS:
+            return os.path.join(self.workdir, 'priors', kind)
         return os.path.join(self.workdir, 'targets', target_name, 'priors', kind)
+
+    def prior_finished(self, kind: str, target_name: str) -> bool:
+        path = self.prior_dir(kind, target_name)
+        if kind in priors.TRAINABLE:
+            return finished(path)
+        return os.path.isfile(os.path.join(path, priors.SPEC_FILE))
 
     def students_dir(self, target_name: str) -> str:
         return os.path.join(self.workdir, 'targets', target_name, 'augmented')
@@ -158,12 +175,31 @@ class Sweep:
 
     def prior(self, kind: str, target_name: str, target: str) -> str:
         path = self.prior_dir(kind, target_name)
+        if kind not in priors.TRAINABLE:
+            return self.converted_prior(kind, path)
         if not finished(path):
             config = self.stage_config(self.config.stages.gan, 'gan', kind)
             if kind != 'gmi':
                 config.target.checkpoint = target
             logging.info('sweep: training the %s prior in %s', kind, path)
             gan.train_and_evaluate(config, path)
+        return path
+
+    def converted_prior(self, kind: str, path: str) -> str:
+        """A prior that is converted, not trained (PPA's StyleGAN2): the one the config names;
+        under runlocal without one, a tiny random one at the attack's image size."""
+        if self.given_prior(kind) or self.prior_finished(kind, ''):
+            return path
+        if not self.config.get('runlocal', False):
+            raise ValueError(
+                f'Set --config.priors.{kind}=DIR: a {kind} prior is converted, not trained '
+                '(launch/convert.py --kind=stylegan2_ada --src=ffhq.pkl --dst=DIR).'
+            )
+        size = self.stage_config(self.config.stages.attack, 'attack', 'ppa').data.image_size
+        logging.info('sweep: writing a tiny random %s prior (%d px) to %s', kind, size, path)
+        if distributed.is_main():
+            priors.save_prior(path, priors.make_prior(kind, image_size=size, tiny=True))
+        distributed.barrier(f'prior:{path}')
         return path
 
     def students(self, target_name: str, target: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from tldmi_jax.pipelines.sweep import (
+    SHARED_PRIORS,
     CellsFailed,
     Sweep,
     check_config,
@@ -57,6 +58,7 @@ def plan(
 
     Pieces: `target:<name>` (unless the target's checkpoint is given), `prior:gmi` (public
     data, one for all targets), `prior:<kind>:<target>` (KEDMI/PLG-MI GANs, per target),
+    `prior:stylegan2` (runlocal's tiny stand-in; none when `config.priors.<kind>` is set),
     `students:<target>` (LOMMA), `eval_model` (runlocal without an evaluation model),
     `cell:<target>__<attack>` (attack + evaluation) and `results` (the table of whatever
     cells finished; it depends on every cell but runs with missing ones too).
@@ -84,11 +86,11 @@ def plan(
         target = [f'target:{t}'] if f'target:{t}' in pieces else []
         for a in config.attacks:
             kind = needs[a][0]
-            prior_id = 'prior:gmi' if kind == 'gmi' else f'prior:{kind}:{t}'
-            deps = [
-                *target,
-                add(prior_id, sweep.prior_dir(kind, t), [] if kind == 'gmi' else target),
-            ]
+            shared = kind in SHARED_PRIORS
+            deps = list(target)
+            if not sweep.given_prior(kind):  # A prior the config names is no piece.
+                prior_id = f'prior:{kind}' if shared else f'prior:{kind}:{t}'
+                deps.append(add(prior_id, sweep.prior_dir(kind, t), [] if shared else target))
             if 'students' in needs[a]:
                 deps.append(add(f'students:{t}', sweep.students_dir(t), target))
             if runs_eval_model:
@@ -112,7 +114,7 @@ def piece_finished(sweep: Sweep, piece: str) -> bool:
         return os.path.exists(os.path.join(sweep.workdir, 'results.csv'))
     if kind == 'prior':
         prior_kind, _, target_name = rest.partition(':')
-        return finished(sweep.prior_dir(prior_kind, target_name))
+        return sweep.prior_finished(prior_kind, target_name)
     if kind == 'eval_model':
         return finished(os.path.join(sweep.workdir, 'eval_model'))
     return finished(sweep.target_dir(rest))

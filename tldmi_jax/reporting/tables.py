@@ -18,6 +18,8 @@ COLUMNS = (
     'attack/acc@5',
     'attack/acc@5_std',
     'attack/knn_dist',
+    'attack/delta_eval',
+    'attack/delta_face',
     'attack/fid',
     'protocol_hash',
     'status',
@@ -29,6 +31,8 @@ _METRICS = (
     'attack/acc@5',
     'attack/acc@5_std',
     'attack/knn_dist',
+    'attack/delta_eval',
+    'attack/delta_face',
     'attack/fid',
     'protocol_hash',
 )
@@ -89,8 +93,22 @@ HEADER = (
 )
 
 
+def _ppa(rows: list[dict[str, Any]]) -> bool:
+    """Whether the rows carry PPA's distances (delta_eval, delta_face) instead of KNN's."""
+    return any(r.get('attack/delta_eval') is not None for r in rows)
+
+
+def header(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """`HEADER`, with PPA's distances in place of the KNN distance when the rows have them."""
+    if not _ppa(rows):
+        return HEADER
+    at = HEADER.index('KNN dist')
+    return (*HEADER[:at], 'delta_eval', 'delta_face', *HEADER[at + 1 :])
+
+
 def cells(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """The formatted cells of the results table, one list per row (columns: `HEADER`)."""
+    """The formatted cells of the results table, one list per row (columns: `header`)."""
+    ppa = _ppa(rows)
     out = []
     for r in rows:
         status = r.get('status', '')
@@ -105,7 +123,11 @@ def cells(rows: list[dict[str, Any]]) -> list[list[str]]:
                 str(r.get('attack', '')),
                 _pm(r.get('attack/acc@1'), r.get('attack/acc@1_std')),
                 _pm(r.get('attack/acc@5'), r.get('attack/acc@5_std')),
-                _fmt(r.get('attack/knn_dist')),
+                *(
+                    (_fmt(r.get('attack/delta_eval')), _fmt(r.get('attack/delta_face')))
+                    if ppa
+                    else (_fmt(r.get('attack/knn_dist')),)
+                ),
                 _fmt(r.get('attack/fid')),
                 _fmt(r.get('protocol_hash')),
                 status,
@@ -116,7 +138,8 @@ def cells(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
     """The lines of the Markdown results table (one row per cell)."""
-    lines = ['| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
+    names = header(rows)
+    lines = ['| ' + ' | '.join(names) + ' |', '|' + '---|' * len(names)]
     return lines + ['| ' + ' | '.join(row) + ' |' for row in cells(rows)]
 
 

@@ -2,14 +2,21 @@
 
 `train_and_evaluate(config, workdir)` trains `config.model.arch` on the private split of
 `config.data.name` with SGD (momentum, weight decay, constant learning rate as in the
-original), applies the freeze spec of `config.defense` (TL-DMI), selects the best epoch on
-a validation split carved from the private training set (or on the test split with
-`select_on='test'`, as the original code does), and reports natural accuracy on the
-private test split. Rerunning the same command resumes from the last checkpoint and ends
-with the same parameters as an uninterrupted run. The step's loss and gradient come from
-the defense's objective (`tldmi_jax.defenses.build`: plain cross-entropy for none/tldmi;
-MID, BiDO, label smoothing and DP-SGD, alone or with TL-DMI, change the model and the
-loss or gradient); the loop, logging and checkpoints from `tldmi_jax.train.loop`.
+original) or Adam, optionally with torch's MultiStepLR (`config.optim.milestones` in epochs,
+`config.optim.gamma`; PPA's recipe), applies the freeze spec of `config.defense` (TL-DMI),
+selects the best epoch on a validation split carved from the private training set (or on
+the test split with `select_on='test'`, as the original code does), and reports natural
+accuracy on the private test split. Rerunning the same command resumes from the last
+checkpoint and ends with the same parameters as an uninterrupted run. The step's loss and
+gradient come from the defense's objective (`tldmi_jax.defenses.build`: plain cross-entropy
+for none/tldmi; MID, BiDO, label smoothing and DP-SGD, alone or with TL-DMI, change the
+model and the loss or gradient); the loop, logging and checkpoints from
+`tldmi_jax.train.loop`.
+
+Training augmentation runs on device, per example, inside the jitted step, in PPA's order:
+RandomResizedCrop (`config.data.random_resized_crop.scale`/`.ratio`, back to the input
+size), ColorJitter (`config.data.color_jitter`: brightness, contrast, saturation, hue) and
+the horizontal flip (`config.data.flip`); the first two are off by default.
 """
 
 import functools
@@ -25,7 +32,7 @@ import optax
 from absl import logging
 
 from tldmi_jax import classifiers, data, defenses, models
-from tldmi_jax.data import pipeline, preprocess
+from tldmi_jax.data import augment, pipeline, preprocess
 from tldmi_jax.defenses import transfer
 from tldmi_jax.train import loop, optim
 from tldmi_jax.utils import checkpoint, distributed, metrics, sharding
@@ -43,11 +50,83 @@ class TrainState(flax.struct.PyTreeNode):
     best_step: jax.Array
 
 
-def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bool, objective=None):
+def augmentation(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The crop and colour options of `make_train_step` from `config.data`, checked.
+
+    Returns:
+      `{'crop_scale': (lo, hi) or None, 'crop_ratio': (lo, hi), 'color_jitter': (b, c, s, h)
+      or None}`; None is off (an empty `random_resized_crop.scale` or `color_jitter`).
+
+    Raises:
+      ValueError: a range that is not `(low, high)` with `0 < low <= high`, a jitter that is
+        not four strengths (>= 0, hue <= 0.5), or colour jitter on images without 3 channels.
+    """
+    rrc = data_config.get('random_resized_crop') or {}
+    scale, ratio = tuple(rrc.get('scale') or ()), tuple(rrc.get('ratio') or (1.0, 1.0))
+    for name, pair in (('scale', scale), ('ratio', ratio)):
+        if pair and not (len(pair) == 2 and 0 < pair[0] <= pair[1]):
+            raise ValueError(
+                f'config.data.random_resized_crop.{name}={pair}: must be (low, high) with '
+                '0 < low <= high, or () for no crop'
+            )
+    jitter = tuple(data_config.get('color_jitter') or ())
+    if jitter:
+        if len(jitter) != 4:
+            raise ValueError(
+                f'config.data.color_jitter={jitter}: must be (brightness, contrast, saturation, '
+                'hue), or () for none'
+            )
+        try:
+            augment.jitter_params(jax.random.key(0), *jitter)
+        except ValueError as e:
+            raise ValueError(f'config.data.color_jitter={jitter}: {e}') from e
+        if data_config.get('channels', 3) != 3:
+            raise ValueError(
+                f'config.data.color_jitter needs RGB images; config.data.channels='
+                f'{data_config.channels}'
+            )
+    return {
+        'crop_scale': tuple(float(x) for x in scale) or None,
+        'crop_ratio': tuple(float(x) for x in ratio),
+        'color_jitter': tuple(float(x) for x in jitter) or None,
+    }
+
+
+def _augment_batch(key, images, crop_scale, crop_ratio, color_jitter):
+    """Per-example RandomResizedCrop (to the input size) then ColorJitter of [B, H, W, C]."""
+    size = images.shape[1]
+
+    def one(k, image):
+        k_crop, k_jitter = jax.random.split(k)
+        if crop_scale is not None:
+            image = augment.random_resized_crop(k_crop, image, size, crop_scale, crop_ratio)
+        if color_jitter is not None:
+            image = augment.color_jitter(k_jitter, image, *color_jitter)
+        return image
+
+    return jax.vmap(one)(jax.random.split(key, images.shape[0]), images)
+
+
+def make_train_step(
+    model,
+    tx,
+    plan: transfer.FreezePlan,
+    *,
+    seed: int,
+    flip: bool,
+    objective=None,
+    crop_scale: tuple[float, float] | None = None,
+    crop_ratio: tuple[float, float] = (1.0, 1.0),
+    color_jitter: tuple[float, float, float, float] | None = None,
+):
     """Builds the pure train step `(state, batch) -> (state, metrics)`.
 
     `objective` (from `defenses.build`) supplies the loss and gradient; None trains with
-    plain cross-entropy under `plan` (`defenses.plain`).
+    plain cross-entropy under `plan` (`defenses.plain`). Before it, each example gets (in
+    PPA's order) a RandomResizedCrop of scale `crop_scale` and aspect ratios `crop_ratio`
+    resized back to the input size, a ColorJitter of strengths `color_jitter` (brightness,
+    contrast, saturation, hue) and, with `flip`, a random horizontal flip; None is off
+    (`augmentation(config.data)` gives these options). Inputs are square.
     """
     if objective is None:
         objective = defenses.plain(model, plan)
@@ -57,6 +136,10 @@ def make_train_step(model, tx, plan: transfer.FreezePlan, *, seed: int, flip: bo
         key = jax.random.fold_in(base_key, state.step)
         flip_key, dropout_key = jax.random.split(key)
         images = batch['image']
+        if crop_scale is not None or color_jitter is not None:
+            # A stream of its own: the flip and dropout keys are those of a run without.
+            aug_key = jax.random.fold_in(key, 2)
+            images = _augment_batch(aug_key, images, crop_scale, crop_ratio, color_jitter)
         if flip:
             images = preprocess.random_flip(flip_key, images)
         loss, logits, batch_stats, grads, extra = objective.loss_and_grads(
@@ -86,7 +169,7 @@ def _load_data(config: ml_collections.ConfigDict):
     test_split = dc.get('test_split', 'private_test')
     train_src = data.get_source(dc.name, train_split, root=dc.root, data_dir=dc.data_dir, **kwargs)
     test_src = data.get_source(dc.name, test_split, root=dc.root, data_dir=dc.data_dir, **kwargs)
-    prep = preprocess.get_preprocess(dc.name, dc.image_size)
+    prep = preprocess.get_preprocess(dc.get('preprocess') or dc.name, dc.image_size)
     n = len(train_src)
     select_on = config.get('select_on', 'val')
     if select_on not in ('val', 'test'):
@@ -182,9 +265,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     plan = transfer.resolve(model, params, batch_stats, config.defense)
     logging.info('Freeze plan: %s\n%s', plan.source, transfer.format_table(plan))
-    tx = transfer.make_optimizer(optim.make_base_optimizer(config.optim), plan.labels)
     bs = config.batch_size
     sched = loop.schedule(config, len(train_idx), 'training images')
+    lr = optim.learning_rate(config.optim, sched.steps_per_epoch)
+    base_tx = optim.make_base_optimizer(
+        ml_collections.ConfigDict(dict(config.optim.to_dict(), lr=lr))
+    )
+    tx = transfer.make_optimizer(base_tx, plan.labels)
+    augment_options = augmentation(config.data)
     mesh = sharding.data_mesh(bs, config.get('devices', 0))
     objective = defenses.build(
         config.defense,
@@ -221,7 +309,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train.writer.write(0, sizes)
     train_step = jax.jit(
         make_train_step(
-            model, tx, plan, seed=config.seed, flip=config.data.flip, objective=objective
+            model,
+            tx,
+            plan,
+            seed=config.seed,
+            flip=config.data.flip,
+            objective=objective,
+            **augment_options,
         ),
         donate_argnums=0,
     )
@@ -257,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         lambda state, batch, step: train_step(state, batch),
         mesh,
         hooks=[] if val is None else [loop.Periodic(config.get('eval_every_steps'), select)],
-        extras=objective.host_metrics,
+        # The lr of the last step before the log (`step` counts the steps taken).
+        extras=lambda step: {'train/lr': optim.lr_at(lr, step - 1), **objective.host_metrics(step)},
     )
 
     checkpoint.save_model(os.path.join(workdir, 'model_final'), state.params, state.batch_stats)
