@@ -12,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from tldmi_jax import models
-from tldmi_jax.models import inception
+from tldmi_jax.models import inception, inception_v3
 
 # torchvision's documented inception_v3 size (ImageNet weights meta: 27,161,264), minus
 # its auxiliary head (InceptionAux(768, 1000): 1x1 conv 768->128 + BN, 5x5 conv 128->768 +
@@ -109,7 +109,7 @@ def test_torchvision_average_pool_counts_the_padding():
 @pytest.mark.parametrize('aux_logits', [False, True])
 def test_torchvision_groups_cut_points_and_freezing(aux_logits):
     model = models.get_model('inception_v3', 10, aux_logits=aux_logits)
-    assert isinstance(model, inception.InceptionV3) and model.OFFICIAL_FREEZE_LAYERS is None
+    assert isinstance(model, inception_v3.InceptionV3) and model.OFFICIAL_FREEZE_LAYERS is None
     names = [name for name, _ in model.layer_groups]
     mixed = [f'Mixed_{b}' for b in ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e')]
     aux = ['AuxLogits'] if aux_logits else []

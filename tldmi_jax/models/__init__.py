@@ -40,11 +40,11 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from tldmi_jax.models import densenet, efficientnet, inception, irse, resnet, small, vgg
+from tldmi_jax.models import densenet, efficientnet, inception_v3, irse, resnet, small, vgg
 
 # The registry, collected from the model modules (each exports `ARCHS`: name -> (class,
 # input size it is used at)); the `_tiny` variants have the same parameter names.
-_MODULES = (vgg, irse, resnet, densenet, inception, small, efficientnet)
+_MODULES = (vgg, irse, resnet, densenet, inception_v3, small, efficientnet)
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     name: cls for module in _MODULES for name, (cls, _) in module.ARCHS.items()
 }
