@@ -1,12 +1,16 @@
-"""What the bench scripts share: the machine's CPU, parameter counts, FLOPs and peak memory."""
+"""What the bench scripts share: the machine and its devices, parameter counts, FLOPs, peak
+memory, and Flax variables back into PyTorch modules."""
 
+import importlib.metadata
 import math
+import os
 import platform
 import resource
 
 import jax
 import numpy as np
 import torch
+from flax import traverse_util
 
 
 def cpu_model() -> str:
@@ -19,6 +23,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or 'unknown'
+
+
+def torch_device(name: str) -> torch.device:
+    """`auto`: CUDA when PyTorch sees it, else the CPU."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def print_machine(dev: torch.device) -> None:
+    """Prints the machine, its load, the versions and where each side runs."""
+    print(f'machine: {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable)')
+    print(f'load average before the run: {" ".join(f"{v:.2f}" for v in os.getloadavg())}')
+    jaxlib = importlib.metadata.version('jaxlib')
+    print(
+        f'versions: jax {jax.__version__} (jaxlib {jaxlib}), torch {torch.__version__}, '
+        f'python {platform.python_version()}'
+    )
+    print(f'jax devices: {jax.devices()}')
+    print(f'torch device: {dev}; threads: {torch.get_num_threads()} (PyTorch default, not set)')
+    print(f'jax compilation cache: {jax.config.jax_compilation_cache_dir or "off"}')
 
 
 def count(tree) -> int:
@@ -50,3 +75,42 @@ def peak_memory(dev: torch.device) -> dict:
     if dev.type == 'cuda':
         out['torch_device_peak_mb'] = torch.cuda.max_memory_allocated(dev) / 2**20
     return out
+
+
+def torch_state_from_flax(rules, variables, like: dict) -> dict[str, torch.Tensor]:
+    """The reverse of a converter: the PyTorch state dict that `rules` turn into `variables`.
+
+    Each `Rule(src, dst, transform)` of a converter (`tldmi_jax.interop`) fills the Flax
+    leaf `dst` from the tensor `src`; here the tensor is placed so that `transform` of it
+    gives the leaf exactly (the transforms only move and reshape elements: transposes,
+    [C, H, W] -> [H, W, C], a scalar -> [1]).
+
+    Args:
+      rules: the converter's rules for the model (e.g. `classifiers.torchvision_resnet`).
+      variables: the Flax variables, collections at the top ({'params', ...}).
+      like: the PyTorch module's `state_dict()` (names and shapes).
+
+    Returns:
+      `{name: tensor}` for every rule's `src`; pass it to `load_state_dict(strict=False)`
+      (buffers no rule maps, such as FIR filters, keep the module's values).
+
+    Raises:
+      ValueError: a rule's shapes do not fit, or a Flax leaf no rule reads.
+    """
+    flat = traverse_util.flatten_dict(variables, sep='/')
+    state = {}
+    for rule in rules:
+        shape = tuple(like[rule.src].shape)
+        index = np.asarray(rule.transform(np.arange(math.prod(shape)).reshape(shape)))
+        leaf = np.asarray(flat[rule.dst], np.float32)
+        if index.shape != leaf.shape:
+            raise ValueError(
+                f'{rule.src} {shape} -> {rule.dst} {index.shape}, Flax has {leaf.shape}'
+            )
+        out = np.empty(math.prod(shape), np.float32)
+        out[index.ravel()] = leaf.ravel()
+        state[rule.src] = torch.from_numpy(out.reshape(shape))
+    unread = sorted(set(flat) - {rule.dst for rule in rules})
+    if unread:
+        raise ValueError(f'Flax variables no rule reads: {unread}')
+    return state

@@ -12,11 +12,15 @@ after a warm-up, and reports medians. The rows:
 - train_step: one VGG16 classifier train step (`bench_train_step.py`), without and with the
   TL-DMI freeze (full: batch 64, 5 steps; `--quick`: the script's --quick), and the line
   frozen / unfrozen JAX step time (< 1: freezing makes the step cheaper);
+- ppa_attack: one PPA optimisation step (`bench_ppa.py`: StyleGAN2 synthesis -> crops ->
+  ResNet-152 -> Poincare loss -> Adam on w) at 256 px (full: full widths, the script's batch;
+  `--quick`: the script's --quick, every width divided by 4), and on a GPU also at 1024 px;
 - fisher: `bench_fisher.py` when the file exists (skipped with a note otherwise).
 
 A script that fails becomes a row with its error (the last line of its stderr) and the
 runner goes on. `--only` keeps the rows of those benchmark names (gmi_attack, train_step,
-fisher) or row labels. The header of RESULTS.md describes the machine (CPU, cores, memory,
+ppa_attack, fisher) or row labels. The GPU-only rows run when JAX or PyTorch sees a GPU, or
+with `--gpu`. The header of RESULTS.md describes the machine (CPU, cores, memory,
 jax/jaxlib/torch versions, JAX backend and devices, the GPU), the mode (quick or full), the
 date (UTC) and the command. The PyTorch side of the scripts runs on CUDA when PyTorch sees
 it; JAX on its default backend.
@@ -60,9 +64,9 @@ class Bench:
     args: tuple[str, ...] = ()
 
 
-def plan(quick: bool) -> list[Bench]:
-    """The rows of the table, in the order they run."""
-    attack, train = 'bench_attack.py', 'bench_train_step.py'
+def plan(quick: bool, gpu: bool = False) -> list[Bench]:
+    """The rows of the table, in the order they run (`gpu`: with the GPU-only rows)."""
+    attack, train, ppa = 'bench_attack.py', 'bench_train_step.py', 'bench_ppa.py'
     if quick:
         rows = [
             Bench('gmi_attack facenet64', 'gmi_attack', attack, ('--target=facenet64', '--quick')),
@@ -74,6 +78,7 @@ def plan(quick: bool) -> list[Bench]:
                 train,
                 ('--arch=vgg16', '--quick', '--freeze'),
             ),
+            Bench('ppa_attack 256px', 'ppa_attack', ppa, ('--quick',)),
         ]
     else:
         ids = '--identities=60'
@@ -96,7 +101,10 @@ def plan(quick: bool) -> list[Bench]:
             ),
             Bench('train_step vgg16', 'train_step', train, full_train),
             Bench('train_step vgg16 frozen', 'train_step', train, (*full_train, '--freeze')),
+            Bench('ppa_attack 256px', 'ppa_attack', ppa, ('--resolution=256',)),
         ]
+        if gpu:
+            rows.append(Bench('ppa_attack 1024px', 'ppa_attack', ppa, ('--resolution=1024',)))
     rows.append(Bench('fisher', 'fisher', 'bench_fisher.py', ('--quick',) if quick else ()))
     return rows
 
@@ -218,6 +226,16 @@ def configuration(result: dict, bench: Bench) -> str:
             f'{result.get("arch")} {result.get("image_size")} px, batch {result.get("batch")}'
             f'{freeze}, {result.get("steps")} steps'
         )
+    elif name == 'ppa_attack':
+        parts.append(
+            f'StyleGAN2 {result.get("resolution")} px + {result.get("target")} '
+            f'({result.get("classes")} classes) at 224 px, batch {result.get("batch")}, '
+            f'{result.get("steps")} steps'
+        )
+        if result.get('width_divisor', 1) != 1:
+            parts.append(f'every channel width of both / {result["width_divisor"]}')
+        if result.get('torch_frozen'):
+            parts.append('PyTorch without weight gradients')
     elif name == 'fisher':
         parts.append(f'{result.get("arch")}, {result.get("examples")} examples')
     else:
@@ -233,7 +251,8 @@ def configuration(result: dict, bench: Bench) -> str:
 
 
 def notes(result: dict) -> str:
-    """The error, or compile time, loss agreement and maximum error, where reported."""
+    """The error, or compile time, loss agreement, latent agreement and maximum error, where
+    reported."""
     if 'error' in result:
         return f'ERROR: {result["error"]}'
     if 'skipped' in result:
@@ -247,6 +266,8 @@ def notes(result: dict) -> str:
         )
     if result.get('latent_max_abs_diff') is not None:
         out.append(f'latent max abs diff {result["latent_max_abs_diff"]:.1e}')
+    if result.get('step_sign_agreement') is not None:
+        out.append(f'step directions agree {result["step_sign_agreement"]:.1%}')
     if result.get('max_rel_err') is not None:
         out.append(f'max rel. error {result["max_rel_err"]:.1e}')
     if result.get('wall_s') is not None:
@@ -421,6 +442,11 @@ def machine_info() -> dict:
     return info
 
 
+def has_gpu(info: dict) -> bool:
+    """Whether `machine_info()` saw a GPU (PyTorch's CUDA or JAX's GPU backend)."""
+    return bool(info.get('torch_cuda')) or info.get('jax_backend') == 'gpu'
+
+
 def _env() -> dict:
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
@@ -473,14 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--out', default=os.path.join('bench', 'RESULTS.md'), help='markdown file')
     p.add_argument('--only', default='', help='comma-separated benchmark names or row labels')
     p.add_argument('--timeout', type=float, default=0, help='seconds per script (0: none)')
+    p.add_argument(
+        '--gpu', action='store_true', help='the GPU-only rows too (default: when a GPU is seen)'
+    )
     args = p.parse_args(argv)
+    info = machine_info()
+    gpu = args.gpu or has_gpu(info)
     try:
-        benches = select(plan(args.quick), args.only)
+        benches = select(plan(args.quick, gpu), args.only)
     except ValueError as e:
         p.error(str(e))
     command = shlex.join(['python', 'bench/run_all.py', *(sys.argv[1:] if argv is None else argv)])
     date = datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')
-    info = machine_info()
     print(render_header(info, args.quick, command, date))
     rows = [(bench, run_bench(bench, args.timeout)) for bench in benches]
     print()

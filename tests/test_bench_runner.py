@@ -60,6 +60,28 @@ TRAIN = {
     'flops_per_step': 5e10,
     'peak_rss_mb': 1500.0,
 }
+PPA = {
+    'name': 'ppa_attack',
+    'target': 'resnet152',
+    'classes': 530,
+    'resolution': 256,
+    'width_divisor': 4,
+    'batch': 2,
+    'steps': 2,
+    'torch_frozen': False,
+    'quick': True,
+    'torch_device': 'cpu',
+    'jax_backend': 'cpu',
+    'jax_s': 9.0,
+    'torch_s': 6.0,
+    'ratio': 0.667,
+    'loss_step': 0,
+    'loss_rel_diff': 1e-7,
+    'step_sign_agreement': 0.962,
+    'compile_s': 38.5,
+    'flops_per_step': 3e10,
+    'peak_rss_mb': 1983.2,
+}
 FISHER = {
     'name': 'fisher',
     'arch': 'vgg16',
@@ -152,6 +174,8 @@ def test_notes():
     assert run_all.notes(dict(FISHER, wall_s=12.3)) == 'max rel. error 3.0e-06, wall 12 s'
     assert run_all.notes({'error': 'boom', 'wall_s': 3}) == 'ERROR: boom'
     assert run_all.notes({'skipped': 'no file'}) == 'skipped: no file'
+    ppa = 'JAX compile 38.5 s, loss rel. diff 1.0e-07 at step 0, step directions agree 96.2%'
+    assert run_all.notes(PPA) == ppa
 
 
 def test_configuration():
@@ -164,6 +188,14 @@ def test_configuration():
     assert one == 'facenet64, 60 identities x 1 seed, k=1, 5 reps; quick; JAX on cpu'
     assert run_all.configuration(FISHER, b) == 'vgg16, 16 examples; quick'
     assert run_all.configuration({'error': 'x'}, b) == 'bench_attack.py --quick'
+    ppa = run_all.configuration(PPA, b)
+    assert ppa == (
+        'StyleGAN2 256 px + resnet152 (530 classes) at 224 px, batch 2, 2 steps; '
+        'every channel width of both / 4; quick; JAX on cpu; PyTorch on cpu'
+    )
+    full = run_all.configuration(dict(PPA, width_divisor=1, quick=False, torch_frozen=True), b)
+    assert full.startswith('StyleGAN2 256 px + resnet152 (530 classes) at 224 px, batch 2, 2 steps')
+    assert full.endswith('; PyTorch without weight gradients; JAX on cpu; PyTorch on cpu')
 
 
 # --- table and header ---
@@ -231,6 +263,13 @@ def test_header_fields():
     assert 'ratio = PyTorch / JAX' in full
 
 
+def test_has_gpu():
+    assert not run_all.has_gpu({'torch_cuda': False, 'jax_backend': 'cpu'})
+    assert run_all.has_gpu({'torch_cuda': True, 'jax_backend': 'cpu'})
+    assert run_all.has_gpu({'torch_cuda': False, 'jax_backend': 'gpu'})
+    assert not run_all.has_gpu({'error': 'jax: ...'})
+
+
 def test_cpu_model_and_memory():
     cpuinfo = 'processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t: fpu\n'
     assert run_all.cpu_model(cpuinfo) == 'AMD EPYC 7B12'
@@ -241,11 +280,18 @@ def test_cpu_model_and_memory():
 
 def test_plan_and_select():
     quick, full = run_all.plan(True), run_all.plan(False)
-    names = {'gmi_attack', 'train_step', 'fisher'}
+    names = {'gmi_attack', 'train_step', 'ppa_attack', 'fisher'}
     assert {b.name for b in quick} == {b.name for b in full} == names
     assert all('--quick' in b.args for b in quick)
     assert not any('--quick' in b.args for b in full)
     assert ('--target=facenet64', '--identities=60', '--seeds=5') in [b.args for b in full]
+    for rows in (quick, full, run_all.plan(True, gpu=True), run_all.plan(False, gpu=True)):
+        assert all(os.path.exists(os.path.join(ROOT, 'bench', b.script)) for b in rows)
+    ppa = [b.args for b in full if b.name == 'ppa_attack']
+    assert ppa == [('--resolution=256',)]
+    gpu = [b.args for b in run_all.plan(False, gpu=True) if b.name == 'ppa_attack']
+    assert gpu == [('--resolution=256',), ('--resolution=1024',)]
+    assert run_all.plan(True, gpu=True) == quick  # No extra quick rows on a GPU.
     only = run_all.select(quick, 'train_step')
     assert [b.label for b in only] == ['train_step vgg16', 'train_step vgg16 frozen']
     assert run_all.select(quick, 'fisher, gmi_attack vgg16')[0].label == 'gmi_attack vgg16'

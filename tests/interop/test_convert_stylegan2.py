@@ -1,11 +1,9 @@
 """StyleGAN2-ADA converter: a PyTorch reference, the persistence pickle format, safety.
 
-The reference below rebuilds the original's generator (NVlabs/stylegan2-ada-pytorch
-`training/networks.py`) from its math with plain torch ops: the fused modulated convolution
-as one grouped convolution with per-sample kernels (a grouped transposed convolution for the
-2x up-sampling ones), upfirdn2d as zero insertion, zero padding and a depthwise convolution
-with the flipped FIR filter. Its modules carry the original's attribute names, so their
-`state_dict()` keys are the original's.
+The reference (tests/interop/torch_stylegan2.py, shared with bench/bench_ppa.py) rebuilds
+the original's generator (NVlabs/stylegan2-ada-pytorch `training/networks.py`) from its math
+with plain torch ops; its modules carry the original's attribute names, so their
+`state_dict()` keys are the original's. Here it runs at tiny widths.
 
 The test pickle imitates `torch_utils.persistence`: every network module pickles as
 `torch_utils.persistence._reconstruct_persistent_obj(meta)` with `meta = {type, version,
@@ -30,6 +28,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.interop import torch_stylegan2 as torch_sg2
 from tests.launch import in_process
 from tests.payloads import Payload
 from tldmi_jax import priors
@@ -40,7 +39,6 @@ from tldmi_jax.interop.torch_load import UnsafeCheckpointError
 from tldmi_jax.priors import stylegan2 as flax_sg2
 
 torch = pytest.importorskip('torch')
-tnn = torch.nn
 F = torch.nn.functional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,159 +48,7 @@ SOURCE = 'open({marker!r}, "w").write("the pickled module source ran")\n'
 
 
 # ---------------------------------------------------------------------------------------
-# PyTorch reference.
-
-
-def fir(taps=(1, 3, 3, 1)):
-    """The normalised 2-D FIR filter of `taps`."""
-    t = torch.tensor(taps, dtype=torch.float32)
-    f = torch.outer(t, t)
-    return f / f.sum()
-
-
-def upfirdn(x, f, up=1, pad=(0, 0), gain=1.0):
-    """NCHW: zeros after each pixel, zero padding, depthwise conv with the flipped filter."""
-    b, c, h, w = x.shape
-    if up > 1:
-        x = F.pad(x.reshape(b, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1])
-        x = x.reshape(b, c, h * up, w * up)
-    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
-    kernel = (f * gain).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
-    return F.conv2d(x, kernel, groups=c)
-
-
-def modulated_conv(x, weight, styles, demodulate=True, up=1, f=None):
-    """Fused modulated conv: per-sample kernels [B*O, I, k, k] in one grouped convolution."""
-    b, i, h, w = x.shape
-    o, _, k, _ = weight.shape
-    kernels = weight[None] * styles[:, None, :, None, None]  # [B, O, I, k, k]
-    if demodulate:
-        kernels = kernels * (kernels.square().sum([2, 3, 4]) + 1e-8).rsqrt()[..., None, None, None]
-    x = x.reshape(1, b * i, h, w)
-    if up == 1:
-        y = F.conv2d(x, kernels.reshape(b * o, i, k, k), padding=k // 2, groups=b)
-    else:  # Transposed conv (weights [B*I, O, k, k]), then the FIR filter (padding 1, gain 4).
-        y = F.conv_transpose2d(
-            x, kernels.transpose(1, 2).reshape(b * i, o, k, k), stride=2, groups=b
-        )
-        y = upfirdn(y, f, pad=(1, 1), gain=4.0)
-    return y.reshape(b, o, *y.shape[2:])
-
-
-class Persistent(tnn.Module):
-    """Records constructor arguments as the persistence decorator does."""
-
-    def remember(self, **kwargs):
-        self._init_args, self._init_kwargs = (), kwargs
-
-
-class FC(Persistent):
-    def __init__(self, fin, fout, lr=1.0, bias_init=0.0, act='linear'):
-        super().__init__()
-        self.remember(in_features=fin, out_features=fout, lr_multiplier=lr, activation=act)
-        self.weight = tnn.Parameter(torch.randn(fout, fin) / lr)
-        self.bias = tnn.Parameter(torch.full([fout], float(bias_init)))
-        self.weight_gain, self.bias_gain, self.activation = lr / np.sqrt(fin), lr, act
-
-    def forward(self, x):
-        y = x @ (self.weight * float(self.weight_gain)).t() + self.bias * self.bias_gain
-        return F.leaky_relu(y, 0.2) * np.sqrt(2) if self.activation == 'lrelu' else y
-
-
-class Mapping(Persistent):
-    def __init__(self):
-        super().__init__()
-        self.remember(z_dim=Z, c_dim=0, w_dim=W, num_ws=flax_sg2.num_ws(RES))
-        widths = [Z] + [HIDDEN] * (LAYERS - 1) + [W]
-        for i in range(LAYERS):
-            setattr(self, f'fc{i}', FC(widths[i], widths[i + 1], lr=0.01, act='lrelu'))
-        self.register_buffer('w_avg', torch.zeros([W]))
-
-    def forward(self, z, psi=1.0, cutoff=None):
-        x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()
-        for i in range(LAYERS):
-            x = getattr(self, f'fc{i}')(x)
-        x = x.unsqueeze(1).repeat([1, flax_sg2.num_ws(RES), 1])
-        if psi != 1:
-            x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], psi)
-        return x
-
-
-class Layer(Persistent):
-    def __init__(self, cin, cout, res, up=1):
-        super().__init__()
-        self.remember(in_channels=cin, out_channels=cout, w_dim=W, resolution=res, up=up)
-        self.res, self.up, self.conv_clamp, self.act_gain = res, up, CLAMP, np.sqrt(2)
-        self.register_buffer('resample_filter', fir())
-        self.affine = FC(W, cin, bias_init=1)
-        self.weight = tnn.Parameter(torch.randn(cout, cin, 3, 3))
-        self.register_buffer('noise_const', torch.randn([res, res]))
-        self.noise_strength = tnn.Parameter(torch.zeros([]))
-        self.bias = tnn.Parameter(torch.zeros([cout]))
-
-    def forward(self, x, w, noise_mode):
-        x = modulated_conv(x, self.weight, self.affine(w), up=self.up, f=self.resample_filter)
-        if noise_mode == 'const':
-            x = x + self.noise_const * self.noise_strength
-        x = F.leaky_relu(x + self.bias[None, :, None, None], 0.2) * float(self.act_gain)
-        return x.clamp(-self.conv_clamp, self.conv_clamp)
-
-
-class ToRGB(Persistent):
-    def __init__(self, cin):
-        super().__init__()
-        self.remember(in_channels=cin, out_channels=3, w_dim=W, conv_clamp=CLAMP)
-        self.affine = FC(W, cin, bias_init=1)
-        self.weight = tnn.Parameter(torch.randn(3, cin, 1, 1))
-        self.bias = tnn.Parameter(torch.zeros([3]))
-        self.weight_gain = 1 / np.sqrt(cin)
-
-    def forward(self, x, w):
-        x = modulated_conv(x, self.weight, self.affine(w) * self.weight_gain, demodulate=False)
-        return (x + self.bias[None, :, None, None]).clamp(-CLAMP, CLAMP)
-
-
-class Block(Persistent):
-    def __init__(self, cin, cout, res):
-        super().__init__()
-        self.remember(in_channels=cin, out_channels=cout, w_dim=W, resolution=res)
-        self.cin = cin
-        self.register_buffer('resample_filter', fir())
-        if cin == 0:
-            self.const = tnn.Parameter(torch.randn([cout, res, res]))
-        else:
-            self.conv0 = Layer(cin, cout, res, up=2)
-        self.conv1 = Layer(cout, cout, res)
-        self.torgb = ToRGB(cout)
-
-    def forward(self, x, img, ws, noise_mode):
-        if self.cin == 0:
-            x = self.conv1(self.const[None].repeat(ws.shape[0], 1, 1, 1), ws[:, 0], noise_mode)
-        else:
-            x = self.conv0(x, ws[:, 0], noise_mode)
-            x = self.conv1(x, ws[:, 1], noise_mode)
-        y = self.torgb(x, ws[:, 1 if self.cin == 0 else 2])
-        img = y if img is None else upfirdn(img, self.resample_filter, 2, (2, 1), 4.0) + y
-        return x, img
-
-
-class Synthesis(Persistent):
-    def __init__(self):
-        super().__init__()
-        self.remember(w_dim=W, img_resolution=RES, img_channels=3, channel_base=BASE)
-        self.resolutions = flax_sg2.block_resolutions(RES)
-        width = lambda r: min(BASE // r, CMAX)  # noqa: E731
-        for r in self.resolutions:
-            setattr(self, f'b{r}', Block(width(r // 2) if r > 4 else 0, width(r), r))
-
-    def forward(self, ws, noise_mode='const'):
-        x = img = None
-        first = 0
-        for r in self.resolutions:
-            n = 1 if r == 4 else 2
-            x, img = getattr(self, f'b{r}')(x, img, ws[:, first : first + n + 1], noise_mode)
-            first += n
-        return img
+# The reference at tiny widths (tests/interop/torch_stylegan2.py), pickled as the original.
 
 
 class EasyDict(dict):
@@ -212,38 +58,33 @@ class EasyDict(dict):
 EasyDict.__module__ = 'dnnlib.util'
 
 
-class Generator(Persistent):
-    def __init__(self):
-        super().__init__()
-        mapping = EasyDict(num_layers=LAYERS, layer_features=HIDDEN)
-        synthesis = EasyDict(channel_base=BASE, channel_max=CMAX, num_fp16_res=2, conv_clamp=CLAMP)
-        kwargs = dict(mapping_kwargs=mapping, synthesis_kwargs=synthesis)
-        self.remember(z_dim=Z, c_dim=0, w_dim=W, img_resolution=RES, img_channels=3, **kwargs)
-        self.synthesis = Synthesis()
-        self.mapping = Mapping()
-
-    def forward(self, z, psi=1.0, cutoff=None, noise_mode='const'):
-        return self.synthesis(self.mapping(z, psi, cutoff), noise_mode)
+def tiny_generator():
+    """The reference generator at this file's sizes, its kwargs as the original pickles them."""
+    g = torch_sg2.Generator(Z, W, RES, LAYERS, HIDDEN, BASE, CMAX, CLAMP, num_fp16_res=2)
+    g._init_kwargs = {
+        k: EasyDict(v) if isinstance(v, dict) else v for k, v in g._init_kwargs.items()
+    }
+    return g
 
 
-class Discriminator(Persistent):
+class Discriminator(torch_sg2.Persistent):
     def __init__(self):
         super().__init__()
         self.remember(c_dim=0, img_resolution=RES, img_channels=3)
-        self.fc = FC(3, 1)
+        self.fc = torch_sg2.FC(3, 1)
 
 
 # ---------------------------------------------------------------------------------------
 # The persistence pickle format.
 
 NAMES = {
-    Generator: 'Generator',
-    Mapping: 'MappingNetwork',
-    FC: 'FullyConnectedLayer',
-    Synthesis: 'SynthesisNetwork',
-    Block: 'SynthesisBlock',
-    Layer: 'SynthesisLayer',
-    ToRGB: 'ToRGBLayer',
+    torch_sg2.Generator: 'Generator',
+    torch_sg2.Mapping: 'MappingNetwork',
+    torch_sg2.FC: 'FullyConnectedLayer',
+    torch_sg2.Synthesis: 'SynthesisNetwork',
+    torch_sg2.Block: 'SynthesisBlock',
+    torch_sg2.Layer: 'SynthesisLayer',
+    torch_sg2.ToRGB: 'ToRGBLayer',
     Discriminator: 'Discriminator',
 }
 
@@ -307,7 +148,7 @@ def make_reference():
     """The reference generator with random weights (biases, noise strengths, w_avg too)."""
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        g = Generator().eval()
+        g = tiny_generator().eval()
         with torch.no_grad():
             for name, p in g.named_parameters():
                 if not name.endswith('weight') and not name.endswith('const'):
