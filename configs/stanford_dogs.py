@@ -46,68 +46,17 @@ import ml_collections
 
 from tldmi_jax import config_lib
 
-# arch -> its input side, the head kept fresh on an ImageNet init, TL-DMI's `freeze_layers`
-# (None: no official value) and the tiny model of its family for runlocal.
-_ARCHS = {
-    'resnet18': dict(size=224, head='fc', freeze_layers=6, tiny='resnet18_tiny'),
-    'resnet101': dict(size=224, head='fc', freeze_layers=6, tiny='resnet18_tiny'),
-    'resnet152': dict(size=224, head='fc', freeze_layers=6, tiny='resnet18_tiny'),
-    'densenet121': dict(size=224, head='classifier', freeze_layers=9, tiny='densenet121_tiny'),
-    'densenet169': dict(size=224, head='classifier', freeze_layers=9, tiny='densenet121_tiny'),
-    'inception_v3': dict(size=299, head='fc', freeze_layers=None, tiny='inception_v3_tiny'),
-}
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the config for `arg` (see the module docstring)."""
     arg = config_lib.parse_arg(arg, arch='resnet152', defense='none', runlocal=False)
-    if arg.arch not in _ARCHS:
-        raise ValueError(f'arch must be one of {sorted(_ARCHS)}, got {arg.arch!r}.')
-    spec = _ARCHS[arg.arch]
-    evaluation = arg.arch == 'inception_v3'
-    # Shared classifier block (each field commented in config_lib.classifier_config).
-    config = config_lib.classifier_config(
-        dataset='stanford_dogs_mi',  # PPA's 90/10 split of the official lists.
-        arch=arg.arch,
-        num_classes=120,  # Breeds.
-        image_size=spec['size'],  # 224 (targets) or 299 (Inception-v3).
-        channels=3,
-        lr=1e-3,  # Adam.
-        epochs=100,
-        batch_size=128,
-        defense=arg.defense,
-        dont_load=(f'{spec["head"]}/.*',),  # ImageNet init: the 1000-class head is not loaded.
+    # The evaluation model trains on the bounding-box crops, the targets on whole images.
+    kwargs = ml_collections.ConfigDict(dict(cropped=arg.arch == 'inception_v3'))
+    return config_lib.ppa_classifier_config(
+        'stanford_dogs_mi',  # PPA's 90/10 split of the official lists.
+        120,  # Breeds.
+        arg.arch,
+        arg.defense,
+        arg.runlocal,
+        data=dict(kwargs=kwargs, preprocess=''),  # The dataset's own: T.Resize([size, size]).
     )
-    # --- data ---
-    config.data.train_split = 'train'  # PPA's 90 %.
-    config.data.test_split = 'test'  # PPA's 10 %.
-    config.data.kwargs.cropped = evaluation  # Bounding-box crops for the evaluation model.
-    config.data.preprocess = ''  # The dataset's own: T.Resize([size, size]).
-    config.data.val_fraction = 0.0  # PPA: validation_set_size 0, the final model is kept.
-    config.data.random_resized_crop.scale = (0.85, 1.0)  # RandomResizedCrop(size, ...).
-    config.data.random_resized_crop.ratio = (1.0, 1.0)
-    config.data.color_jitter = (0.2, 0.2, 0.1, 0.1)  # Brightness, contrast, saturation, hue.
-    # --- freeze (TL-DMI: layer4 + fc of a ResNet) ---
-    if 'tldmi' in arg.defense.split('+') and spec['freeze_layers'] is not None:
-        config.defense.freeze_layers = spec['freeze_layers']
-    # --- optim ---
-    config.optim.name = 'adam'
-    config.optim.b1, config.optim.b2 = 0.9, 0.999
-    config.optim.weight_decay = 0.0
-    config.optim.milestones = (80,) if evaluation else (75, 90)  # MultiStepLR (epochs).
-    config.optim.gamma = 0.1
-    if arg.runlocal:
-        _runlocal(config, spec)
-    return config
-
-
-def _runlocal(config: ml_collections.ConfigDict, spec: dict) -> None:
-    """The tiny model of the arch's family on generated data, with the same recipe."""
-    config_lib.runlocal_classifier(config)  # Synthetic data, 60 steps of batch 8.
-    config.model.arch = spec['tiny']
-    config.data.train_split, config.data.test_split = 'private_train', 'private_test'
-    config.data.preprocess = ''  # The synthetic set's own.
-    if spec['size'] == 299:  # The tiny Inception needs 75 px.
-        config.data.image_size = config.data.kwargs.image_size = 75
-    config.optim.milestones = (2, 3)  # 16 steps per epoch: the lr drops at steps 32 and 48.
-    config.defense.ls_start_epoch, config.defense.ls_end_epoch = 1, 3  # negls within 60 steps.

@@ -280,6 +280,88 @@ def runlocal_classifier(config: ml_collections.ConfigDict) -> ml_collections.Con
     return config
 
 
+# The 224/299 px classifiers of the PPA setting (configs/facescrub.py, stanford_dogs.py):
+# arch -> its input side, the head kept fresh on an ImageNet init, TL-DMI's `freeze_layers`
+# (None: no official value) and the tiny model of its family for runlocal.
+PPA_ARCHS: dict[str, dict[str, Any]] = {
+    'resnet18': dict(size=224, head='fc', freeze_layers=6, tiny='resnet18_tiny'),
+    'resnet101': dict(size=224, head='fc', freeze_layers=6, tiny='resnet18_tiny'),
+    'resnet152': dict(size=224, head='fc', freeze_layers=6, tiny='resnet18_tiny'),
+    'densenet121': dict(size=224, head='classifier', freeze_layers=9, tiny='densenet121_tiny'),
+    'densenet169': dict(size=224, head='classifier', freeze_layers=9, tiny='densenet121_tiny'),
+    'inception_v3': dict(size=299, head='fc', freeze_layers=None, tiny='inception_v3_tiny'),
+}
+
+
+def ppa_classifier_config(
+    dataset: str,
+    num_classes: int,
+    arch: str,
+    defense: str,
+    runlocal: bool,
+    data: dict[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """PPA's training recipe (`configs/training/targets/ResNet152_*.yaml`, and
+    `evaluation/Inception_V3_*.yaml` for `inception_v3`) on the classifier config.
+
+    Args:
+      dataset: the private data (`facescrub_mi`, `stanford_dogs_mi`).
+      num_classes: its classes.
+      arch: one of `PPA_ARCHS`.
+      defense: as `classifier_config`'s (`tldmi` fine-tunes the arch's official depth).
+      runlocal: the tiny model of the arch's family on generated data, the same recipe.
+      data: the dataset's own `config.data` fields (preprocessing, builder kwargs); runlocal
+        replaces them with the generated data's.
+
+    Raises:
+      ValueError: an arch not in `PPA_ARCHS`.
+    """
+    if arch not in PPA_ARCHS:
+        raise ValueError(f'arch must be one of {sorted(PPA_ARCHS)}, got {arch!r}.')
+    spec = PPA_ARCHS[arch]
+    evaluation = arch == 'inception_v3'
+    config = classifier_config(
+        dataset=dataset,
+        arch=arch,
+        num_classes=num_classes,
+        image_size=spec['size'],  # 224 (targets) or 299 (Inception-v3).
+        channels=3,
+        lr=1e-3,  # Adam.
+        epochs=100,
+        batch_size=128,
+        defense=defense,
+        dont_load=(f'{spec["head"]}/.*',),  # ImageNet init: the 1000-class head is not loaded.
+    )
+    # --- data ---
+    config.data.train_split = 'train'  # PPA's 90 %.
+    config.data.test_split = 'test'  # PPA's 10 %.
+    config.data.val_fraction = 0.0  # PPA: validation_set_size 0, the final model is kept.
+    config.data.random_resized_crop.scale = (0.85, 1.0)  # RandomResizedCrop(size, ...).
+    config.data.random_resized_crop.ratio = (1.0, 1.0)
+    config.data.color_jitter = (0.2, 0.2, 0.1, 0.1)  # Brightness, contrast, saturation, hue.
+    for key, value in (data or {}).items():
+        config.data[key] = value
+    # --- freeze (TL-DMI: layer4 + fc of a ResNet) ---
+    if 'tldmi' in defense.split('+') and spec['freeze_layers'] is not None:
+        config.defense.freeze_layers = spec['freeze_layers']
+    # --- optim ---
+    config.optim.name = 'adam'
+    config.optim.b1, config.optim.b2 = 0.9, 0.999
+    config.optim.weight_decay = 0.0
+    config.optim.milestones = (80,) if evaluation else (75, 90)  # MultiStepLR (epochs).
+    config.optim.gamma = 0.1
+    if runlocal:
+        runlocal_classifier(config)  # Synthetic data, 60 steps of batch 8.
+        config.model.arch = spec['tiny']
+        config.data.train_split, config.data.test_split = 'private_train', 'private_test'
+        config.data.preprocess = ''  # The synthetic set's own.
+        if spec['size'] == 299:  # The tiny Inception needs 75 px.
+            config.data.image_size = config.data.kwargs.image_size = 75
+        config.optim.milestones = (2, 3)  # 16 steps per epoch: the lr drops at steps 32, 48.
+        config.defense.ls_start_epoch, config.defense.ls_end_epoch = 1, 3  # negls in 60 steps.
+    return config
+
+
 # Every attack's default hyperparameters: the one place they live. `config.attack` fields
 # left unset (None) take these (`tldmi_jax.attacks.hyperparameters`).
 ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {

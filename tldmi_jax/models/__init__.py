@@ -32,15 +32,12 @@ Before this vocabulary, `block2` froze one VGG block but two small-CNN blocks; t
 exactly those meanings.
 """
 
-import math
 from collections.abc import Callable
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 from absl import logging
 
-from tldmi_jax.models import densenet, efficientnet, inception_v3, irse, resnet, small, vgg
+from tldmi_jax.models import densenet, efficientnet, inception_v3, irse, layers, resnet, small, vgg
 
 # The registry, collected from the model modules (each exports `ARCHS`: name -> (class,
 # input size it is used at)); the `_tiny` variants have the same parameter names.
@@ -95,9 +92,7 @@ def count_params(model: nn.Module, image_size: int, channels: int = 3) -> int:
     Returns:
       The total number of scalars in the 'params' collection.
     """
-    x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables['params']))
+    return layers.param_count(model, image_size, channels)
 
 
 def cut_point_aliases(model: nn.Module) -> dict[str, str]:

@@ -42,20 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm
-
-
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-    """Bias-free conv with torch's symmetric padding `kernel // 2`."""
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        name=name,
-    )
+from tldmi_jax.models.layers import BatchNorm, torch_conv
 
 
 class DenseLayer(nn.Module):
@@ -67,9 +54,9 @@ class DenseLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         y = nn.relu(BatchNorm(name='norm1')(x, train))
-        y = _conv(self.bn_size * self.growth_rate, 1, 1, 'conv1')(y)
+        y = torch_conv(self.bn_size * self.growth_rate, 1, 1, 'conv1')(y)
         y = nn.relu(BatchNorm(name='norm2')(y, train))
-        return _conv(self.growth_rate, 3, 1, 'conv2')(y)
+        return torch_conv(self.growth_rate, 3, 1, 'conv2')(y)
 
 
 class DenseBlock(nn.Module):
@@ -95,7 +82,7 @@ class Transition(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.relu(BatchNorm(name='norm')(x, train))
-        x = _conv(self.features, 1, 1, 'conv')(x)
+        x = torch_conv(self.features, 1, 1, 'conv')(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -190,7 +177,7 @@ class DenseNet(nn.Module):
         Returns:
           `(features, logits)`: [B, final width] (1024 on DenseNet-121) and [B, num_classes].
         """
-        x = _conv(self.init_features, 7, 2, 'conv0')(x)
+        x = torch_conv(self.init_features, 7, 2, 'conv0')(x)
         x = nn.relu(BatchNorm(name='norm0')(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         width = self.init_features

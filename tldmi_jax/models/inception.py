@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.models.layers import BatchNorm, param_count
 
 IMAGE_SIZE = 299  # Input side of the FID Inception.
 FEATURE_DIM = 2048  # pool3 features.
@@ -61,7 +61,8 @@ BN_EPSILON = 1e-3  # torchvision BasicConv2d.
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def _pad(ph: int, pw: int) -> Padding:
+def pad(ph: int, pw: int) -> Padding:
+    """Symmetric padding of ph rows and pw columns."""
     return ((ph, ph), (pw, pw))
 
 
@@ -96,12 +97,12 @@ class BasicConv(nn.Module):
 
 def _avg_pool_same(x: jax.Array) -> jax.Array:
     """3x3 stride-1 average pool, padding 1, padded zeros excluded from the mean (TF)."""
-    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=_pad(1, 1), count_include_pad=False)
+    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=pad(1, 1), count_include_pad=False)
 
 
 def _max_pool_same(x: jax.Array) -> jax.Array:
     """3x3 stride-1 max pool with padding 1 (the FID graph's Mixed_7c pool branch)."""
-    return nn.max_pool(x, (3, 3), strides=(1, 1), padding=_pad(1, 1))
+    return nn.max_pool(x, (3, 3), strides=(1, 1), padding=pad(1, 1))
 
 
 def _pool_same(x: jax.Array, pool: str) -> jax.Array:
@@ -109,13 +110,13 @@ def _pool_same(x: jax.Array, pool: str) -> jax.Array:
     if pool == 'avg':
         return _avg_pool_same(x)
     if pool == 'avg_pad':  # torch's default count_include_pad=True (torchvision Inception3).
-        return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=_pad(1, 1))
+        return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=pad(1, 1))
     if pool == 'max':
         return _max_pool_same(x)
     raise ValueError(f'pool must be one of {POOLS}, got {pool!r}.')
 
 
-def _max_pool_reduce(x: jax.Array) -> jax.Array:
+def max_pool_reduce(x: jax.Array) -> jax.Array:
     """3x3 stride-2 max pool without padding."""
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
@@ -135,10 +136,10 @@ class InceptionA(nn.Module):
         c = Widths(self.width_mult)
         b1 = BasicConv(c(64), name='branch1x1')(x, train)
         b5 = BasicConv(c(48), name='branch5x5_1')(x, train)
-        b5 = BasicConv(c(64), (5, 5), padding=_pad(2, 2), name='branch5x5_2')(b5, train)
+        b5 = BasicConv(c(64), (5, 5), padding=pad(2, 2), name='branch5x5_2')(b5, train)
         b3 = BasicConv(c(64), name='branch3x3dbl_1')(x, train)
-        b3 = BasicConv(c(96), (3, 3), padding=_pad(1, 1), name='branch3x3dbl_2')(b3, train)
-        b3 = BasicConv(c(96), (3, 3), padding=_pad(1, 1), name='branch3x3dbl_3')(b3, train)
+        b3 = BasicConv(c(96), (3, 3), padding=pad(1, 1), name='branch3x3dbl_2')(b3, train)
+        b3 = BasicConv(c(96), (3, 3), padding=pad(1, 1), name='branch3x3dbl_3')(b3, train)
         pooled = _pool_same(x, self.pool)
         bp = BasicConv(c(self.pool_features), name='branch_pool')(pooled, train)
         return jnp.concatenate([b1, b5, b3, bp], axis=-1)
@@ -154,9 +155,9 @@ class InceptionB(nn.Module):
         c = Widths(self.width_mult)
         b3 = BasicConv(c(384), (3, 3), strides=(2, 2), name='branch3x3')(x, train)
         bd = BasicConv(c(64), name='branch3x3dbl_1')(x, train)
-        bd = BasicConv(c(96), (3, 3), padding=_pad(1, 1), name='branch3x3dbl_2')(bd, train)
+        bd = BasicConv(c(96), (3, 3), padding=pad(1, 1), name='branch3x3dbl_2')(bd, train)
         bd = BasicConv(c(96), (3, 3), strides=(2, 2), name='branch3x3dbl_3')(bd, train)
-        return jnp.concatenate([b3, bd, _max_pool_reduce(x)], axis=-1)
+        return jnp.concatenate([b3, bd, max_pool_reduce(x)], axis=-1)
 
 
 class InceptionC(nn.Module):
@@ -173,7 +174,7 @@ class InceptionC(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = Widths(self.width_mult)
         c7 = c(self.channels_7x7)
-        row, col = dict(kernel=(1, 7), padding=_pad(0, 3)), dict(kernel=(7, 1), padding=_pad(3, 0))
+        row, col = dict(kernel=(1, 7), padding=pad(0, 3)), dict(kernel=(7, 1), padding=pad(3, 0))
         b1 = BasicConv(c(192), name='branch1x1')(x, train)
         b7 = BasicConv(c7, name='branch7x7_1')(x, train)
         b7 = BasicConv(c7, **row, name='branch7x7_2')(b7, train)
@@ -198,10 +199,10 @@ class InceptionD(nn.Module):
         b3 = BasicConv(c(192), name='branch3x3_1')(x, train)
         b3 = BasicConv(c(320), (3, 3), strides=(2, 2), name='branch3x3_2')(b3, train)
         b7 = BasicConv(c(192), name='branch7x7x3_1')(x, train)
-        b7 = BasicConv(c(192), (1, 7), padding=_pad(0, 3), name='branch7x7x3_2')(b7, train)
-        b7 = BasicConv(c(192), (7, 1), padding=_pad(3, 0), name='branch7x7x3_3')(b7, train)
+        b7 = BasicConv(c(192), (1, 7), padding=pad(0, 3), name='branch7x7x3_2')(b7, train)
+        b7 = BasicConv(c(192), (7, 1), padding=pad(3, 0), name='branch7x7x3_3')(b7, train)
         b7 = BasicConv(c(192), (3, 3), strides=(2, 2), name='branch7x7x3_4')(b7, train)
-        return jnp.concatenate([b3, b7, _max_pool_reduce(x)], axis=-1)
+        return jnp.concatenate([b3, b7, max_pool_reduce(x)], axis=-1)
 
 
 class InceptionE(nn.Module):
@@ -216,7 +217,7 @@ class InceptionE(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = Widths(self.width_mult)
-        row, col = dict(kernel=(1, 3), padding=_pad(0, 1)), dict(kernel=(3, 1), padding=_pad(1, 0))
+        row, col = dict(kernel=(1, 3), padding=pad(0, 1)), dict(kernel=(3, 1), padding=pad(1, 0))
         b1 = BasicConv(c(320), name='branch1x1')(x, train)
         b3 = BasicConv(c(384), name='branch3x3_1')(x, train)
         b3 = jnp.concatenate(
@@ -227,7 +228,7 @@ class InceptionE(nn.Module):
             axis=-1,
         )
         bd = BasicConv(c(448), name='branch3x3dbl_1')(x, train)
-        bd = BasicConv(c(384), (3, 3), padding=_pad(1, 1), name='branch3x3dbl_2')(bd, train)
+        bd = BasicConv(c(384), (3, 3), padding=pad(1, 1), name='branch3x3dbl_2')(bd, train)
         bd = jnp.concatenate(
             [
                 BasicConv(c(384), **row, name='branch3x3dbl_3a')(bd, train),
@@ -277,11 +278,11 @@ def stem(x: jax.Array, train: bool, width_mult: float) -> jax.Array:
     c = Widths(width_mult)
     x = BasicConv(c(32), (3, 3), strides=(2, 2), name='Conv2d_1a_3x3')(x, train)
     x = BasicConv(c(32), (3, 3), name='Conv2d_2a_3x3')(x, train)
-    x = BasicConv(c(64), (3, 3), padding=_pad(1, 1), name='Conv2d_2b_3x3')(x, train)
-    x = _max_pool_reduce(x)
+    x = BasicConv(c(64), (3, 3), padding=pad(1, 1), name='Conv2d_2b_3x3')(x, train)
+    x = max_pool_reduce(x)
     x = BasicConv(c(80), name='Conv2d_3b_1x1')(x, train)
     x = BasicConv(c(192), (3, 3), name='Conv2d_4a_3x3')(x, train)
-    return _max_pool_reduce(x)
+    return max_pool_reduce(x)
 
 
 def mixed_5_6(x: jax.Array, train: bool, width_mult: float, pool: str) -> jax.Array:
@@ -438,7 +439,4 @@ def random_variables(model: FIDInceptionV3, seed: int = 0) -> dict:
 def count_params(model: FIDInceptionV3 | None = None, image_size: int | None = None) -> int:
     """Number of parameters (not batch statistics), from shapes only."""
     model = model or FIDInceptionV3()
-    size = image_size or model.IMAGE_SIZE
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))
+    return param_count(model, image_size or model.IMAGE_SIZE)

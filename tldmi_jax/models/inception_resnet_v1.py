@@ -36,7 +36,6 @@ images. Output: the embedding [B, 512], unit L2 norm. Parameters: 23,482,624 (no
 `count_params()`).
 """
 
-import math
 import re
 from typing import ClassVar
 
@@ -44,8 +43,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.inception import BasicConv
-from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.models.inception import BasicConv, Widths, max_pool_reduce, pad
+from tldmi_jax.models.layers import BatchNorm, param_count
 
 IMAGE_SIZE = 160  # Input side of facenet-pytorch's VGGFace2 model.
 EMBEDDING_DIM = 512
@@ -54,29 +53,6 @@ REPEATS = (5, 10, 5)  # Block35, Block17, Block8 in repeat_1, repeat_2, repeat_3
 SCALES = (0.17, 0.10, 0.20)  # Their residual scales; `block8` uses 1.0.
 DROPOUT = 0.6  # facenet-pytorch's default dropout_prob (training only).
 NORM_EPS = 1e-12  # torch.nn.functional.normalize.
-
-Padding = tuple[tuple[int, int], tuple[int, int]]
-
-
-def _pad(ph: int, pw: int) -> Padding:
-    return ((ph, ph), (pw, pw))
-
-
-class _Widths:
-    """Scales channel counts for the tiny variant (identity at width_mult=1)."""
-
-    def __init__(self, width_mult: float):
-        self.width_mult = width_mult
-
-    def __call__(self, channels: int) -> int:
-        if self.width_mult == 1.0:
-            return channels
-        return max(1, int(round(channels * self.width_mult)))
-
-
-def _max_pool_reduce(x: jax.Array) -> jax.Array:
-    """torch `MaxPool2d(3, stride=2)`: no padding, floor."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
 
 def _residual(x: jax.Array, branches: jax.Array, scale: float, relu: bool) -> jax.Array:
@@ -94,13 +70,13 @@ class Block35(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = _Widths(self.width_mult)
+        c = Widths(self.width_mult)
         b0 = BasicConv(c(32), name='branch0')(x, train)
         b1 = BasicConv(c(32), name='branch1_0')(x, train)
-        b1 = BasicConv(c(32), (3, 3), padding=_pad(1, 1), name='branch1_1')(b1, train)
+        b1 = BasicConv(c(32), (3, 3), padding=pad(1, 1), name='branch1_1')(b1, train)
         b2 = BasicConv(c(32), name='branch2_0')(x, train)
-        b2 = BasicConv(c(32), (3, 3), padding=_pad(1, 1), name='branch2_1')(b2, train)
-        b2 = BasicConv(c(32), (3, 3), padding=_pad(1, 1), name='branch2_2')(b2, train)
+        b2 = BasicConv(c(32), (3, 3), padding=pad(1, 1), name='branch2_1')(b2, train)
+        b2 = BasicConv(c(32), (3, 3), padding=pad(1, 1), name='branch2_2')(b2, train)
         return _residual(x, jnp.concatenate([b0, b1, b2], axis=-1), self.scale, True)
 
 
@@ -112,11 +88,11 @@ class Block17(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = _Widths(self.width_mult)
+        c = Widths(self.width_mult)
         b0 = BasicConv(c(128), name='branch0')(x, train)
         b1 = BasicConv(c(128), name='branch1_0')(x, train)
-        b1 = BasicConv(c(128), (1, 7), padding=_pad(0, 3), name='branch1_1')(b1, train)
-        b1 = BasicConv(c(128), (7, 1), padding=_pad(3, 0), name='branch1_2')(b1, train)
+        b1 = BasicConv(c(128), (1, 7), padding=pad(0, 3), name='branch1_1')(b1, train)
+        b1 = BasicConv(c(128), (7, 1), padding=pad(3, 0), name='branch1_2')(b1, train)
         return _residual(x, jnp.concatenate([b0, b1], axis=-1), self.scale, True)
 
 
@@ -135,11 +111,11 @@ class Block8(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = _Widths(self.width_mult)
+        c = Widths(self.width_mult)
         b0 = BasicConv(c(192), name='branch0')(x, train)
         b1 = BasicConv(c(192), name='branch1_0')(x, train)
-        b1 = BasicConv(c(192), (1, 3), padding=_pad(0, 1), name='branch1_1')(b1, train)
-        b1 = BasicConv(c(192), (3, 1), padding=_pad(1, 0), name='branch1_2')(b1, train)
+        b1 = BasicConv(c(192), (1, 3), padding=pad(0, 1), name='branch1_1')(b1, train)
+        b1 = BasicConv(c(192), (3, 1), padding=pad(1, 0), name='branch1_2')(b1, train)
         branches = jnp.concatenate([b0, b1], axis=-1)
         return _residual(x, branches, self.scale, not self.no_relu)
 
@@ -151,12 +127,12 @@ class Mixed6a(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = _Widths(self.width_mult)
+        c = Widths(self.width_mult)
         b0 = BasicConv(c(384), (3, 3), strides=(2, 2), name='branch0')(x, train)
         b1 = BasicConv(c(192), name='branch1_0')(x, train)
-        b1 = BasicConv(c(192), (3, 3), padding=_pad(1, 1), name='branch1_1')(b1, train)
+        b1 = BasicConv(c(192), (3, 3), padding=pad(1, 1), name='branch1_1')(b1, train)
         b1 = BasicConv(c(256), (3, 3), strides=(2, 2), name='branch1_2')(b1, train)
-        return jnp.concatenate([b0, b1, _max_pool_reduce(x)], axis=-1)
+        return jnp.concatenate([b0, b1, max_pool_reduce(x)], axis=-1)
 
 
 class Mixed7a(nn.Module):
@@ -166,15 +142,15 @@ class Mixed7a(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        c = _Widths(self.width_mult)
+        c = Widths(self.width_mult)
         b0 = BasicConv(c(256), name='branch0_0')(x, train)
         b0 = BasicConv(c(384), (3, 3), strides=(2, 2), name='branch0_1')(b0, train)
         b1 = BasicConv(c(256), name='branch1_0')(x, train)
         b1 = BasicConv(c(256), (3, 3), strides=(2, 2), name='branch1_1')(b1, train)
         b2 = BasicConv(c(256), name='branch2_0')(x, train)
-        b2 = BasicConv(c(256), (3, 3), padding=_pad(1, 1), name='branch2_1')(b2, train)
+        b2 = BasicConv(c(256), (3, 3), padding=pad(1, 1), name='branch2_1')(b2, train)
         b2 = BasicConv(c(256), (3, 3), strides=(2, 2), name='branch2_2')(b2, train)
-        return jnp.concatenate([b0, b1, b2, _max_pool_reduce(x)], axis=-1)
+        return jnp.concatenate([b0, b1, b2, max_pool_reduce(x)], axis=-1)
 
 
 # The stem convs in order: (name, output channels, kernel, stride, padding); `maxpool_3a`
@@ -221,14 +197,14 @@ class InceptionResnetV1(nn.Module):
         Returns:
           [B, embedding_dim] float32 embeddings of unit L2 norm.
         """
-        c = _Widths(self.width_mult)
+        c = Widths(self.width_mult)
         w = self.width_mult
         for name, channels, k, s, p in STEM:
-            x = BasicConv(c(channels), (k, k), strides=(s, s), padding=_pad(p, p), name=name)(
+            x = BasicConv(c(channels), (k, k), strides=(s, s), padding=pad(p, p), name=name)(
                 x, train
             )
             if name == 'conv2d_2b':
-                x = _max_pool_reduce(x)  # maxpool_3a
+                x = max_pool_reduce(x)  # maxpool_3a
         for stage, (block, n, scale) in enumerate(zip(_BLOCKS, self.repeats, SCALES, strict=True)):
             for i in range(n):
                 x = block(scale=scale, width_mult=w, name=f'repeat_{stage + 1}_{i}')(x, train)
@@ -284,7 +260,4 @@ def torch_path_to_flax(path: str) -> str:
 def count_params(model: InceptionResnetV1 | None = None, image_size: int | None = None) -> int:
     """Number of parameters (not batch statistics), from shapes only (`jax.eval_shape`)."""
     model = model or InceptionResnetV1()
-    size = image_size or model.IMAGE_SIZE
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))
+    return param_count(model, image_size or model.IMAGE_SIZE)

@@ -8,6 +8,8 @@ switch individual layers to running statistics with `nn.intercept_methods`
 (see `tldmi_jax.defenses.transfer.bn_policy_interceptor`).
 """
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -62,3 +64,25 @@ class PReLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         alpha = self.param('alpha', nn.initializers.constant(self.init), (x.shape[-1],))
         return jnp.where(x >= 0, x, alpha * x)
+
+
+def torch_conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+    """A square bias-free convolution with torch's symmetric padding `kernel // 2` (the
+    convolutions of torchvision's ResNets and DenseNets)."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        name=name,
+    )
+
+
+def param_count(model: nn.Module, image_size: int, channels: int = 3) -> int:
+    """Parameters of `model` (not batch statistics) on [1, size, size, channels] inputs,
+    from shapes only (`jax.eval_shape`, nothing computed)."""
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+    shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))

@@ -25,22 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.models.layers import BatchNorm, torch_conv
 
 _PAD1 = ((1, 1), (1, 1))
-
-
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-    """Bias-free conv with torch's symmetric padding `kernel // 2`."""
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        name=name,
-    )
 
 
 class BasicBlock(nn.Module):
@@ -53,9 +40,9 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = _conv(self.width, 3, self.stride, 'conv1')(x)
+        y = torch_conv(self.width, 3, self.stride, 'conv1')(x)
         y = nn.relu(BatchNorm(name='bn1')(y, train))
-        y = _conv(self.width, 3, 1, 'conv2')(y)
+        y = torch_conv(self.width, 3, 1, 'conv2')(y)
         y = BatchNorm(name='bn2')(y, train)
         return nn.relu(y + _shortcut(x, self.width, self.stride, train))
 
@@ -70,11 +57,11 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        y = _conv(self.width, 1, 1, 'conv1')(x)
+        y = torch_conv(self.width, 1, 1, 'conv1')(x)
         y = nn.relu(BatchNorm(name='bn1')(y, train))
-        y = _conv(self.width, 3, self.stride, 'conv2')(y)
+        y = torch_conv(self.width, 3, self.stride, 'conv2')(y)
         y = nn.relu(BatchNorm(name='bn2')(y, train))
-        y = _conv(self.width * self.EXPANSION, 1, 1, 'conv3')(y)
+        y = torch_conv(self.width * self.EXPANSION, 1, 1, 'conv3')(y)
         y = BatchNorm(name='bn3')(y, train)
         return nn.relu(y + _shortcut(x, self.width * self.EXPANSION, self.stride, train))
 
@@ -86,7 +73,7 @@ def _shortcut(x: jax.Array, out_width: int, stride: int, train: bool) -> jax.Arr
     """
     if stride == 1 and x.shape[-1] == out_width:
         return x
-    x = _conv(out_width, 1, stride, 'downsample_conv')(x)
+    x = torch_conv(out_width, 1, stride, 'downsample_conv')(x)
     return BatchNorm(name='downsample_bn')(x, train)
 
 
@@ -170,7 +157,7 @@ class ResNet(nn.Module):
           `(features, logits)`: [B, widths[-1] * expansion] and [B, num_classes].
         """
         block = Bottleneck if self.bottleneck else BasicBlock
-        x = _conv(self.stem_width, 7, 2, 'conv1')(x)
+        x = torch_conv(self.stem_width, 7, 2, 'conv1')(x)
         x = nn.relu(BatchNorm(name='bn1')(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
         for s, (blocks, width) in enumerate(zip(self.stage_blocks, self.widths, strict=True)):
