@@ -48,9 +48,14 @@ _PRIOR_HELP = {
 _KIND = flags.DEFINE_enum(
     'kind',
     None,
-    [*convert.KINDS, *gans.PRIORS, stylegan2.KIND],
+    [*convert.KINDS, *convert.FAMILIES, *gans.PRIORS, stylegan2.KIND],
     'Checkpoint kind: '
     + '; '.join(f'{k.name}: {k.description}' for k in convert.KINDS.values())
+    + '; '
+    + '; '.join(
+        f'{name}: torchvision {"/".join(depths.values())}, the depth read from the checkpoint'
+        for name, (depths, _) in convert.FAMILIES.items()
+    )
     + '; '
     + '; '.join(f'{name}: {text}' for name, text in _PRIOR_HELP.items())
     + f'; {stylegan2.KIND}: {stylegan2.DESCRIPTION}',

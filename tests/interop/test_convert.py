@@ -754,3 +754,35 @@ def test_kinds_table_is_extensible(monkeypatch):
     state = {'head.weight': np.ones((2, 16), np.float32), 'head.bias': np.zeros(2, np.float32)}
     conv = convert.convert_state_dict(kind, state, num_classes=2, image_size=4, channels=1)
     assert conv.params['fc']['kernel'].shape == (16, 2)
+
+
+@pytest.mark.parametrize(
+    'family, kind',
+    [
+        ('torchvision_resnet', 'resnet18'),
+        ('torchvision_resnet', 'resnet101'),
+        ('torchvision_resnet', 'resnet152'),
+        ('torchvision_densenet', 'densenet121'),
+        ('torchvision_densenet', 'densenet169'),
+    ],
+)
+def test_family_kinds_read_the_depth_from_the_keys(family, kind):
+    with torch.device('meta'):
+        keys = list(FULL_SIZE[kind]().state_dict())
+    assert convert.kind_for_state(family, keys) == kind
+    # DataParallel's `module.` prefix and old DenseNet files (`conv.1`) count alike.
+    old = [f'module.{k}' for k in keys]
+    if family == 'torchvision_densenet':
+        old = [k.replace('conv1.weight', 'conv.1.weight') for k in old]
+    assert convert.kind_for_state(family, old) == kind
+
+
+def test_family_kind_converts_a_checkpoint_and_refuses_other_depths(tmp_path):
+    ref = TorchResNet(TorchBasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64, 1000)
+    src = str(tmp_path / 'resnet18.pth')
+    torch.save(ref.state_dict(), src)
+    conversion = convert.convert_checkpoint('torchvision_resnet', src, str(tmp_path / 'out'))
+    assert conversion.report['kind'] == 'resnet18' and conversion.report['arch'] == 'resnet18'
+    resnet34 = [f'layer3.{b}.conv1.weight' for b in range(6)]
+    with pytest.raises(convert.ConversionError, match=r'6 units .* resnet18 \(2\)'):
+        convert.kind_for_state('torchvision_resnet', resnet34)

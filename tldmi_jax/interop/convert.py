@@ -33,11 +33,28 @@ from flax import traverse_util
 
 from tldmi_jax import models
 from tldmi_jax.interop import torch_load
-from tldmi_jax.interop.kinds import COMMON_IGNORE, KINDS, ConversionError, Kind, get_kind
+from tldmi_jax.interop.kinds import (
+    COMMON_IGNORE,
+    FAMILIES,
+    KINDS,
+    ConversionError,
+    Kind,
+    get_kind,
+    kind_for_state,
+)
 from tldmi_jax.interop.mapping import Rule
 from tldmi_jax.utils import checkpoint
 
-__all__ = ['KINDS', 'Conversion', 'ConversionError', 'Kind', 'convert_checkpoint', 'get_kind']
+__all__ = [
+    'FAMILIES',
+    'KINDS',
+    'Conversion',
+    'ConversionError',
+    'Kind',
+    'convert_checkpoint',
+    'get_kind',
+    'kind_for_state',
+]
 
 
 @dataclasses.dataclass
@@ -286,7 +303,8 @@ def convert_checkpoint(
     """Reads a PyTorch checkpoint safely, converts it and writes a model checkpoint.
 
     Args:
-      kind: a `KINDS` name or a `Kind`.
+      kind: a `KINDS` name, a `FAMILIES` name (`torchvision_resnet`, `torchvision_densenet`:
+        the depth is read from the checkpoint) or a `Kind`.
       src: the `.pth`/`.tar` file.
       dst: output directory (replaced): an orbax model checkpoint plus `conversion.json`
         and, for complete classifiers, `config.json` (so `load_classifier(dst)` works);
@@ -303,6 +321,11 @@ def convert_checkpoint(
       ConversionError: see `convert_state_dict`.
       ValueError: for one half of a GAN prior (use `gan_priors.convert_prior`).
     """
+    if isinstance(kind, str) and kind in FAMILIES:
+        state = torch_load.load_state_dict(src, key=src_key)
+        kind = kind_for_state(kind, state)
+    else:
+        state = None
     kind = get_kind(kind)
     if kind.prior:
         raise ValueError(
@@ -310,7 +333,8 @@ def convert_checkpoint(
             f'other half: launch/convert.py --kind={kind.prior} --src=GENERATOR '
             '--src_d=DISCRIMINATOR --dst=DIR (gan_priors.convert_prior).'
         )
-    state = torch_load.load_state_dict(src, key=src_key)
+    if state is None:
+        state = torch_load.load_state_dict(src, key=src_key)
     conversion = convert_state_dict(
         kind,
         state,

@@ -8,7 +8,8 @@ mapping function returning `mapping.Rule`s (see `tldmi_jax.interop.classifiers` 
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -345,6 +346,39 @@ KINDS: dict[str, Kind] = {
         ),
     )
 }
+
+
+# Kinds that name a torchvision family: the depth is read from the checkpoint's keys
+# (`kind_for_state`). family -> ({blocks of the counted stage: kind}, key pattern whose
+# first group is the block index).
+FAMILIES: dict[str, tuple[dict[int, str], str]] = {
+    'torchvision_resnet': (
+        {2: 'resnet18', 23: 'resnet101', 36: 'resnet152'},  # Blocks of layer3.
+        r'(?:module\.)?layer3\.(\d+)\.conv1\.weight',
+    ),
+    'torchvision_densenet': (
+        {24: 'densenet121', 32: 'densenet169'},  # Layers of denseblock3.
+        r'(?:module\.)?features\.denseblock3\.denselayer(\d+)\.(?:conv1|conv\.1)\.weight',
+    ),
+}
+
+
+def kind_for_state(family: str, keys: Iterable[str]) -> str:
+    """The kind of `family` (`FAMILIES`) whose depth matches a state dict's keys.
+
+    Raises:
+      ConversionError: the keys match no depth of the family (the supported ones listed).
+    """
+    depths, pattern = FAMILIES[family]
+    found = {int(m.group(1)) for k in keys if (m := re.fullmatch(pattern, k))}
+    count = max(found) + (1 if family == 'torchvision_resnet' else 0) if found else 0
+    if count not in depths:
+        supported = ', '.join(f'{v} ({n})' for n, v in depths.items())
+        raise ConversionError(
+            f'--kind={family}: the checkpoint has {count} units in the counted stage, which '
+            f'matches none of {supported}; name the kind itself (--kind=...).'
+        )
+    return depths[count]
 
 
 def get_kind(kind: str | Kind) -> Kind:
