@@ -1,7 +1,8 @@
-r"""Empirical Fisher information: tldmi_jax's vmapped per-example gradients vs a PyTorch loop.
+r"""Empirical Fisher information: tldmi_jax's per-example gradients vs a PyTorch loop.
 
   PYTHONPATH=. python bench/bench_fisher.py [--arch=vgg16] [--examples=1000]
-      [--torch-examples=M] [--chunk=16] [--reps=1] [--seed=0] [--quick] [--diagnose]
+      [--torch-examples=M] [--chunk=16] [--reps=1] [--seed=0] [--method=layers]
+      [--other-examples=K] [--quick] [--diagnose]
 
 The issue's row: "Fisher information over 1,000 examples: vmapped per-example gradients
 against a PyTorch per-example loop". Both sides compute the per-parameter empirical diagonal
@@ -20,10 +21,16 @@ model with the same random weights on the same random examples:
   bench/bench_attack.py does.
 - examples: seeded uniform images in [0, 1] (what the classifiers take) and uniform labels.
 - JAX: `tldmi_jax.analysis.fisher.FisherEstimator` with `classifier_loss`, as `analyze` runs
-  it: `jax.vmap(jax.grad(loss))` over a chunk of `--chunk` examples, squares summed into a
+  it: `--method=layers` (the default, `analysis.per_example.squared_sum`: one vmapped
+  backward pass per chunk with respect to the layer outputs, then each layer's per-example
+  weight gradients as products of its input and output gradient) or `--method=vmap`
+  (`jax.vmap(jax.grad(loss))`), over a chunk of `--chunk` examples, squares summed into a
   running total, one jitted step per chunk (the last one padded and masked). BatchNorm in
   inference mode (running statistics), no dropout, loss = softmax cross-entropy of the
   integer label (no label smoothing).
+- The other JAX method (`vmap` when timing `layers`, and the reverse) is timed too on the
+  first K = `--other-examples` examples (default: one chunk; 0: not at all), after its own
+  compile, and its Fisher compared with the main one (`methods_max_rel_diff`).
 - PyTorch: the loop of research code: model in eval mode, for every example one forward on a
   batch of 1, `F.cross_entropy` (mean over the batch of 1 = the example's loss), backward,
   then `total[name] += p.grad ** 2` for every parameter with `requires_grad` (the VGG16 head's
@@ -46,11 +53,13 @@ error ||F_jax - F_torch|| / ||F_torch|| over the tensors. In float32 most tensor
 at 64 px roughly every other example has one), which moves that example's gradients of the
 layers below the flip by ~1e-3..1e-2, so the first layers' Fisher can differ by ~1e-3.
 
-The last stdout line is `BENCH_RESULT {json}` (name, arch, examples, jax_s_per_example,
-torch_s_per_example, ratio, max_rel_err, peak_rss_mb, quick). `--quick`: 32 JAX examples, 16
-PyTorch, chunk 8. `--diagnose` adds the time of one JAX chunk computed without per-example
-weight gradients (the gradient of the chunk's mean loss) and of a jitted batch-of-1 gradient,
-to tell the per-example cost of `vmap` apart from the plain backward pass.
+The last stdout line is `BENCH_RESULT {json}` (name, arch, method, examples,
+jax_s_per_example, torch_s_per_example, ratio, max_rel_err, compile_s (the JAX warm-up: the
+compile plus one chunk), other_method, other_s_per_example, other_compile_s,
+methods_max_rel_diff, peak_rss_mb, quick). `--quick`: 32 JAX examples, 16 PyTorch, chunk 8.
+`--diagnose` adds the time of one JAX chunk computed without per-example weight gradients
+(the gradient of the chunk's mean loss) and of a jitted batch-of-1 gradient, to tell the
+per-example cost of `vmap` apart from the plain backward pass.
 
 Needs torch (`pip install -r requirements-test.txt`) and the repository root on the path (the
 PyTorch modules are imported from tests/interop).
@@ -173,12 +182,14 @@ def examples(arch: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 class JaxSide:
     """`fisher.FisherEstimator(fisher.classifier_loss(...))`, as `fisher.analyze` builds it."""
 
-    def __init__(self, conv: convert.Conversion, x: np.ndarray, y: np.ndarray, chunk: int):
+    def __init__(
+        self, conv: convert.Conversion, x: np.ndarray, y: np.ndarray, chunk: int, method: str
+    ):
         self.model = conv.model
         self.batch_stats = jax.device_put(conv.batch_stats)
         self.params = jax.device_put(conv.params)
         self.loss = fisher.classifier_loss(self.model, self.batch_stats)
-        self.estimator = fisher.FisherEstimator(self.loss, chunk)
+        self.estimator = fisher.FisherEstimator(self.loss, chunk, method=method)
         self.x, self.y = x, y
 
     def run(self, n: int) -> tuple[float, dict]:
@@ -242,6 +253,23 @@ def compare(jax_tree: dict, torch_tree: dict) -> list[tuple[str, int, float]]:
     return sorted(rows, key=lambda r: -r[2])
 
 
+def other_method(args, conv, x, y, main: JaxSide, main_fisher: dict) -> dict:
+    """Times the other JAX method on the first `args.other_examples` examples (after its
+    compile) and compares its Fisher with the main method's on them."""
+    k = args.other_examples
+    name = 'vmap' if args.method == 'layers' else 'layers'
+    side = JaxSide(conv, x, y, args.chunk, name)
+    compile_s, _ = side.run(min(args.chunk, k))
+    seconds, fisher_other = side.run(k)
+    mine = main_fisher if k == args.examples else main.run(k)[1]
+    return {
+        'other_method': name,
+        'other_s_per_example': seconds / k,
+        'other_compile_s': compile_s,
+        'methods_max_rel_diff': compare(mine, fisher_other)[0][2],
+    }
+
+
 def diagnose(side: JaxSide, chunk: int) -> None:
     """Times one chunk without per-example weight gradients, and a batch-of-1 gradient."""
     x, y = jnp.asarray(side.x[:chunk]), jnp.asarray(side.y[:chunk])
@@ -279,7 +307,14 @@ def main():
         default=0,
         help='M <= N: examples of the PyTorch loop, its time extrapolated to N (0: N)',
     )
-    p.add_argument('--chunk', type=int, default=16, help='examples per vmap (JAX)')
+    p.add_argument('--chunk', type=int, default=16, help='examples per step (JAX)')
+    p.add_argument('--method', default='layers', choices=fisher.METHODS, help='JAX method')
+    p.add_argument(
+        '--other-examples',
+        type=int,
+        default=-1,
+        help='K: also time the other JAX method on K examples (-1: one chunk; 0: skip)',
+    )
     p.add_argument('--reps', type=int, default=1)
     p.add_argument('--seed', type=int, default=0, help='seed of the examples')
     p.add_argument('--quick', action='store_true', help='examples 32, torch-examples 16, chunk 8')
@@ -288,6 +323,10 @@ def main():
     if args.quick:
         args.examples, args.torch_examples, args.chunk, args.reps = 32, 16, 8, 1
     args.torch_examples = args.torch_examples or args.examples
+    if args.other_examples < 0:
+        args.other_examples = min(args.chunk, args.examples)
+    if args.other_examples > args.examples:
+        p.error('--other-examples must be <= --examples')
     if min(args.examples, args.torch_examples, args.chunk, args.reps) < 1:
         p.error('--examples, --torch-examples, --chunk and --reps must be >= 1')
     if args.torch_examples > args.examples:
@@ -297,7 +336,7 @@ def main():
     module = torch_model(args.arch)
     conv = convert_state(args.arch, classifier_refs.numpy_state(module))
     x, y = examples(args.arch, n, args.seed)
-    jax_side = JaxSide(conv, x, y, args.chunk)
+    jax_side = JaxSide(conv, x, y, args.chunk, args.method)
     torch_side = TorchSide(module, x, y)
 
     size, channels, classes = SHAPES[args.arch]
@@ -322,11 +361,14 @@ def main():
         + (f' (time extrapolated x{n / m:.3g} to {n})' if m < n else '')
         + f'; reps {args.reps}'
     )
-    print(
-        f'jax: {args.chunk} x {jax_count:,} per-example gradients per chunk = '
-        f'{args.chunk * jax_count * 4 / 2**30:.2f} GiB float32',
-        flush=True,
-    )
+    if args.method == 'vmap':
+        print(
+            f'jax (vmap): {args.chunk} x {jax_count:,} per-example gradients per chunk = '
+            f'{args.chunk * jax_count * 4 / 2**30:.2f} GiB float32',
+            flush=True,
+        )
+    else:
+        print('jax (layers): per-example weight gradients formed one example at a time')
 
     # Warm-up: the JAX compile on one chunk (the time includes one run of it).
     warm = min(args.chunk, n)
@@ -393,6 +435,15 @@ def main():
     if m < n:
         print(f'(pytorch: measured on {m} examples, "s for N" extrapolated linearly to {n})')
     print(f'ratio pytorch/jax (medians): {ratio:.2f}  (> 1: tldmi_jax is faster)')
+    other = other_method(args, conv, x, y, jax_side, jax_full) if args.other_examples else {}
+    if other:
+        print(
+            f'jax --method={other["other_method"]}: {other["other_s_per_example"]:.4f} s/example '
+            f'on {args.other_examples} examples (compile + one chunk {other["other_compile_s"]:.1f}'
+            f' s); --method={args.method} is {other["other_s_per_example"] / jax_s:.2f}x as '
+            f'fast; the two Fisher diagonals differ by {other["methods_max_rel_diff"]:.1e} '
+            '(max relative L2 error over the tensors)'
+        )
     if args.diagnose:
         diagnose(jax_side, args.chunk)
     print(f'load average after the run: {" ".join(f"{v:.2f}" for v in os.getloadavg())}')
@@ -406,6 +457,9 @@ def main():
         'torch_s_per_example': torch_s,
         'ratio': ratio,
         'max_rel_err': max_rel,
+        'method': args.method,
+        'compile_s': compile_s,
+        **other,
         'peak_rss_mb': round(peak, 1),
         'quick': args.quick,
     }

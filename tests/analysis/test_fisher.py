@@ -1,4 +1,8 @@
-"""The Fisher estimator against the closed form of a (2-layer) logistic-regression model."""
+"""The Fisher estimator against the closed form of a (2-layer) logistic-regression model.
+
+Both methods (`fisher.METHODS`); tests/analysis/test_per_example.py compares them on every
+layer configuration of the model zoo.
+"""
 
 import json
 import os
@@ -71,12 +75,14 @@ def _closed_form(params, x, y, hidden):
     return jax.tree.map(lambda v: v / len(x), out)
 
 
+@pytest.mark.parametrize('method', fisher.METHODS)
 @pytest.mark.parametrize('hidden', [False, True])
-def test_matches_closed_form(hidden):
+def test_matches_closed_form(hidden, method):
     model = _Logistic(hidden=hidden)
     params = _params(model)
     x, y = _data()
-    estimator = fisher.FisherEstimator(fisher.classifier_loss(model, {}), chunk_size=4)
+    loss = fisher.classifier_loss(model, {})
+    estimator = fisher.FisherEstimator(loss, chunk_size=4, method=method)
     got, n = estimator.run(params, [(x, y)])
     assert n == N
     expected = _closed_form(params, x, y, hidden)
@@ -132,4 +138,6 @@ def test_group_means_normalise_and_plot(tmp_path):
     assert os.path.getsize(path) > 1000
     with pytest.raises(ValueError, match='chunk_size'):
         fisher.FisherEstimator(lambda p, x, y: 0.0, 0)
+    with pytest.raises(ValueError, match=r"method must be one of \('layers', 'vmap'\)"):
+        fisher.FisherEstimator(lambda p, x, y: 0.0, 1, method='loop')
     json.dumps(rows)  # JSON-serialisable.
