@@ -34,7 +34,6 @@ artefacts first, `tldmi_jax.pipelines.runlocal`).
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -104,13 +103,7 @@ def load_inception(config: ml_collections.ConfigDict) -> tuple[Any, Any, str] | 
     model = inception.get_inception(config.fid.arch)
     path = config.fid.inception_checkpoint
     if path:
-        x = jax.ShapeDtypeStruct((1, model.IMAGE_SIZE, model.IMAGE_SIZE, 3), np.float32)
-        shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
-        tree = checkpoint.load_model(path)
-        variables = {
-            c: checkpoint.merge_params(tree[c], shapes[c], (), c) for c in ('params', 'batch_stats')
-        }
-        return model, variables, path
+        return model, features.load_fixed_model(model, path), path
     if config.runlocal:
         logging.warning('runlocal: FID/KID/PRDC use %s with RANDOM weights.', config.fid.arch)
         return model, inception.random_variables(model, config.seed), 'random weights'

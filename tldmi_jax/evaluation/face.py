@@ -23,7 +23,6 @@ facenet-pytorch's `InceptionResnetV1(pretrained='vggface2')` at 160 px
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
@@ -70,13 +69,7 @@ def load_face_model(config: ml_collections.ConfigDict) -> tuple[Any, Any, str] |
     model = inception_resnet_v1.get_face_model(config.face_model.arch)
     path = config.face_model.checkpoint
     if path:
-        x = jax.ShapeDtypeStruct((1, model.IMAGE_SIZE, model.IMAGE_SIZE, 3), np.float32)
-        shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
-        tree = checkpoint.load_model(model_dir(path))
-        variables = {
-            c: checkpoint.merge_params(tree[c], shapes[c], (), c) for c in ('params', 'batch_stats')
-        }
-        return model, variables, path
+        return model, features.load_fixed_model(model, model_dir(path)), path
     if config.runlocal:
         logging.warning('runlocal: delta_face uses %s with RANDOM weights.', config.face_model.arch)
         return model, inception.random_variables(model, config.seed), 'random weights'

@@ -33,7 +33,7 @@ from absl import logging
 
 from tldmi_jax import classifiers, config_lib
 from tldmi_jax.data import pipeline
-from tldmi_jax.utils import atomic, distributed, npz
+from tldmi_jax.utils import atomic, checkpoint, distributed, npz
 
 FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
@@ -210,3 +210,21 @@ class FeatureCache:
         if distributed.is_main():  # In a multi-process run every process computes them.
             logging.info('Feature cache stored: %s', self.save(kind, key, arrays))
         return arrays
+
+
+def load_fixed_model(model: nn.Module, path: str) -> dict:
+    """The variables of a fixed (not trained here) model from its converted checkpoint at
+    `path`, checked leaf by leaf against the model's shapes (`eval_shape`, no compute).
+
+    Returns:
+      `{'params': ..., 'batch_stats': ...}`.
+
+    Raises:
+      ValueError: a missing or mis-shaped leaf (named by `checkpoint.merge_params`).
+    """
+    x = jax.ShapeDtypeStruct((1, model.IMAGE_SIZE, model.IMAGE_SIZE, 3), np.float32)
+    shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
+    tree = checkpoint.load_model(path)
+    return {
+        c: checkpoint.merge_params(tree[c], shapes[c], (), c) for c in ('params', 'batch_stats')
+    }
