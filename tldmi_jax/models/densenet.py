@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, torch_conv
+from tldmi_jax.models.layers import BatchNorm, frozen_children, torch_conv
 
 
 class DenseLayer(nn.Module):
@@ -151,11 +151,7 @@ class DenseNet(nn.Module):
             group.
         """
         del freeze_stem
-        if k < 0:
-            raise ValueError(f'freeze_layers must be >= 0, got {k}')
         body = tuple(name for name, _ in self.layer_groups[:-1])
-        if k == 0:
-            return body
         # Child index of the group's last member: stem 1 (norm0); denseblock{i} 2 + 2i,
         # transition{i} 3 + 2i; the last block with norm5 one past its own index.
         last_index = (1, *(4 + i for i in range(len(body) - 2)), 4 + len(body) - 1)
@@ -164,7 +160,7 @@ class DenseNet(nn.Module):
                 f'freeze_layers={k} freezes {body[-1]} but not norm5, which share a group; '
                 f'use {k - 1} or {k + 1}.'
             )
-        return tuple(name for name, i in zip(body, last_index, strict=True) if i <= k)
+        return frozen_children(self.layer_groups, k, last_index)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:

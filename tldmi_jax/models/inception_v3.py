@@ -33,6 +33,7 @@ from tldmi_jax.models.inception import (
     mixed_7,
     stem,
 )
+from tldmi_jax.models.layers import frozen_children
 
 
 class InceptionAux(nn.Module):
@@ -135,12 +136,8 @@ class InceptionV3(nn.Module):
           ValueError: if `k < 0`.
         """
         del freeze_stem
-        if k < 0:
-            raise ValueError(f'freeze_layers must be >= 0, got {k}')
-        body = tuple(name for name, _ in self.layer_groups[:-1])
-        if k == 0:
-            return body
-        return tuple(name for i, name in enumerate(self._children) if i <= k and name in body)
+        index = [self._children.index(name) for name, _ in self.layer_groups[:-1]]
+        return frozen_children(self.layer_groups, k, index)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:

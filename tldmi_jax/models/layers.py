@@ -9,6 +9,7 @@ switch individual layers to running statistics with `nn.intercept_methods`
 """
 
 import math
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -86,3 +87,25 @@ def param_count(model: nn.Module, image_size: int, channels: int = 3) -> int:
     x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
     shapes = jax.eval_shape(lambda v: model.init(jax.random.key(0), v), x)
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))
+
+
+def frozen_children(
+    layer_groups: Sequence[tuple[str, str]], k: int, child_index: Sequence[int]
+) -> tuple[str, ...]:
+    """The groups a `freeze_layers=k` over a torchvision model's children freezes.
+
+    Args:
+      layer_groups: the model's `(group, regex)` list, the head last (never frozen).
+      k: the `freeze_layers` value: `k > 0` freezes the body groups whose child index is
+        `<= k`; `k == 0` freezes the whole body (a linear probe, as TL-DMI's special case).
+      child_index: one child index per body group, in order.
+
+    Raises:
+      ValueError: if `k < 0`.
+    """
+    if k < 0:
+        raise ValueError(f'freeze_layers must be >= 0, got {k}')
+    body = tuple(name for name, _ in layer_groups[:-1])
+    if k == 0:
+        return body
+    return tuple(name for name, i in zip(body, child_index, strict=True) if i <= k)

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, torch_conv
+from tldmi_jax.models.layers import BatchNorm, frozen_children, torch_conv
 
 _PAD1 = ((1, 1), (1, 1))
 
@@ -136,14 +136,9 @@ class ResNet(nn.Module):
           ValueError: if `k < 0`.
         """
         del freeze_stem
-        if k < 0:
-            raise ValueError(f'freeze_layers must be >= 0, got {k}')
-        body = tuple(name for name, _ in self.layer_groups[:-1])
-        if k == 0:
-            return body
         # Child index of stem is 1 (bn1); of layer{L} is 3 + L.
         first_index = (1, *(4 + s for s in range(len(self.stage_blocks))))
-        return tuple(name for name, i in zip(body, first_index, strict=True) if i <= k)
+        return frozen_children(self.layer_groups, k, first_index)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
