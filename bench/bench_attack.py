@@ -40,7 +40,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -53,7 +52,14 @@ try:
 except ImportError:
     sys.exit('bench_attack.py needs torch: pip install -r requirements-test.txt')
 
-from bench.bench_common import count, cpu_model, peak_memory, step_flops
+from bench.bench_common import (
+    alternate,
+    count,
+    cpu_model,
+    peak_memory,
+    report_medians,
+    step_flops,
+)
 from tests.interop import test_convert as classifier_refs
 from tests.interop import test_convert_gans as gan_refs
 from tests.interop.test_attack_parity import he_init
@@ -290,33 +296,13 @@ def main():
             'batch, this library by reference_batch)'
         )
 
-    times = {'jax': [], 'pytorch': []}
-    for rep in range(args.reps):  # alternate the sides rep by rep
-        for side, runner in (('jax', jax_side), ('pytorch', torch_side)):
-            seconds, _ = runner.run()
-            times[side].append(seconds / args.k)
-        print(
-            f'rep {rep + 1}/{args.reps}: jax {times["jax"][-1]:.3f} s/step, '
-            f'pytorch {times["pytorch"][-1]:.3f} s/step',
-            flush=True,
-        )
-
-    medians = {side: statistics.median(ts) for side, ts in times.items()}
-    print(f'\n{"side":10} {"median s/step":>14} {"min":>10} {"max":>10}')
-    for side, ts in times.items():
-        print(f'{side:10} {medians[side]:14.3f} {min(ts):10.3f} {max(ts):10.3f}')
-    ratio = medians['pytorch'] / medians['jax']
-    print(f'ratio pytorch/jax (medians): {ratio:.2f}  (> 1: tldmi_jax is faster)')
+    sides = {'jax': jax_side, 'pytorch': torch_side}
+    times = alternate(sides, args.reps, 's/step', per=args.k)  # Alternating rep by rep.
+    medians, ratio = report_medians(times, flops)
     print(
         f'jax compile: {compile_s:.1f} s (first call of the chunk function, one run of the '
         f'chunk included; minus the median chunk: {compile_s - medians["jax"] * args.k:.1f} s)'
     )
-    if flops:
-        print(
-            f'step: {flops / 1e9:.2f} GFLOP (XLA cost analysis of the JAX step); achieved jax '
-            f'{flops / medians["jax"] / 1e9:.1f} GFLOP/s, pytorch '
-            f'{flops / medians["pytorch"] / 1e9:.1f} GFLOP/s'
-        )
     memory = peak_memory(dev)
     print(f'peak RSS of the process: {memory["peak_rss_mb"]:.0f} MiB')
     result = {

@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 
 import jax
 import numpy as np
@@ -114,3 +115,34 @@ def torch_state_from_flax(rules, variables, like: dict) -> dict[str, torch.Tenso
     if unread:
         raise ValueError(f'Flax variables no rule reads: {unread}')
     return state
+
+
+def alternate(sides: dict, reps: int, unit: str, per: float = 1.0) -> dict[str, list[float]]:
+    """Runs each side's `run()` (returning `(seconds, aux)`) `reps` times, the sides
+    alternating rep by rep; returns `{side: [seconds / per, ...]}` and prints each rep."""
+    times = {side: [] for side in sides}
+    for rep in range(reps):
+        for side, runner in sides.items():
+            seconds, _ = runner.run()
+            times[side].append(seconds / per)
+        done = ', '.join(f'{side} {ts[-1]:.3f} {unit}' for side, ts in times.items())
+        print(f'rep {rep + 1}/{reps}: {done}', flush=True)
+    return times
+
+
+def report_medians(times: dict[str, list[float]], flops: float | None, digits: int = 2):
+    """Prints each side's median, min and max seconds per step, the ratio PyTorch / JAX and
+    the achieved GFLOP/s of both; returns `(medians, ratio)`."""
+    medians = {side: statistics.median(ts) for side, ts in times.items()}
+    print(f'\n{"side":10} {"median s/step":>14} {"min":>10} {"max":>10}')
+    for side, ts in times.items():
+        print(f'{side:10} {medians[side]:14.3f} {min(ts):10.3f} {max(ts):10.3f}')
+    ratio = medians['pytorch'] / medians['jax']
+    print(f'ratio pytorch/jax (medians): {ratio:.2f}  (> 1: tldmi_jax is faster)')
+    if flops:
+        print(
+            f'step: {flops / 1e9:.{digits}f} GFLOP (XLA cost analysis of the JAX step); achieved '
+            f'jax {flops / medians["jax"] / 1e9:.1f} GFLOP/s, pytorch '
+            f'{flops / medians["pytorch"] / 1e9:.1f} GFLOP/s'
+        )
+    return medians, ratio

@@ -61,7 +61,6 @@ The last stdout line is `BENCH_RESULT {json}` (read by bench/run_all.py). Needs 
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 
@@ -77,9 +76,11 @@ except ImportError:
     sys.exit('bench_ppa.py needs torch: pip install -r requirements-test.txt')
 
 from bench.bench_common import (
+    alternate,
     count,
     peak_memory,
     print_machine,
+    report_medians,
     step_flops,
     torch_device,
     torch_state_from_flax,
@@ -446,33 +447,13 @@ def main():
         f'= {latent_diff:.2e}'
     )
 
-    times = {'jax': [], 'pytorch': []}
-    for step in range(args.steps):  # alternate the sides step by step
-        for side, runner in (('jax', jax_side), ('pytorch', torch_side)):
-            seconds, _ = runner.run()
-            times[side].append(seconds)
-        print(
-            f'step {step + 1}/{args.steps}: jax {times["jax"][-1]:.3f} s, '
-            f'pytorch {times["pytorch"][-1]:.3f} s',
-            flush=True,
-        )
-
-    medians = {side: statistics.median(ts) for side, ts in times.items()}
-    print(f'\n{"side":10} {"median s/step":>14} {"min":>10} {"max":>10}')
-    for side, ts in times.items():
-        print(f'{side:10} {medians[side]:14.3f} {min(ts):10.3f} {max(ts):10.3f}')
-    ratio = medians['pytorch'] / medians['jax']
-    print(f'ratio pytorch/jax (medians): {ratio:.2f}  (> 1: tldmi_jax is faster)')
+    sides = {'jax': jax_side, 'pytorch': torch_side}
+    times = alternate(sides, args.steps, 's/step')  # Alternating step by step.
+    medians, ratio = report_medians(times, flops, digits=1)
     print(
         f'jax compile: {compile_s:.1f} s (first call of the step, one step included; minus '
         f'the median step: {compile_s - medians["jax"]:.1f} s)'
     )
-    if flops:
-        print(
-            f'step: {flops / 1e9:.1f} GFLOP (XLA cost analysis of the JAX step); achieved jax '
-            f'{flops / medians["jax"] / 1e9:.1f} GFLOP/s, pytorch '
-            f'{flops / medians["pytorch"] / 1e9:.1f} GFLOP/s'
-        )
     memory = peak_memory(dev)
     print(f'peak RSS of the process: {memory["peak_rss_mb"]:.0f} MiB (batch {args.batch})')
     for side, key in (('jax', 'jax_device_peak_mb'), ('pytorch', 'torch_device_peak_mb')):
