@@ -243,7 +243,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'target': inputs.target_meta,
         'prior': inputs.prior_meta,
         'identities': ids,
-        'num_seeds': int(cfg.get('final') or cfg.num_seeds),  # Kept per identity (PPA: final).
+        # Kept per identity, from the stored images (PPA keeps `final` of its `num_seeds`).
+        'num_seeds': len(identity) // len(ids) // int(cfg.get('samples', 1)),
         'samples': int(cfg.get('samples', 1)),
         'image_size': int(images.shape[1]),
         'num_reconstructions': int(len(images)),
