@@ -101,3 +101,58 @@ def test_evaluator_yields_named_metrics():
     out = dict(evaluator.run(recon))
     assert out['attack/acc@1'] == pytest.approx(2 / 6)
     assert set(out) == {'attack/acc@1', 'attack/acc@1_std', 'attack/acc@5', 'attack/acc@5_std'}
+
+
+def test_stratified_interval_by_hand():
+    # Class 0: (1, 1, 0, 0) var 1/3; class 1: (1, 0, 0, 0) var 1/4; class 2: all 1, var 0.
+    values = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1], float)
+    strata = np.repeat([0, 1, 2], 4)
+    order = np.random.default_rng(1).permutation(12)  # Order must not matter.
+    ci = attack_acc.stratified_interval(values[order], strata[order])
+    assert ci['mean'] == pytest.approx((0.5 + 0.25 + 1.0) / 3)
+    se = math.sqrt((1 / 3 / 4 + 1 / 4 / 4 + 0) / 9)
+    assert ci['se'] == pytest.approx(se)
+    assert ci['half_width'] == pytest.approx(1.959964 * se, rel=1e-6)
+    assert (ci['low'], ci['high']) == pytest.approx(
+        (ci['mean'] - ci['half_width'], ci['mean'] + ci['half_width'])
+    )
+    assert ci['n'] == 12
+
+
+def test_stratified_interval_single_member_strata_pool_everything():
+    values = np.array([1, 0, 1, 1], float)
+    ci = attack_acc.stratified_interval(values, np.arange(4))
+    assert ci['mean'] == pytest.approx(0.75)
+    assert ci['se'] == pytest.approx(math.sqrt(np.var(values, ddof=1) / 4))
+    one = attack_acc.stratified_interval(np.array([1.0]), np.array([3]))
+    assert one['mean'] == 1.0 and math.isnan(one['se'])
+    with pytest.raises(ValueError, match='one length'):
+        attack_acc.stratified_interval(np.zeros(3), np.zeros(2))
+
+
+def test_paired_difference_matches_instances_and_is_narrower():
+    rng = np.random.default_rng(0)
+    identity, seed = np.repeat(np.arange(5), 40), np.tile(np.arange(40), 5)
+    batch = np.zeros(200, int)
+    luck = rng.random(200)  # Shared by both targets: the instance's own difficulty.
+    a = {'identity': identity, 'seed': seed, 'batch': batch, 'acc@1': (luck < 0.7) * 1.0}
+    b = {'identity': identity, 'seed': seed, 'batch': batch, 'acc@1': (luck < 0.6) * 1.0}
+    perm = rng.permutation(200)  # b in another order: matched by (identity, seed, batch).
+    b = {k: v[perm] for k, v in b.items()}
+    d = attack_acc.paired_difference(a, b)
+    assert d['matched'] == 200
+    assert d['mean'] == pytest.approx(a['acc@1'].mean() - b['acc@1'].mean())
+    unpaired = math.hypot(
+        attack_acc.stratified_interval(a['acc@1'], identity)['se'],
+        attack_acc.stratified_interval(b['acc@1'], b['identity'])['se'],
+    )
+    assert 0 < d['se'] < unpaired / 2
+    assert d['low'] > 0  # a beats b on every instance where they differ.
+    few = {k: v[:10] for k, v in b.items()}
+    assert attack_acc.paired_difference(a, few)['matched'] == 10
+    other = dict(a, seed=seed + 100)
+    with pytest.raises(ValueError, match='share no'):
+        attack_acc.paired_difference(other, b)
+    twice = {k: np.concatenate([v, v[:1]]) for k, v in a.items()}
+    with pytest.raises(ValueError, match='twice'):
+        attack_acc.paired_difference(twice, b)

@@ -13,7 +13,7 @@ from tests import browser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, 'configs', 'demo.py') + ':runlocal'
-TARGETS = ('none', 'tldmi_stage3', 'tldmi_stage4', 'tldmi_head')
+TARGETS = ('none', 'tldmi_stage4', 'tldmi_head')
 
 
 def _run_demo(workdir):
@@ -80,8 +80,27 @@ def test_demo_writes_every_artefact(demo_run):
         for key in ('attack/acc@1', 'attack/acc@1_std', 'attack/acc@5', 'attack/knn_dist'):
             assert isinstance(row[key], float), (key, row)
         assert 0.0 <= row['target/natural_acc'] <= 1.0
+    # 95 % intervals over the class x seed instances, and the paired change vs no defense.
+    by = {r['target']: r for r in summary['rows']}
+    for t in TARGETS:
+        r = by[t]
+        assert r['top1_low'] <= r['attack/acc@1'] <= r['top1_high'] and r['top1_n'] == 5 * 2
+        if t == 'none':
+            assert 'diff' not in r
+            continue
+        # Every instance is matched, so the mean change is the change of the means.
+        assert r['diff'] == pytest.approx(r['attack/acc@1'] - by['none']['attack/acc@1'])
+        assert r['diff_low'] <= r['diff'] <= r['diff_high']
     headline = summary['headline']
-    assert headline['sentence'].startswith('TL-DMI (fine-tuning from stage4) ')
+    assert headline['acc@1_change_ci95'] == [
+        by['tldmi_stage4']['diff_low'],
+        by['tldmi_stage4']['diff_high'],
+    ]
+    assert headline['verdict'] in ('lowered', 'raised', 'did not clearly change')
+    assert headline['sentence'].startswith(
+        f'TL-DMI (fine-tuning from stage4) {headline["verdict"]} '
+    )
+    assert '95 % CI' in headline['sentence']
     assert headline['sentence'] in proc.stdout
     assert headline['acc@1_drop'] == pytest.approx(headline['none/acc@1'] - headline['tldmi/acc@1'])
     # 4. Fisher information of the no-defense target, both tasks, every layer group.
@@ -111,6 +130,9 @@ def test_demo_writes_every_artefact(demo_run):
     assert len(inlined) == len(images)
     assert all(base64.b64decode(s)[:4] == b'\x89PNG' for s in inlined)
     assert '<table>' in page and page.count('<tr>') == 1 + len(TARGETS)
+    # Only 5 classes: no top-5 column (it is 1 by construction), but the intervals.
+    table = [line for line in report.splitlines() if line.startswith('| target')]
+    assert len(table) == 1 and 'top-1 [95 % CI]' in table[0] and 'top-5' not in table[0]
 
 
 def test_demo_rerun_skips_finished_stages(demo_run):

@@ -25,6 +25,9 @@ def test_runlocal_writes_json_csv_and_plot(tmp_path):
     groups = result['groups']
     # The tiny IR target's layer groups, input to output.
     assert [g['group'] for g in groups] == ['stem', 'body_0', 'body_1', 'body_2', 'body_3', 'head']
+    # Each group's cut-point name (`defense.fine_tune_from`), where it starts a stage.
+    assert [g['cut_point'] for g in groups][:2] == ['stem', 'stage1']
+    assert groups[-1]['cut_point'] == 'head'
     for task in ('classification', 'mi'):
         values = [g[task] for g in groups]
         assert all(math.isfinite(v) and v >= 0.0 for v in values) and max(values) > 0.0

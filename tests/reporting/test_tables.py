@@ -76,3 +76,26 @@ def test_ppa_rows_show_delta_eval_and_delta_face_instead_of_the_knn_distance():
     assert tables.cells(rows)[0][7:9] == ['35.2500', '0.7500']
     knn = [{'target': 'none', 'attack': 'gmi', **tables.row({'metrics': {'attack/knn_dist': 2.0}})}]
     assert tables.header(knn) == tables.HEADER and tables.cells(knn)[0][7] == '2.0000'
+
+
+def test_top5_column_dropped_when_every_evaluation_model_has_five_classes(tmp_path):
+    def cell(classes, ci=None):
+        m = {'attack/acc@1': 0.5, 'attack/acc@5': 1.0, 'attack/num_classes': classes}
+        if ci is not None:
+            m['attack/acc@1_ci95'] = ci
+        return {
+            'target': f't{classes}',
+            'attack': 'gmi',
+            'target/natural_acc': 0.9,
+            **tables.row({'status': 'done', 'metrics': m}),
+        }
+
+    five = [cell(5, 0.1), cell(5, 0.05)]
+    assert 'acc@5' not in tables.header(five)
+    assert len(tables.cells(five)[0]) == len(tables.header(five)) == len(tables.HEADER) - 1
+    assert 'acc@5' in tables.header([*five, cell(1000)])
+    assert 'acc@5' in tables.header([{'attack': 'gmi', **tables.row({'metrics': {}})}])
+    tables.write(str(tmp_path), five)  # The plot draws the interval bars.
+    assert (tmp_path / 'utility_privacy.png').stat().st_size > 1000
+    with open(tmp_path / 'results.csv') as f:
+        assert next(csv.DictReader(f))['attack/acc@1_ci95'] == '0.1'

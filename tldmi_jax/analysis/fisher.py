@@ -294,9 +294,15 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows_mi = group_means(fisher_mi, model.layer_groups)
     norm_cls = normalise([r['value'] for r in rows_cls])
     norm_mi = normalise([r['value'] for r in rows_mi])
+    # The cut-point name (`stage{k}`, `head`: what `defense.fine_tune_from` takes) of each
+    # group, for the plot and the tables; the group's own name where the model has none.
+    inner = getattr(model, 'inner', model)  # A MID target wraps the classifier.
+    names = getattr(model, 'cut_points', None) or getattr(inner, 'cut_points', None) or {}
+    cut = {group: name for name, group in reversed(list(names.items()))}
     groups = [
         {
             'group': a['group'],
+            'cut_point': cut.get(a['group'], a['group']),
             'num_params': a['num_params'],
             'classification': a['value'],
             'mi': b['value'],
@@ -328,7 +334,10 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         files.write_csv(os.path.join(workdir, 'fisher.csv'), groups)
         plot(
             os.path.join(workdir, 'fisher.png'),
-            [g['group'] for g in groups],
+            [
+                g['group'] if g['cut_point'] == g['group'] else f'{g["cut_point"]} ({g["group"]})'
+                for g in groups
+            ],
             {'classification (private data)': norm_cls, 'MI (reconstructions)': norm_mi},
             f'Empirical Fisher information per layer ({type(model).__name__})',
         )

@@ -170,3 +170,98 @@ class Evaluator:
             reproduce_top5_bug=self.reproduce_top5_bug,
         )
         yield from result.metrics.items()
+
+
+Z95 = 1.959963984540054  # The standard normal's 97.5 % quantile.
+
+
+def stratified_interval(values: np.ndarray, strata: np.ndarray) -> dict[str, float]:
+    """Mean of `values` over strata and its normal-approximation 95 % interval.
+
+    The strata (the attacked identities) are fixed and the members of a stratum (its seeds)
+    are random draws: the mean is the mean of the stratum means, and its variance
+    `sum_c s_c^2 / n_c / C^2`, with `s_c^2` the sample variance (ddof=1) within stratum c.
+    A stratum whose members all agree contributes no variance. When some stratum has a
+    single member there is no within-stratum variance to use: every value is then taken
+    as one independent draw (`s^2 / N`, s over all values).
+
+    Args:
+      values: float/bool [N], e.g. top-1 correctness per reconstruction, or the paired
+        difference of two targets' correctness.
+      strata: int [N], the identity of each value.
+
+    Returns:
+      `{'mean', 'se', 'low', 'high', 'half_width', 'n'}`; se and the bounds are NaN for
+      N < 2.
+    """
+    values = np.asarray(values, np.float64)
+    strata = np.asarray(strata)
+    if values.shape != strata.shape or values.ndim != 1 or len(values) == 0:
+        raise ValueError(
+            f'Need N >= 1 values and strata of one length; got {values.shape}, {strata.shape}.'
+        )
+    groups = [values[strata == c] for c in np.unique(strata)]
+    mean = float(np.mean([g.mean() for g in groups]))
+    if min(len(g) for g in groups) >= 2:
+        var = sum(float(np.var(g, ddof=1)) / len(g) for g in groups) / len(groups) ** 2
+    elif len(values) >= 2:
+        var = float(np.var(values, ddof=1)) / len(values)
+    else:
+        var = float('nan')
+    se = float(np.sqrt(var))
+    half = Z95 * se
+    return {
+        'mean': mean,
+        'se': se,
+        'low': mean - half,
+        'high': mean + half,
+        'half_width': half,
+        'n': len(values),
+    }
+
+
+def paired_difference(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], key: str = 'acc@1'
+) -> dict[str, float]:
+    """`a[key] - b[key]` over the reconstructions both have, by (identity, seed, batch).
+
+    Two attacks with the same seed start each (identity, seed) instance from the same
+    latent, so the difference per instance removes the instance's own luck and the
+    interval (`stratified_interval` over identities) is narrower than comparing two
+    independent intervals.
+
+    Args:
+      a, b: per-reconstruction columns (`identity`, `seed`, `batch` and `key`), e.g. read
+        from two evaluations' `per_reconstruction.csv`.
+      key: the column to compare.
+
+    Returns:
+      `stratified_interval`'s dict of the differences, plus `matched` (the number of
+      instances both have).
+
+    Raises:
+      ValueError: the two share no instance, or one has an instance twice.
+    """
+
+    def index(cols):
+        keys = list(
+            zip(
+                *(
+                    np.asarray(cols[k]).astype(np.int64).tolist()
+                    for k in ('identity', 'seed', 'batch')
+                ),
+                strict=True,
+            )
+        )
+        if len(set(keys)) != len(keys):
+            raise ValueError('An (identity, seed, batch) instance occurs twice.')
+        return dict(zip(keys, np.asarray(cols[key], np.float64).tolist(), strict=True))
+
+    ia, ib = index(a), index(b)
+    common = sorted(set(ia) & set(ib))
+    if not common:
+        raise ValueError('The two evaluations share no (identity, seed, batch) instance.')
+    diff = np.array([ia[k] - ib[k] for k in common])
+    out = stratified_interval(diff, np.array([k[0] for k in common]))
+    out['matched'] = len(common)
+    return out

@@ -15,11 +15,16 @@ one (`configs/evaluate_ppa.py`), reports the same distance as `attack/delta_eval
 (`config.fid.reconstructions='all'`) against private images resized straight to 299 px
 (`config.fid.real_size='inception'`).
 
-Outputs in `workdir`: `metrics.json` (`attack/acc@1`, `attack/acc@1_std`, `attack/acc@5`,
-`attack/acc@5_std`, `attack/knn_dist` or `attack/delta_eval` and `attack/delta_face`,
-`attack/fid`, `attack/kid`, `attack/precision`, `attack/recall`, `attack/density`,
-`attack/coverage`, `target/natural_acc`, `protocol_hash`, ...; null where skipped),
-`metrics.jsonl`, `per_identity.csv`, `groups.csv`, `pairs.png`, `report.md`, `config.json`
+Outputs in `workdir`: `metrics.json` (`attack/acc@1`, `attack/acc@1_std`,
+`attack/acc@1_ci95` (the half-width of a 95 % interval of acc@1 over seeds, identities as
+fixed strata: `attack_acc.stratified_interval`), `attack/acc@5`, `attack/acc@5_std`,
+`attack/num_classes` (the evaluation model's), `attack/knn_dist` or `attack/delta_eval`
+and `attack/delta_face`, `attack/fid`, `attack/kid`, `attack/precision`, `attack/recall`,
+`attack/density`, `attack/coverage`, `target/natural_acc`, `protocol_hash`, ...; null where
+skipped),
+`metrics.jsonl`, `per_identity.csv`, `per_reconstruction.csv` (identity, seed, batch,
+acc@1, acc@5, distances and confidence of every reconstruction: what paired comparisons of
+two attacks need), `groups.csv`, `pairs.png`, `report.md`, `config.json`
 and `feature_cache/`.
 
 Reconstructions are resized bilinearly to each network's input (64 -> 112 in the 64 px
@@ -320,8 +325,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.reproduce_top5_bug:
         notes.append('acc@5 reproduces the original code (last seed per batch), not the mean.')
 
+    ci = attack_acc.stratified_interval(acc.correct1, identity)
     result = {
         **acc.metrics,
+        'attack/acc@1_ci95': ci['half_width'],
+        'attack/num_classes': int(logits.shape[1]),
         **{k: float('nan') if d is None else float(np.mean(d)) for k, d in distances.items()},
         **dist_metrics,
         'target/natural_acc': float('nan') if natural is None else natural,
@@ -393,6 +401,19 @@ def _write_outputs(
     writer.close()
     rows = attack_acc.per_identity(identity, {**columns, 'confidence': confidence})
     files.write_csv(os.path.join(workdir, 'per_identity.csv'), rows)
+    per_recon = {'identity': identity, 'seed': recon['seed'], 'batch': recon['batch']}
+    per_recon.update({k: np.asarray(v, np.float64) for k, v in columns.items()})
+    per_recon['confidence'] = confidence
+    files.write_csv(
+        os.path.join(workdir, 'per_reconstruction.csv'),
+        [
+            {
+                k: (int(v[i]) if k in ('identity', 'seed', 'batch') else float(v[i]))
+                for k, v in per_recon.items()
+            }
+            for i in range(len(identity))
+        ],
+    )
     files.write_csv(os.path.join(workdir, 'groups.csv'), acc.groups)
 
     order = np.lexsort((recon['batch'], recon['seed'], identity))[: config.report.max_pairs]

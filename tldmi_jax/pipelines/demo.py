@@ -19,6 +19,7 @@ no `config.data.root`, small generated idx files are written to `workdir/runloca
 """
 
 import base64
+import csv
 import html
 import json
 import os
@@ -32,8 +33,9 @@ from absl import logging
 from tldmi_jax import reconstructions
 from tldmi_jax.analysis import fisher
 from tldmi_jax.data import builders, fashion_mnist_mi, preprocess, testing
+from tldmi_jax.evaluation import attack_acc
 from tldmi_jax.pipelines import sweep
-from tldmi_jax.reporting import grids, tables
+from tldmi_jax.reporting import grids
 from tldmi_jax.train import classifier
 from tldmi_jax.utils import atomic, metrics
 from tldmi_jax.utils import workdir as workdir_lib
@@ -190,6 +192,94 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _per_reconstruction(workdir: str, target: str, attack: str) -> dict[str, np.ndarray] | None:
+    """The cell's `per_reconstruction.csv` as columns (None when the cell has none)."""
+    path = os.path.join(
+        workdir, 'sweep', 'cells', f'{target}__{attack}', 'eval', 'per_reconstruction.csv'
+    )
+    if not os.path.exists(path):
+        return None
+    with open(path, newline='') as f:
+        records = list(csv.DictReader(f))
+    if not records:
+        return None
+    return {k: np.array([float(r[k]) for r in records]) for k in records[0]}
+
+
+def interval_stats(config, workdir: str, rows: list[dict[str, Any]]) -> None:
+    """Adds each finished row's 95 % intervals, in place (`top1_*`, `diff_*` keys).
+
+    `top1_low`/`top1_high`: top-1 over the (class, seed) instances, classes as fixed strata
+    (`attack_acc.stratified_interval`). `diff`, `diff_low`, `diff_high`: the paired
+    difference to the no-defense row of the same attack (`attack_acc.paired_difference`:
+    the same instance starts from the same latent in every target), negative = the defense
+    lowered attack accuracy. The intervals cover the attack's seeds only, for these trained
+    models: retraining a target with another seed moves its row by more than that.
+    """
+    cols = {}
+    for r in rows:
+        if r.get('status') == 'done':
+            cols[(r['target'], r['attack'])] = _per_reconstruction(
+                workdir, r['target'], r['attack']
+            )
+    for r in rows:
+        mine = cols.get((r.get('target'), r.get('attack')))
+        if mine is None:
+            continue
+        ci = attack_acc.stratified_interval(mine['acc@1'], mine['identity'])
+        r['top1_low'], r['top1_high'], r['top1_n'] = ci['low'], ci['high'], ci['n']
+        base = cols.get(('none', r['attack']))
+        if base is not None and r['target'] != 'none':
+            d = attack_acc.paired_difference(mine, base)
+            r['diff'], r['diff_low'], r['diff_high'] = d['mean'], d['low'], d['high']
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    """What the paired interval says: lowered, raised, or no clear change."""
+    if r.get('diff_high') is not None and r['diff_high'] < 0:
+        return 'lowered'
+    if r.get('diff_low') is not None and r['diff_low'] > 0:
+        return 'raised'
+    return 'did not clearly change'
+
+
+def demo_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The report's table: header row, then one row per cell (no top-5: 5 classes)."""
+    out = [
+        [
+            'target',
+            'trainable params',
+            'natural acc',
+            'attack',
+            'top-1 [95 % CI]',
+            'top-1 change vs no defense [95 % CI]',
+            'KNN dist',
+        ]
+    ]
+    for r in rows:
+        top1 = '-'
+        if r.get('attack/acc@1') is not None:
+            top1 = f'{r["attack/acc@1"]:.3f}'
+            if r.get('top1_low') is not None:
+                top1 += f' [{r["top1_low"]:.2f}, {r["top1_high"]:.2f}]'
+        diff = '-' if r.get('target') != 'none' else '(reference)'
+        if r.get('diff') is not None:
+            diff = f'{r["diff"]:+.3f} [{r["diff_low"]:+.2f}, {r["diff_high"]:+.2f}]'
+        tp = r.get('trainable_params')
+        out.append(
+            [
+                str(r.get('defense') or r.get('target', '')),
+                f'{tp:,}' if isinstance(tp, int) else _fmt(tp),
+                _fmt(r.get('target/natural_acc')),
+                str(r.get('attack', '')).upper(),
+                top1,
+                diff,
+                _fmt(r.get('attack/knn_dist'), 2),
+            ]
+        )
+    return out
+
+
 def headline(config: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """No defense vs TL-DMI for the first attack: the headline depth, then every depth."""
     attack = config.attacks[0]
@@ -210,27 +300,35 @@ def headline(config: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> d
     change = out['tldmi/acc@1'] - out['none/acc@1']
     out['acc@1_drop'] = -change
     out['tldmi_lowered_attack_acc'] = change < 0
+    out['acc@1_change_ci95'] = [tl.get('diff_low'), tl.get('diff_high')]
+    out['verdict'] = _verdict(tl)
+    n = base.get('top1_n')
+
+    def interval(r):
+        if r.get('diff_low') is None:
+            return ''
+        return f', 95 % CI [{r["diff_low"]:+.3f}, {r["diff_high"]:+.3f}]'
+
     depths = []
     for depth in config.tldmi_depths:
         r = by_target.get(f'tldmi_{depth}', {})
         if r.get('attack/acc@1') is not None:
             depths.append(
                 f'{depth} {r["attack/acc@1"]:.3f} ({r["attack/acc@1"] - out["none/acc@1"]:+.3f}'
-                f', KNN {_fmt(r.get("attack/knn_dist"), 2)})'
+                f'{interval(r)}: {_verdict(r)}; KNN {_fmt(r.get("attack/knn_dist"), 2)})'
             )
     out['sentence'] = (
-        f'TL-DMI (fine-tuning from {config.headline_depth}) '
-        + ('lowered' if change < 0 else 'did not lower')
-        + f' {attack.upper()} attack accuracy: top-1 {out["none/acc@1"]:.3f} with no defense '
-        f'vs {out["tldmi/acc@1"]:.3f} with TL-DMI ({change:+.3f}), at natural accuracy '
-        f'{_fmt(out["none/natural_acc"])} vs {_fmt(out["tldmi/natural_acc"])} '
-        f'(seed {config.seed}).'
+        f'TL-DMI (fine-tuning from {config.headline_depth}) {out["verdict"]} '
+        f'{attack.upper()} attack accuracy: top-1 {out["none/acc@1"]:.3f} with no defense '
+        f'vs {out["tldmi/acc@1"]:.3f} with TL-DMI ({change:+.3f}{interval(tl)}'
+        + (f', paired over {n} class x seed instances' if n else '')
+        + f'), at natural accuracy {_fmt(out["none/natural_acc"])} vs '
+        f'{_fmt(out["tldmi/natural_acc"])} (seed {config.seed}).'
     )
     out['depth_sentence'] = (
-        f'Every TL-DMI depth (first fine-tuned group: top-1, change vs no defense, KNN '
-        f'distance; no defense: KNN {_fmt(base.get("attack/knn_dist"), 2)}): '
-        + '; '.join(depths)
-        + '.'
+        f'Every TL-DMI depth (first fine-tuned group: top-1, change vs no defense with its '
+        f'95 % interval, what the interval says, KNN distance; no defense: KNN '
+        f'{_fmt(base.get("attack/knn_dist"), 2)}): ' + '; '.join(depths) + '.'
     )
     return out
 
@@ -245,15 +343,19 @@ def _blocks(config, rows, fisher_result, grid_paths, prior_samples, hl, timings)
             'p',
             f'Seed {config.seed}. Attacks: {", ".join(config.attacks)}; '
             f'{config.stages.attack[config.attacks[0]].attack.steps} latent updates per '
-            'identity, every private class attacked with several seeds (the std is over '
-            'seeds). The evaluation model is a '
+            f'instance, every private class attacked with '
+            f'{config.stages.attack[config.attacks[0]].attack.num_seeds} seeds. The 95 % '
+            'intervals are over these class x seed instances (classes as fixed strata); a '
+            'change is paired: the same instance starts from the same latent for every '
+            'target. They cover the attack seeds only, for these trained models, not the '
+            'randomness of training. The evaluation model is a '
             f'{config.stages.eval_model.model.arch} trained on the private classes, not the '
             'target architecture. Compute time: '
             + ', '.join(f'{k} {v / 60:.1f} min' for k, v in timings.items())
             + f' (total {sum(timings.values()) / 60:.1f} min, summed over resumed runs).',
         ),
         ('h2', 'Results'),
-        ('table', rows),
+        ('table', demo_table(rows)),
         ('img', ('Utility vs privacy', 'sweep/utility_privacy.png')),
         ('h2', 'Fisher information per layer (no-defense target)'),
     ]
@@ -290,7 +392,9 @@ def _markdown(blocks) -> str:
         elif kind == 'p':
             lines += [payload, '']
         elif kind == 'table':
-            lines += [*tables.markdown_table(payload), '']
+            head, *body = payload
+            lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+            lines += ['| ' + ' | '.join(r) + ' |' for r in body] + ['']
         elif kind == 'img':
             lines += [f'![{payload[0]}]({payload[1]})', '']
     return '\n'.join(lines)
@@ -304,9 +408,9 @@ def _html(blocks, workdir: str) -> str:
         elif kind == 'p':
             body.append(f'<p>{html.escape(payload)}</p>')
         elif kind == 'table':
-            names = tables.header(payload)
+            names, *table_rows = payload
             trs = ['<tr>' + ''.join(f'<th>{html.escape(c)}</th>' for c in names) + '</tr>']
-            for r in tables.cells(payload):
+            for r in table_rows:
                 trs.append('<tr>' + ''.join(f'<td>{html.escape(c)}</td>' for c in r) + '</tr>')
             body.append('<table>' + ''.join(trs) + '</table>')
         elif kind == 'img':
@@ -353,6 +457,7 @@ def write_report(config, workdir: str, rows, fisher_result, root, timings: dict)
         attack_dir = os.path.join(workdir, 'sweep', 'cells', name, 'attack')
         write_grid(os.path.join(workdir, rel), attack_dir, real)
         grid_paths.append((f'{r["defense"]}, {r["attack"].upper()}', rel))
+    interval_stats(config, workdir, rows)
     hl = headline(config, rows)
     blocks = _blocks(config, rows, fisher_result, grid_paths, _prior_samples(workdir), hl, timings)
     atomic.write_text(os.path.join(workdir, 'report.md'), _markdown(blocks))
@@ -409,6 +514,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             print(f'  evaluation model accuracy (private test): {res["target/natural_acc"]:.4f}')
         elif key == 'sweep':
             rows = sweep.run(sweep_config(config, workdir, root), os.path.join(workdir, key))
+            order = {t: i for i, t in enumerate(target_names(config))}  # none, then by depth
+            rows.sort(key=lambda r: (order.get(r['target'], len(order)), r['attack']))
             failed = [f'{r["target"]} x {r["attack"]}' for r in rows if r['status'] != 'done']
             if failed:
                 print(f'  failed cells (see sweep/results.md): {", ".join(failed)}')

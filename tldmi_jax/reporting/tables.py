@@ -15,8 +15,10 @@ COLUMNS = (
     'attack',
     'attack/acc@1',
     'attack/acc@1_std',
+    'attack/acc@1_ci95',
     'attack/acc@5',
     'attack/acc@5_std',
+    'attack/num_classes',
     'attack/knn_dist',
     'attack/delta_eval',
     'attack/delta_face',
@@ -28,8 +30,10 @@ COLUMNS = (
 _METRICS = (
     'attack/acc@1',
     'attack/acc@1_std',
+    'attack/acc@1_ci95',
     'attack/acc@5',
     'attack/acc@5_std',
+    'attack/num_classes',
     'attack/knn_dist',
     'attack/delta_eval',
     'attack/delta_face',
@@ -98,17 +102,27 @@ def _ppa(rows: list[dict[str, Any]]) -> bool:
     return any(r.get('attack/delta_eval') is not None for r in rows)
 
 
+def _top5(rows: list[dict[str, Any]]) -> bool:
+    """Whether top-5 says anything: False when every evaluation model has <= 5 classes."""
+    known = [r['attack/num_classes'] for r in rows if r.get('attack/num_classes') is not None]
+    return not known or max(known) > 5
+
+
 def header(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """`HEADER`, with PPA's distances in place of the KNN distance when the rows have them."""
-    if not _ppa(rows):
-        return HEADER
-    at = HEADER.index('KNN dist')
-    return (*HEADER[:at], 'delta_eval', 'delta_face', *HEADER[at + 1 :])
+    """`HEADER`, with PPA's distances in place of the KNN distance when the rows have them,
+    and without acc@5 when it is 1 by construction (evaluation models of <= 5 classes)."""
+    names = HEADER
+    if _ppa(rows):
+        at = names.index('KNN dist')
+        names = (*names[:at], 'delta_eval', 'delta_face', *names[at + 1 :])
+    if not _top5(rows):
+        names = tuple(n for n in names if n != 'acc@5')
+    return names
 
 
 def cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     """The formatted cells of the results table, one list per row (columns: `header`)."""
-    ppa = _ppa(rows)
+    ppa, top5 = _ppa(rows), _top5(rows)
     out = []
     for r in rows:
         status = r.get('status', '')
@@ -122,7 +136,7 @@ def cells(rows: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(r.get('target/natural_acc')),
                 str(r.get('attack', '')),
                 _pm(r.get('attack/acc@1'), r.get('attack/acc@1_std')),
-                _pm(r.get('attack/acc@5'), r.get('attack/acc@5_std')),
+                *((_pm(r.get('attack/acc@5'), r.get('attack/acc@5_std')),) if top5 else ()),
                 *(
                     (_fmt(r.get('attack/delta_eval')), _fmt(r.get('attack/delta_face')))
                     if ppa
@@ -144,36 +158,59 @@ def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def plot(path: str, rows: list[dict[str, Any]]) -> None:
-    """Natural accuracy (utility) against attack top-1 (privacy leak), one point per cell."""
+    """Natural accuracy (utility) against attack top-1 (privacy leak), one point per cell.
+
+    Colour: the target; marker: the attack; both named in the legend (no labels on the
+    points, which overlap when points are close). Horizontal bars: the 95 % interval of
+    top-1 over seeds (`attack/acc@1_ci95`) where the evaluation reported one.
+    """
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    pts = [
+        r
+        for r in rows
+        if r.get('attack/acc@1') is not None and r.get('target/natural_acc') is not None
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = 'osD^vP*X'
-    attacks = sorted({r.get('attack', '') for r in rows})
-    for i, attack in enumerate(attacks):
-        pts = [
-            r
-            for r in rows
-            if r.get('attack') == attack
-            and r.get('attack/acc@1') is not None
-            and r.get('target/natural_acc') is not None
+    attacks = sorted({str(r.get('attack', '')) for r in pts})
+    targets = list(dict.fromkeys(str(r.get('target', '')) for r in pts))
+    colours = plt.get_cmap('tab10' if len(targets) <= 10 else 'tab20')
+    for r in pts:
+        ci = r.get('attack/acc@1_ci95')
+        ci = None if ci is None or (isinstance(ci, float) and math.isnan(ci)) else ci
+        ax.errorbar(
+            r['attack/acc@1'],
+            r['target/natural_acc'],
+            xerr=ci,
+            fmt=markers[attacks.index(str(r.get('attack', ''))) % len(markers)],
+            color=colours(targets.index(str(r.get('target', ''))) % colours.N),
+            capsize=3,
+            markersize=7,
+        )
+    handles = [
+        plt.Line2D([], [], color=colours(i % colours.N), marker='o', ls='', label=t)
+        for i, t in enumerate(targets)
+    ]
+    if len(attacks) > 1:
+        handles += [
+            plt.Line2D([], [], color='k', marker=markers[i % len(markers)], ls='', label=a)
+            for i, a in enumerate(attacks)
         ]
-        if not pts:
-            continue
-        xs = [r['attack/acc@1'] for r in pts]
-        ys = [r['target/natural_acc'] for r in pts]
-        ax.scatter(xs, ys, marker=markers[i % len(markers)], label=attack)
-        for r, x, y in zip(pts, xs, ys, strict=True):
-            ax.annotate(r.get('target', ''), (x, y), textcoords='offset points', xytext=(4, 4))
     ax.set_xlabel('attack accuracy top-1 (lower = more private)')
     ax.set_ylabel('natural accuracy (higher = more useful)')
-    ax.set_title('Utility vs privacy')
+    title = 'Utility vs privacy'
+    if len(attacks) == 1:
+        title += f' ({attacks[0]})'
+    if any(r.get('attack/acc@1_ci95') is not None for r in pts):
+        title += '; bars: 95 % interval over seeds'
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if attacks:
-        ax.legend(title='attack', fontsize=8)
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     atomic.savefig(fig, path, dpi=120)
     plt.close(fig)

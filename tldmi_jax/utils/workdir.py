@@ -64,7 +64,7 @@ OUTPUT_NAMES = (
     r'config\.json|inputs\.json|metrics\.jsonl|metrics\.json|results\.(json|csv|md)',
     r'tensorboard|checkpoints|model_(best|final)|samples|priors?|pseudo_labels\.npz|targets?',
     r'student_\d+_\w+|distill\.json|augmented|batches|grids|reconstructions\.npz',
-    r'attack\.json|p_reg\.npy|attack|eval|feature_cache|per_identity\.csv|groups\.csv',
+    r'attack\.json|p_reg\.npy|attack|eval|feature_cache|per_(identity|reconstruction)\.csv|groups\.csv',
     r'pairs\.png|report\.(md|html)|fisher(\.(json|png|csv))?|cells|cell\.json|eval_model',
     r'pretrain|sweep|summary\.json|timings\.json|runlocal|runlocal_data',
     r'utility_privacy\.png|events\.out\.tfevents\..*',
