@@ -23,9 +23,10 @@ StyleGAN2-ADA reference of tests/interop/torch_stylegan2.py and the torchvision-
 `TorchResNet` of tests/interop/test_convert.py. Both sides start from the same w: the mapping
 network of random z, truncated with psi 0.5 (cutoff 8) as PPA's candidates.
 
-- JAX: `ppa.make_problem` run by `latent_search.LatentSearch._run_chunk` (one jitted chunk of
-  one step), the candidates as the seeds of one identity; `prepare`/`start` (the candidate
-  search) are not used: the latents are set directly. Each candidate draws its own crop.
+- JAX: `ppa.make_problem` run by `latent_search.LatentSearch.advance` (one step: a jitted
+  step on CPU, a jitted scan of one step elsewhere), the candidates as the seeds of one
+  identity; `prepare`/`start` (the candidate search) are not used: the latents are set
+  directly. Each candidate draws its own crop.
 - PyTorch: PPA's `Optimization.optimize` loop: eager, one Python iteration per step over the
   batch, `w` [batch, 1, 512] repeated over the layers, the transformations on the batch (one
   random crop for the whole batch, as torchvision's RandomResizedCrop on a batch), the mean
@@ -177,7 +178,7 @@ def ppa_config(resolution: int, batch: int):
 
 
 class JaxSide:
-    """The library's loop: `LatentSearch._run_chunk` on one identity x `batch` seeds."""
+    """The library's loop: `LatentSearch.advance` on one identity x `batch` seeds."""
 
     def __init__(self, ctx: common.AttackContext, cfg, batch: int):
         self.problem = ppa.make_problem(ctx, cfg)
@@ -219,7 +220,7 @@ class JaxSide:
     def run(self) -> tuple[float, dict]:
         """One step; returns (seconds, aux of the step: means over the batch)."""
         tic = time.perf_counter()
-        self.latent, self.opt_state, aux = self.search._run_chunk(
+        self.latent, self.opt_state, aux = self.search.advance(
             self.latent, self.opt_state, self.ids, self.seeds, self.step, 1
         )
         jax.block_until_ready((self.latent, self.opt_state, aux))

@@ -7,19 +7,25 @@ after another, and reads the `BENCH_RESULT {json}` line each prints last. Every 
 this library (JAX) and a PyTorch reference in the same process, alternating the two sides
 after a warm-up, and reports medians. The rows:
 
-- gmi_attack: one GMI attack step (`bench_attack.py`), FaceNet64 target (full: 60 identities
-  x 1 seed and x 5 seeds) and VGG16 target (full: 60 x 5); `--quick`: the script's --quick;
-- train_step: one VGG16 classifier train step (`bench_train_step.py`), without and with the
-  TL-DMI freeze (full: batch 64, 5 steps; `--quick`: the script's --quick), and the line
-  frozen / unfrozen JAX step time (< 1: freezing makes the step cheaper);
+- gmi_attack, kedmi_attack, plgmi_attack, lomma_attack: one attack step (`bench_attack.py
+  --attack=`), FaceNet64 or VGG16 target (full: 60 identities x 1 or 5 seeds; LOMMA with
+  a GMI and a KEDMI base); `--quick`: GMI, KEDMI and PLG-MI with the script's --quick;
+- train_step: one classifier train step (`bench_train_step.py`), VGG16, IR-152 and
+  FaceNet64 at 64 px, without and with the TL-DMI freeze (full: batch 64, 5 steps;
+  `--quick`: VGG16, the script's --quick), and per arch the line frozen / unfrozen JAX step
+  time (< 1: freezing makes the step cheaper);
+- gan_step: the critic/discriminator (D) and generator (G) steps of the GMI, KEDMI and
+  PLG-MI GANs (`bench_gan.py`; full: batch 64; `--quick`: GMI only, batch 8);
 - ppa_attack: one PPA optimisation step (`bench_ppa.py`: StyleGAN2 synthesis -> crops ->
   ResNet-152 -> Poincare loss -> Adam on w) at 256 px (full: full widths, the script's batch;
   `--quick`: the script's --quick, every width divided by 4), and on a GPU also at 1024 px;
+- attack_scaling (full only): the GMI step against identities (60-480) and devices (1-8;
+  simulated on a CPU, `bench_scaling.py`), JAX only;
 - fisher: `bench_fisher.py` when the file exists (skipped with a note otherwise).
 
 A script that fails becomes a row with its error (the last line of its stderr) and the
 runner goes on. `--only` keeps the rows of those benchmark names (gmi_attack, train_step,
-ppa_attack, fisher) or row labels. The GPU-only rows run when JAX or PyTorch sees a GPU, or
+gan_step, ...) or row labels. The GPU-only rows run when JAX or PyTorch sees a GPU, or
 with `--gpu`. The header of RESULTS.md describes the machine (CPU, cores, memory,
 jax/jaxlib/torch versions, JAX backend and devices, the GPU), the mode (quick or full), the
 date (UTC) and the command. The PyTorch side of the scripts runs on CUDA when PyTorch sees
@@ -67,10 +73,22 @@ class Bench:
 def plan(quick: bool, gpu: bool = False) -> list[Bench]:
     """The rows of the table, in the order they run (`gpu`: with the GPU-only rows)."""
     attack, train, ppa = 'bench_attack.py', 'bench_train_step.py', 'bench_ppa.py'
-    if quick:
+    gan = 'bench_gan.py'
+    if quick:  # One row per attack family and GAN step kind: under 5 minutes on 2 cores.
         rows = [
             Bench('gmi_attack facenet64', 'gmi_attack', attack, ('--target=facenet64', '--quick')),
-            Bench('gmi_attack vgg16', 'gmi_attack', attack, ('--target=vgg16', '--quick')),
+            Bench(
+                'kedmi_attack facenet64',
+                'kedmi_attack',
+                attack,
+                ('--attack=kedmi', '--target=facenet64', '--quick'),
+            ),
+            Bench(
+                'plgmi_attack facenet64',
+                'plgmi_attack',
+                attack,
+                ('--attack=plgmi', '--target=facenet64', '--quick'),
+            ),
             Bench('train_step vgg16', 'train_step', train, ('--arch=vgg16', '--quick')),
             Bench(
                 'train_step vgg16 frozen',
@@ -78,11 +96,13 @@ def plan(quick: bool, gpu: bool = False) -> list[Bench]:
                 train,
                 ('--arch=vgg16', '--quick', '--freeze'),
             ),
+            Bench('gan_step gmi D', 'gan_step', gan, ('--prior=gmi', '--step=d', '--quick')),
+            Bench('gan_step gmi G', 'gan_step', gan, ('--prior=gmi', '--step=g', '--quick')),
             Bench('ppa_attack 256px', 'ppa_attack', ppa, ('--quick',)),
         ]
     else:
         ids = '--identities=60'
-        full_train = ('--arch=vgg16', '--batch=64', '--steps=5')
+        full_train = ('--batch=64', '--steps=5')
         rows = [
             Bench(
                 'gmi_attack facenet64 60x1',
@@ -99,9 +119,58 @@ def plan(quick: bool, gpu: bool = False) -> list[Bench]:
             Bench(
                 'gmi_attack vgg16 60x5', 'gmi_attack', attack, ('--target=vgg16', ids, '--seeds=5')
             ),
-            Bench('train_step vgg16', 'train_step', train, full_train),
-            Bench('train_step vgg16 frozen', 'train_step', train, (*full_train, '--freeze')),
+            Bench(
+                'kedmi_attack facenet64 60x1',
+                'kedmi_attack',
+                attack,
+                ('--attack=kedmi', '--target=facenet64', ids, '--seeds=1'),
+            ),
+            Bench(
+                'kedmi_attack vgg16 60x1',
+                'kedmi_attack',
+                attack,
+                ('--attack=kedmi', '--target=vgg16', ids, '--seeds=1'),
+            ),
+            Bench(
+                'plgmi_attack facenet64 60x1',
+                'plgmi_attack',
+                attack,
+                ('--attack=plgmi', '--target=facenet64', ids, '--seeds=1'),
+            ),
+            Bench(
+                'lomma_attack gmi facenet64 60x1',
+                'lomma_attack',
+                attack,
+                ('--attack=lomma', '--lomma-base=gmi', '--target=facenet64', ids, '--seeds=1'),
+            ),
+            Bench(
+                'lomma_attack kedmi facenet64 60x1',
+                'lomma_attack',
+                attack,
+                ('--attack=lomma', '--lomma-base=kedmi', '--target=facenet64', ids, '--seeds=1'),
+            ),
+            *[
+                Bench(
+                    f'train_step {arch}{" frozen" if frozen else ""}',
+                    'train_step',
+                    train,
+                    (f'--arch={arch}', *full_train, *(('--freeze',) if frozen else ())),
+                )
+                for arch in ('vgg16', 'ir152', 'facenet64')
+                for frozen in (False, True)
+            ],
+            *[
+                Bench(f'gan_step {p} {s.upper()}', 'gan_step', gan, (f'--prior={p}', f'--step={s}'))
+                for p in ('gmi', 'kedmi', 'plgmi')
+                for s in ('d', 'g')
+            ],
             Bench('ppa_attack 256px', 'ppa_attack', ppa, ('--resolution=256',)),
+            Bench(
+                'attack_scaling facenet64',
+                'attack_scaling',
+                'bench_scaling.py',
+                ('--target=facenet64',),
+            ),
         ]
         if gpu:
             rows.append(Bench('ppa_attack 1024px', 'ppa_attack', ppa, ('--resolution=1024',)))
@@ -212,7 +281,9 @@ def configuration(result: dict, bench: Bench) -> str:
     """The row's configuration: from its BENCH_RESULT, else the script and its arguments."""
     name = result.get('name')
     parts = []
-    if name == 'gmi_attack':
+    if name in ('gmi_attack', 'kedmi_attack', 'plgmi_attack', 'lomma_attack', 'attack_scaling'):
+        if name != 'gmi_attack':
+            parts.append(str(result.get('attack', name.split('_')[0])))
         parts.append(
             f'{result.get("target")}, {result.get("identities")} identities x '
             f'{result.get("seeds")} seed{"" if result.get("seeds") == 1 else "s"}, '
@@ -221,7 +292,9 @@ def configuration(result: dict, bench: Bench) -> str:
         if result.get('torch_frozen'):
             parts.append('PyTorch without weight gradients')
     elif name == 'train_step':
-        freeze = ', TL-DMI freeze k=26' if result.get('freeze') else ''
+        freeze = (
+            f', TL-DMI freeze k={result.get("freeze_layers", 26)}' if result.get('freeze') else ''
+        )
         parts.append(
             f'{result.get("arch")} {result.get("image_size")} px, batch {result.get("batch")}'
             f'{freeze}, {result.get("steps")} steps'
@@ -236,6 +309,16 @@ def configuration(result: dict, bench: Bench) -> str:
             parts.append(f'every channel width of both / {result["width_divisor"]}')
         if result.get('torch_frozen'):
             parts.append('PyTorch without weight gradients')
+    elif name == 'gan_step':
+        step = {'d': 'critic/discriminator', 'g': 'generator'}.get(result.get('step'), '?')
+        parts.append(
+            f'{result.get("prior")} {step} step, {result.get("image_size", 64)} px, batch '
+            f'{result.get("batch")}, {result.get("reps")} reps'
+        )
+        if result.get('target'):
+            parts.append(f'target {result["target"]}')
+        if result.get('torch_frozen'):
+            parts.append("PyTorch without the original's extra work")
     elif name == 'fisher':
         parts.append(f'{result.get("arch")}, {result.get("examples")} examples')
     else:
@@ -264,12 +347,16 @@ def notes(result: dict) -> str:
         out.append(
             f'loss rel. diff {result["loss_rel_diff"]:.1e} at step {result.get("loss_step")}'
         )
+    if result.get('grad_norm_rel_diff') is not None:
+        out.append(f'grad norm rel. diff {result["grad_norm_rel_diff"]:.1e}')
     if result.get('latent_max_abs_diff') is not None:
         out.append(f'latent max abs diff {result["latent_max_abs_diff"]:.1e}')
     if result.get('step_sign_agreement') is not None:
         out.append(f'step directions agree {result["step_sign_agreement"]:.1%}')
     if result.get('max_rel_err') is not None:
         out.append(f'max rel. error {result["max_rel_err"]:.1e}')
+    if result.get('notes'):
+        out.append(str(result['notes']))
     if result.get('wall_s') is not None:
         out.append(f'wall {result["wall_s"]:.0f} s')
     return ', '.join(out)
@@ -309,8 +396,10 @@ def render_table(rows: list[tuple[Bench, dict]]) -> str:
 
 
 def freeze_line(rows: list[tuple[Bench, dict]]) -> str | None:
-    """Frozen / unfrozen step time of the train_step rows (same arch and batch), or None."""
+    """Frozen / unfrozen step time of the train_step rows, one line per (arch, batch) that
+    has both, or None when none has."""
     steps = [r for _, r in rows if r.get('name') == 'train_step' and 'error' not in r]
+    lines = []
     for frozen in (r for r in steps if r.get('freeze')):
         for plain in steps:
             same = all(plain.get(k) == frozen.get(k) for k in ('arch', 'batch'))
@@ -319,14 +408,15 @@ def freeze_line(rows: list[tuple[Bench, dict]]) -> str | None:
             jax_f, torch_f = seconds(frozen, 'jax')[0], seconds(frozen, 'torch')[0]
             jax_p, torch_p = seconds(plain, 'jax')[0], seconds(plain, 'torch')[0]
             if not (jax_f and jax_p and torch_f and torch_p):
-                return None
+                continue
             verdict = 'cheaper' if jax_f < jax_p else 'NOT cheaper'
-            return (
+            lines.append(
                 f'train_step {frozen.get("arch")} batch {frozen.get("batch")}: frozen / '
                 f'unfrozen JAX step time {jax_f / jax_p:.2f} (PyTorch {torch_f / torch_p:.2f}); '
                 f'the frozen step is {verdict} in tldmi_jax'
             )
-    return None
+            break
+    return '\n\n'.join(lines) or None
 
 
 def render_header(info: dict, quick: bool, command: str, date: str) -> str:

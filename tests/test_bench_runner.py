@@ -280,8 +280,12 @@ def test_cpu_model_and_memory():
 
 def test_plan_and_select():
     quick, full = run_all.plan(True), run_all.plan(False)
-    names = {'gmi_attack', 'train_step', 'ppa_attack', 'fisher'}
-    assert {b.name for b in quick} == {b.name for b in full} == names
+    names = {'gmi_attack', 'kedmi_attack', 'plgmi_attack', 'train_step', 'gan_step', 'ppa_attack'}
+    assert {b.name for b in quick} == names | {'fisher'}
+    assert {b.name for b in full} == names | {'lomma_attack', 'attack_scaling', 'fisher'}
+    # The full table: every target's train step with and without the freeze, every GAN step.
+    assert len([b for b in full if b.name == 'train_step']) == 6
+    assert len([b for b in full if b.name == 'gan_step']) == 6
     assert all('--quick' in b.args for b in quick)
     assert not any('--quick' in b.args for b in full)
     assert ('--target=facenet64', '--identities=60', '--seeds=5') in [b.args for b in full]
@@ -294,7 +298,40 @@ def test_plan_and_select():
     assert run_all.plan(True, gpu=True) == quick  # No extra quick rows on a GPU.
     only = run_all.select(quick, 'train_step')
     assert [b.label for b in only] == ['train_step vgg16', 'train_step vgg16 frozen']
-    assert run_all.select(quick, 'fisher, gmi_attack vgg16')[0].label == 'gmi_attack vgg16'
+    assert run_all.select(quick, 'fisher, gan_step gmi D')[0].label == 'gan_step gmi D'
     assert run_all.select(quick, '') == quick
     with pytest.raises(ValueError, match='unknown'):
         run_all.select(quick, 'nope')
+
+
+def test_gan_step_rows_and_the_freeze_depth_of_other_archs():
+    gan = {
+        'name': 'gan_step',
+        'prior': 'gmi',
+        'step': 'd',
+        'batch': 8,
+        'reps': 3,
+        'quick': True,
+        'jax_backend': 'cpu',
+        'torch_device': 'cpu',
+        'jax_s': 0.8,
+        'torch_s': 1.6,
+        'loss_rel_diff': 2e-4,
+        'loss_step': 0,
+        'grad_norm_rel_diff': 1e-4,
+    }
+    text = run_all.configuration(gan, bench())
+    assert (
+        text
+        == 'gmi critic/discriminator step, 64 px, batch 8, 3 reps; quick; JAX on cpu; PyTorch on cpu'
+    )
+    assert 'grad norm rel. diff 1.0e-04' in run_all.notes(gan)
+    ir = dict(TRAIN, arch='ir152', freeze=True, freeze_layers=47)
+    assert 'TL-DMI freeze k=47' in run_all.configuration(ir, bench())
+    # One frozen / unfrozen line per arch that has both rows.
+    vgg_frozen = dict(TRAIN, freeze=True, jax_s=0.1, torch_s=0.08)
+    ir_plain = dict(TRAIN, arch='ir152')
+    ir_frozen = dict(ir_plain, freeze=True, jax_s=0.5, torch_s=0.5)
+    rows = [(bench(), r) for r in (TRAIN, vgg_frozen, ir_plain, ir_frozen)]
+    lines = run_all.freeze_line(rows).split('\n\n')
+    assert [line.split(' batch')[0] for line in lines] == ['train_step vgg16', 'train_step ir152']

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from tldmi_jax.attacks import latent_search
 
@@ -97,7 +98,8 @@ def test_instance_keys_differ_across_identities_and_seeds():
     assert len(set(draws.values())) == 9
 
 
-def test_one_compilation_per_batch_shape():
+@pytest.mark.parametrize('loop', ['scan', 'python'])
+def test_one_compilation_per_batch_shape(loop):
     """A weakly typed latent leaf (as KEDMI's log-variance once was) and the small leaves XLA
     may place otherwise (the optimizer's step count) must not compile the chunk again."""
     base = _toy_problem(optax.adam(0.05))
@@ -113,10 +115,40 @@ def test_one_compilation_per_batch_shape():
         return base.render(latent['z'], label, key)
 
     problem = latent_search.Problem(init=init, loss=loss, tx=optax.adam(0.05), render=render)
-    search = latent_search.LatentSearch(problem, 2, jax.random.key(0), checkpoint_every=2)
+    search = latent_search.LatentSearch(
+        problem, 2, jax.random.key(0), checkpoint_every=2, loop=loop
+    )
     search.run_batch(np.array([0, 1]), num_steps=7)  # Chunks of 2, 2, 2 and 1 steps.
     search.run_batch(np.array([2, 3]), num_steps=7)
-    assert search._run_chunk._cache_size() == 2  # One per chunk length (2 and 1), not 2 x 3.
+    if loop == 'scan':
+        assert search._run_chunk._cache_size() == 2  # One per chunk length (2 and 1).
+    else:
+        assert search._step._cache_size() == 1  # One step, whatever the step number.
+        assert search._run_chunk._cache_size() == 0
+
+
+def test_python_loop_and_scan_give_the_same_latents(tmp_path):
+    """The CPU default (a Python loop over one jitted step) and the scan of a chunk (the
+    default elsewhere) run the same steps; a resume across the two agrees too."""
+    ids = np.array([0, 3], np.int32)
+
+    def search(loop):
+        return latent_search.LatentSearch(
+            _toy_problem(optax.adam(0.05)), 3, jax.random.key(0), checkpoint_every=4, loop=loop
+        )
+
+    assert search('auto').loop == ('python' if jax.default_backend() == 'cpu' else 'scan')
+    scan, _, aux_scan = search('scan').run_batch(ids, 10)
+    loop, _, aux_loop = search('python').run_batch(ids, 10)
+    np.testing.assert_allclose(np.asarray(loop), np.asarray(scan), atol=1e-6)
+    assert aux_loop['iden'] == pytest.approx(aux_scan['iden'], rel=1e-5)
+    ckpt = str(tmp_path / 'ckpt')
+    search('scan').run_batch(ids, 8, ckpt_dir=ckpt)  # Leaves the checkpoint of step 4.
+    assert sorted(os.listdir(ckpt)) == ['4']
+    resumed, _, _ = search('python').run_batch(ids, 10, ckpt_dir=ckpt)
+    np.testing.assert_allclose(np.asarray(resumed), np.asarray(scan), atol=1e-6)
+    with pytest.raises(ValueError, match="loop must be 'auto', 'scan' or 'python'"):
+        search('unrolled')
 
 
 def _pool_problem(select_count=2):

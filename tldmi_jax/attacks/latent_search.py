@@ -106,6 +106,13 @@ class LatentSearch:
         (also when finished), then are rendered together and go through `select`: what
         bounds memory when an instance is large (PPA: 200 candidates of a 1024 px
         StyleGAN2 per identity). The result does not depend on it.
+      loop: how the steps between checkpoints run: 'scan' (one jitted `lax.scan` of the
+        chunk: one dispatch per chunk), 'python' (a Python loop over one jitted step) or
+        'auto': 'python' on CPU, 'scan' elsewhere. On XLA:CPU (jax 0.10) the scan made the
+        GMI step with FaceNet64 2.5-4.6x slower: inside the loop body about half of the
+        input-gradient convolutions leave XLA:CPU's fast convolution path
+        (bench/bench_attack.py; docs/testing.md). Both give the same latents up to float
+        rounding.
     """
 
     def __init__(
@@ -116,7 +123,13 @@ class LatentSearch:
         checkpoint_every: int,
         devices: int = 0,
         seed_chunk: int = 0,
+        loop: str = 'auto',
     ):
+        if loop not in ('auto', 'scan', 'python'):
+            raise ValueError(f"loop must be 'auto', 'scan' or 'python', got {loop!r}.")
+        if loop == 'auto':
+            loop = 'python' if jax.default_backend() == 'cpu' else 'scan'
+        self.loop = loop
         self.problem = problem
         self.devices = sharding.check_devices(devices)
         self.num_seeds = num_seeds
@@ -127,6 +140,7 @@ class LatentSearch:
         self.key = key
         self.chunk = max(1, int(checkpoint_every))
         self._run_chunk = jax.jit(self._chunk_fn, static_argnums=(5,))
+        self._step = jax.jit(self._step_fn)
         self._init = jax.jit(self._init_fn)
         self._render = jax.jit(self._render_fn)
         self._select = jax.jit(self._select_fn)
@@ -173,6 +187,36 @@ class LatentSearch:
             body, (latent, opt_state), start + jnp.arange(length)
         )
         return latent, opt_state, jax.tree.map(lambda a: a[-1], aux)
+
+    def _step_fn(self, latent, opt_state, identities, seeds, t):
+        """One step of every instance (the body of `_chunk_fn`'s scan) at step `t`."""
+        keys = self._keys(identities, seeds)
+        update = jax.vmap(
+            jax.vmap(self._update, in_axes=(0, 0, None, 0, None)), in_axes=(0, 0, 0, 0, None)
+        )
+        latent, opt_state, aux = update(latent, opt_state, identities, keys, t)
+        return latent, opt_state, jax.tree.map(jnp.mean, aux)
+
+    def advance(self, latent, opt_state, identities, seeds, start: int, length: int, shard=None):
+        """Steps `start .. start + length - 1` of every instance, as `self.loop` says.
+
+        Returns `(latent, opt_state, aux)`, aux: the means over the instances at the last
+        step. `shard`: the sharding the state is put back on after each step of the Python
+        loop (XLA may hand a small leaf back replicated; the next step then reuses the
+        compiled one).
+        """
+        if self.loop == 'scan':
+            return self._run_chunk(latent, opt_state, identities, seeds, start, length)
+        aux = None
+        for t in range(start, start + length):
+            latent, opt_state, aux = self._step(latent, opt_state, identities, seeds, np.int32(t))
+            if shard is not None:
+                latent, opt_state = jax.device_put((latent, opt_state), shard)
+        return latent, opt_state, aux
+
+    def lower_step(self, latent, opt_state, identities, seeds, start: int = 0):
+        """One step lowered (not compiled): for XLA's cost analysis (the benchmarks)."""
+        return self._step.lower(latent, opt_state, identities, seeds, np.int32(start))
 
     def _render_fn(self, latent, identities, seeds):
         keys = self._keys(identities, seeds)
@@ -268,7 +312,9 @@ class LatentSearch:
         )
         while step < num_steps:
             length = min(self.chunk, num_steps - step)
-            latent, opt_state, aux = self._run_chunk(latent, opt_state, ids, seeds, step, length)
+            latent, opt_state, aux = self.advance(
+                latent, opt_state, ids, seeds, step, length, shard
+            )
             # The chunk's outputs as its inputs (XLA may replicate a small leaf such as a
             # step count): the next chunk then reuses the compiled one.
             latent, opt_state = jax.device_put((latent, opt_state), shard)
