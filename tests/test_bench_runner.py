@@ -321,9 +321,8 @@ def test_gan_step_rows_and_the_freeze_depth_of_other_archs():
         'grad_norm_rel_diff': 1e-4,
     }
     text = run_all.configuration(gan, bench())
-    assert (
-        text
-        == 'gmi critic/discriminator step, 64 px, batch 8, 3 reps; quick; JAX on cpu; PyTorch on cpu'
+    assert text == (
+        'gmi critic/discriminator step, 64 px, batch 8, 3 reps; quick; JAX on cpu; PyTorch on cpu'
     )
     assert 'grad norm rel. diff 1.0e-04' in run_all.notes(gan)
     ir = dict(TRAIN, arch='ir152', freeze=True, freeze_layers=47)

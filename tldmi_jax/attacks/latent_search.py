@@ -6,7 +6,8 @@ scaled), the optimizer, a projection applied after every update (the clamp), and
 turn a final latent into images. The loop
 
 * `vmap`s the per-instance update over seeds and over the identities of a batch,
-* runs `lax.scan` over steps inside one `jax.jit` (in chunks of `checkpoint_every` steps),
+* runs the steps between checkpoints (`checkpoint_every`) as one jitted `lax.scan`, or on
+  CPU as a Python loop over one jitted step (`loop`: XLA:CPU is much slower in the scan),
 * shards the identity axis over a 1-D device mesh with `NamedSharding` (1 or N devices),
 * checkpoints latents and optimizer state after every chunk, and records finished
   identity batches, so a killed attack rerun with the same command ends with the same
