@@ -107,6 +107,7 @@ from bench.bench_common import (  # noqa: E402
     peak_memory,
     report_medians,
     step_flops,
+    timing_result,
 )
 from tests.interop import test_convert as classifier_refs  # noqa: E402
 from tests.interop import test_convert_gans as gan_refs  # noqa: E402
@@ -887,18 +888,10 @@ def main():
         'k': args.k,
         'reps': args.reps,
         'torch_frozen': args.torch_frozen,
-        'quick': args.quick,
-        'torch_device': str(dev),
-        'jax_backend': jax.default_backend(),
-        'jax_s': medians['jax'],
-        'torch_s': medians['pytorch'],
-        'ratio': ratio,
+        **timing_result(args.quick, dev, medians, ratio, compile_s, flops, memory),
         'loss_step': step,
         'loss_rel_diff': rel,
         'latent_max_abs_diff': latent_diff,
-        'compile_s': compile_s,
-        'flops_per_step': flops,
-        **memory,
     }
     if args.attack != 'gmi':
         result.update(attack=label, script_wall_s=wall)

@@ -146,3 +146,20 @@ def report_medians(times: dict[str, list[float]], flops: float | None, digits: i
             f'{flops / medians["pytorch"] / 1e9:.1f} GFLOP/s'
         )
     return medians, ratio
+
+
+def timing_result(quick: bool, dev, medians: dict, ratio, compile_s, flops, memory) -> dict:
+    """The BENCH_RESULT keys every two-sided row shares (bench/run_all.py reads them):
+    where each side ran, their median seconds per step and ratio, the JAX compile time,
+    the FLOPs of one JAX step and the peak memory (`peak_memory`'s keys)."""
+    return {
+        'quick': quick,
+        'torch_device': str(dev),
+        'jax_backend': jax.default_backend(),
+        'jax_s': medians['jax'],
+        'torch_s': medians['pytorch'],
+        'ratio': ratio,
+        'compile_s': compile_s,
+        'flops_per_step': flops,
+        **memory,
+    }

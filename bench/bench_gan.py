@@ -92,6 +92,7 @@ from bench.bench_common import (
     print_machine,
     report_medians,
     step_flops,
+    timing_result,
     torch_device,
 )
 from configs import gan_celeba
@@ -550,18 +551,10 @@ def main():
         'batch': args.batch,
         'reps': args.reps,
         'torch_frozen': args.torch_frozen,
-        'quick': args.quick,
-        'torch_device': str(dev),
-        'jax_backend': jax.default_backend(),
-        'jax_s': medians['jax'],
-        'torch_s': medians['pytorch'],
-        'ratio': ratio,
+        **timing_result(args.quick, dev, medians, ratio, compile_s, flops, memory),
         'loss_step': 0,
         'loss_rel_diff': loss_rel,
         'grad_norm_rel_diff': norm_rel,
-        'compile_s': compile_s,
-        'flops_per_step': flops,
-        **memory,
     }
     print('BENCH_RESULT ' + json.dumps(result))
 

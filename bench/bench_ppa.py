@@ -83,6 +83,7 @@ from bench.bench_common import (
     print_machine,
     report_medians,
     step_flops,
+    timing_result,
     torch_device,
     torch_state_from_flax,
 )
@@ -469,18 +470,10 @@ def main():
         'batch': args.batch,
         'steps': args.steps,
         'torch_frozen': args.torch_frozen,
-        'quick': args.quick,
-        'torch_device': str(dev),
-        'jax_backend': jax.default_backend(),
-        'jax_s': medians['jax'],
-        'torch_s': medians['pytorch'],
-        'ratio': ratio,
+        **timing_result(args.quick, dev, medians, ratio, compile_s, flops, memory),
         'loss_step': 0,
         'loss_rel_diff': rel,
         'step_sign_agreement': same,
-        'compile_s': compile_s,
-        'flops_per_step': flops,
-        **memory,
     }
     print('BENCH_RESULT ' + json.dumps(result))
 

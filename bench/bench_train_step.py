@@ -52,7 +52,7 @@ import optax
 import torch
 from torch import nn
 
-from bench.bench_common import peak_memory, step_flops
+from bench.bench_common import peak_memory, step_flops, timing_result
 from configs import celeba
 from tests.interop import test_convert as classifier_refs
 from tldmi_jax import models
@@ -310,16 +310,8 @@ def main():
         'batch': args.batch,
         'freeze': args.freeze,
         'steps': args.steps,
-        'quick': args.quick,
-        'torch_device': str(dev),
-        'jax_backend': jax.default_backend(),
-        'jax_s': medians['jax'],
-        'torch_s': medians['pytorch'],
-        'ratio': ratio,
-        'compile_s': compile_s,
-        'flops_per_step': flops,
+        **timing_result(args.quick, dev, medians, ratio, compile_s, flops, memory),
         **extra,
-        **memory,
     }
     print('BENCH_RESULT ' + json.dumps(result))
 

@@ -253,9 +253,9 @@ def test_old_names_resolve_to_the_same_plan(arch):
 
 @pytest.mark.parametrize('runlocal', [False, True])
 def test_demo_freeze_plans_equal_the_old_names(runlocal):
-    """The demo's TL-DMI targets freeze exactly what `block2`, `block3`, `head` froze."""
+    """The demo's TL-DMI targets freeze exactly what `block3`, `head` froze."""
     config = demo.get_config('runlocal' if runlocal else None)
-    assert config.tldmi_depths == ['stage3', 'stage4', 'head']
+    assert config.tldmi_depths == ['stage4', 'head']
     assert config.headline_depth == 'stage4'
     old = {'stage3': 'block2', 'stage4': 'block3', 'head': 'head'}
     targets = demo_report.sweep_config(config, '/nonexistent', None).targets
