@@ -102,8 +102,10 @@ except ImportError:
 
 from bench.bench_common import (  # noqa: E402
     alternate,
+    augment,
     count,
     cpu_model,
+    max_margin_loss,
     peak_memory,
     report_medians,
     step_flops,
@@ -414,55 +416,7 @@ class JaxSide:
 # The PyTorch side: the originals' loops.
 
 
-def max_margin(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """PLG-MI's loss: mean(-logit_y) + mean(the largest logit of another class)."""
-    real = out.gather(1, labels[:, None])[:, 0]
-    top2 = torch.argsort(out, dim=1)[:, -2:]
-    other = torch.where(top2[:, 1] == labels, top2[:, 0], top2[:, 1])
-    return -real.mean() + out.gather(1, other[:, None])[:, 0].mean()
-
-
-IDENTITY_LOSSES = {'ce': F.cross_entropy, 'logit': F.nll_loss, 'margin': max_margin}
-
-
-def _sample(images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of images [B, C, H, W] at pixel coordinates [B, H, W], zeros out."""
-    _, _, h, w = images.shape
-    grid = torch.stack([2 * xs / (w - 1) - 1, 2 * ys / (h - 1) - 1], dim=-1)
-    return F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
-
-
-def augment(images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """PLG-MI's augmentation of images [B, C, H, W] with the parameters u [B, 8] in [0, 1):
-    RandomResizedCrop(0.8-1, square) + horizontal flip in one resample, ColorJitter
-    (brightness and contrast 0.2, p 0.5), RandomRotation(5 degrees); the library's transform
-    (`tldmi_jax.priors.plgmi.augment`) written with `grid_sample`."""
-    b, c, h, w = images.shape
-    dev = images.device
-    ii = torch.arange(h, dtype=torch.float32, device=dev).view(1, h, 1)
-    jj = torch.arange(w, dtype=torch.float32, device=dev).view(1, 1, w)
-    col = lambda x: x.view(b, 1, 1)  # noqa: E731
-    side = col(torch.sqrt(0.8 + 0.2 * u[:, 0]))
-    top, left = col(u[:, 1]) * (1 - side) * h, col(u[:, 2]) * (1 - side) * w
-    jj_src = torch.where(col(u[:, 3]) < 0.5, w - 1 - jj, jj)
-    ys = (top + (ii + 0.5) * side - 0.5).clamp(0, h - 1).expand(b, h, w)
-    xs = (left + (jj_src + 0.5) * side - 0.5).clamp(0, w - 1).expand(b, h, w)
-    out = _sample(images, ys, xs)
-    bright, contrast = (
-        (0.8 + 0.4 * u[:, 4]).view(b, 1, 1, 1),
-        (0.8 + 0.4 * u[:, 5]).view(b, 1, 1, 1),
-    )
-    jittered = (out * bright).clamp(0, 1)
-    luma = torch.tensor([0.299, 0.587, 0.114][:c], device=dev).view(1, c, 1, 1)
-    gray = (jittered * luma).sum(1).mean(dim=(1, 2)).view(b, 1, 1, 1)
-    jittered = ((jittered - gray) * contrast + gray).clamp(0, 1)
-    out = torch.where((u[:, 6] < 0.5).view(b, 1, 1, 1), jittered, out)
-    angle = torch.deg2rad(10 * u[:, 7] - 5)
-    cos, sin = col(torch.cos(angle)), col(torch.sin(angle))
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    ys = cy + cos * (ii - cy) - sin * (jj - cx)
-    xs = cx + sin * (ii - cy) + cos * (jj - cx)
-    return _sample(out, ys.expand(b, h, w), xs.expand(b, h, w))
+IDENTITY_LOSSES = {'ce': F.cross_entropy, 'logit': F.nll_loss, 'margin': max_margin_loss}
 
 
 class TorchIdentity:

@@ -11,6 +11,7 @@ import statistics
 import jax
 import numpy as np
 import torch
+import torch.nn.functional as F
 from flax import traverse_util
 
 
@@ -163,3 +164,52 @@ def timing_result(quick: bool, dev, medians: dict, ratio, compile_s, flops, memo
         'flops_per_step': flops,
         **memory,
     }
+
+
+# PyTorch pieces of PLG-MI shared by bench_attack.py and bench_gan.py.
+
+
+def max_margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PLG-MI's inversion loss: mean(-logit_y) + mean(largest logit of another class)."""
+    real = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    top2 = torch.argsort(logits, dim=1)[:, -2:]
+    other = torch.where(top2[:, -1] == labels, top2[:, -2], top2[:, -1])
+    return -real.mean() + logits.gather(1, other.unsqueeze(1)).squeeze(1).mean()
+
+
+def warp(images: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of images [B, C, H, W] at pixel coordinates ys, xs [B, H, W]
+    (zeros outside)."""
+    h, w = images.shape[2:]
+    grid = torch.stack([2.0 * xs / (w - 1) - 1.0, 2.0 * ys / (h - 1) - 1.0], dim=-1)
+    return F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+
+
+def augment(images: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """PLG-MI's augmentation of the fakes, each image's transform drawn from u [B, 8]:
+    random resized crop (scale 0.8-1, square) + horizontal flip as one warp, brightness and
+    contrast jitter (0.2) with probability 0.5, rotation by up to 5 degrees (a second warp),
+    as `tldmi_jax.priors.plgmi.augment` (which follows Kornia's list)."""
+    b, c, h, w = images.shape
+    col = lambda v: v.view(b, 1, 1)
+    ii = torch.arange(h, dtype=images.dtype, device=images.device).view(1, h, 1)
+    jj = torch.arange(w, dtype=images.dtype, device=images.device).view(1, 1, w)
+    side = torch.sqrt(0.8 + 0.2 * u[:, 0])
+    top, left = u[:, 1] * (1.0 - side) * h, u[:, 2] * (1.0 - side) * w
+    jj_src = torch.where(col(u[:, 3] < 0.5), w - 1.0 - jj, jj)
+    ys = (col(top) + (ii + 0.5) * col(side) - 0.5).expand(b, h, w)
+    xs = (col(left) + (jj_src + 0.5) * col(side) - 0.5).expand(b, h, w)
+    out = warp(images, ys.clamp(0, h - 1), xs.clamp(0, w - 1))
+    bright = (0.8 + 0.4 * u[:, 4]).view(b, 1, 1, 1)
+    contrast = (0.8 + 0.4 * u[:, 5]).view(b, 1, 1, 1)
+    jittered = (out * bright).clamp(0.0, 1.0)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)[:c]
+    gray = (jittered * luma.view(1, c, 1, 1)).sum(1).mean(dim=(1, 2)).view(b, 1, 1, 1)
+    jittered = ((jittered - gray) * contrast + gray).clamp(0.0, 1.0)
+    out = torch.where((u[:, 6] < 0.5).view(b, 1, 1, 1), jittered, out)
+    angle = torch.deg2rad(10.0 * u[:, 7] - 5.0)
+    cos, sin = col(torch.cos(angle)), col(torch.sin(angle))
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    ys = cy + cos * (ii - cy) - sin * (jj - cx)
+    xs = cx + sin * (ii - cy) + cos * (jj - cx)
+    return warp(out, ys, xs)
