@@ -17,13 +17,16 @@
 #      FaceNet64 and VGG16 targets (random weights, converted by the library), batch 60 at
 #      64 px, JAX on the GPU with JAX_DEFAULT_MATMUL_PRECISION=highest vs PyTorch on CUDA
 #      with TF32 off; fails when an output differs by more than 2e-4 of its scale;
-#   4. the whole table at full size (bench/run_all.py --gpu: GMI attack steps at 60
-#      identities x 1 and x 5 seeds, VGG16 train steps at batch 64, PPA optimisation steps
-#      (bench/bench_ppa.py: full-width StyleGAN2 + ResNet-152, batch 25, 10 steps) at 256 px
-#      and at 1024 px, the Fisher row), the PyTorch side on CUDA and JAX on the GPU at their
-#      default precisions (so the PPA rows' loss agreement is TF32-sized there); prints the
-#      table, writes bench/RESULTS.md (or --out) and the elapsed time (the target was under
-#      5 minutes before the PPA rows, whose compile and 1024-px steps are not yet measured).
+#   4. the whole table at full size (bench/run_all.py --gpu: the GMI, KEDMI, PLG-MI and LOMMA
+#      attack steps at 60 identities, the VGG16/IR-152/FaceNet64 train steps at batch 64 with
+#      and without the TL-DMI freeze, the GMI/KEDMI/PLG-MI GAN steps at batch 64, PPA
+#      optimisation steps (bench/bench_ppa.py: full-width StyleGAN2 + ResNet-152, batch 25,
+#      10 steps) at 256 px and at 1024 px, the attack's scaling over identities and the GPUs,
+#      the Fisher row), the PyTorch side on CUDA and JAX on the GPU at their default
+#      precisions (so the PPA rows' loss agreement is TF32-sized there); on the GPU the
+#      attack steps run as one jitted lax.scan per chunk (LatentSearch loop='auto'); prints
+#      the table, writes bench/RESULTS.md (or --out) and the elapsed time (the target was
+#      under 5 minutes before the new rows; their compile times on a GPU are not measured).
 #
 # JAX and PyTorch share the GPU inside each benchmark process: JAX may take
 # XLA_PYTHON_CLIENT_MEM_FRACTION of its memory (0.45 here unless set), PyTorch the rest.
