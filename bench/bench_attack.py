@@ -388,17 +388,13 @@ class JaxSide:
         )
         jax.block_until_ready((self.latent, self.opt_state, aux))
         seconds = time.perf_counter() - tic
-        # As `_run_seeds`: the chunk's outputs as its inputs, so the next call reuses it.
-        self.latent, self.opt_state = jax.device_put((self.latent, self.opt_state), self.shard)
         self.step += self.k
         return seconds, {name: float(value) for name, value in aux.items()}
 
     def flops(self) -> float | None:
-        """FLOPs of one step (XLA's cost analysis of the chunk; lowering, no compile)."""
+        """FLOPs of one step (XLA's cost analysis of the step; lowering, no compile)."""
         return step_flops(
-            self.search._run_chunk.lower(
-                self.latent, self.opt_state, self.ids, self.seeds, self.step, self.k
-            )
+            self.search.lower_step(self.latent, self.opt_state, self.ids, self.seeds, self.step)
         )
 
     def draws(self, t: int, draw) -> np.ndarray:

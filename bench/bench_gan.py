@@ -188,20 +188,7 @@ class JaxSide:
         config = gan_celeba.get_config(f'prior={kind}')
         d_loss, g_loss = gan_losses.make_loss_fns(prior, config, target)
         tx = gan_losses.adam(config.optim)  # One per optimizer, as train_and_evaluate.
-        split = lambda v: (v['params'], {c: t for c, t in v.items() if c != 'params'})
-        g_params, g_state = split(prior.variables['generator'])
-        d_params, d_state = split(prior.variables['discriminator'])
-        self.state = jax.device_put(
-            gan.GanState(
-                step=jnp.asarray(0, jnp.int32),
-                g_params=g_params,
-                g_state=g_state,
-                d_params=d_params,
-                d_state=d_state,
-                g_opt_state=tx.init(g_params),
-                d_opt_state=tx.init(d_params),
-            )
-        )
+        self.state = jax.device_put(gan.initial_state(prior, tx, tx))
         make = gan.make_d_step if step == 'd' else gan.make_g_step
         self.fn = jax.jit(
             make(d_loss if step == 'd' else g_loss, tx, config.seed), donate_argnums=0

@@ -230,11 +230,9 @@ class JaxSide:
         return seconds, {name: float(value) for name, value in aux.items()}
 
     def flops(self) -> float | None:
-        """FLOPs of one step (XLA's cost analysis of the chunk; lowering, no compile)."""
+        """FLOPs of one step (XLA's cost analysis of the step; lowering, no compile)."""
         return step_flops(
-            self.search._run_chunk.lower(
-                self.latent, self.opt_state, self.ids, self.seeds, self.step, 1
-            )
+            self.search.lower_step(self.latent, self.opt_state, self.ids, self.seeds, self.step)
         )
 
 

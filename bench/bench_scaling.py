@@ -78,7 +78,6 @@ def worker(args) -> None:
     import torch
 
     from bench import bench_attack
-    from bench.bench_common import step_flops
     from tldmi_jax import classifiers, models
     from tldmi_jax.attacks import common, gmi
 
@@ -104,11 +103,7 @@ def worker(args) -> None:
         return
     for identities in args.identities:
         side = bench_attack.JaxSide(problem, identities, 1, args.k, devices=args.worker_devices)
-        flops = step_flops(
-            side.search._run_chunk.lower(
-                side.latent, side.opt_state, side.ids, side.seeds, side.step, side.k
-            )
-        )
+        flops = side.flops()
         compile_s, aux = side.run()
         times = [side.run()[0] / args.k for _ in range(args.reps)]
         point = {

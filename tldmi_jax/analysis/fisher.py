@@ -43,7 +43,7 @@ import optax
 from absl import logging
 from flax import traverse_util
 
-from tldmi_jax import classifiers, config_lib, data, reconstructions
+from tldmi_jax import classifiers, config_lib, data, models, reconstructions
 from tldmi_jax.analysis import per_example
 from tldmi_jax.data import pipeline, preprocess
 from tldmi_jax.reporting import files
@@ -295,14 +295,15 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     norm_cls = normalise([r['value'] for r in rows_cls])
     norm_mi = normalise([r['value'] for r in rows_mi])
     # The cut-point name (`stage{k}`, `head`: what `defense.fine_tune_from` takes) of each
-    # group, for the plot and the tables; the group's own name where the model has none.
-    inner = getattr(model, 'inner', model)  # A MID target wraps the classifier.
-    names = getattr(model, 'cut_points', None) or getattr(inner, 'cut_points', None) or {}
-    cut = {group: name for name, group in reversed(list(names.items()))}
+    # group, for the plot and the tables: the first name `models.cut_points` gives it (the
+    # model's vocabulary first, else the group's own name).
+    cut = {}
+    for name, group in models.cut_points(model).items():
+        cut.setdefault(group, name)
     groups = [
         {
             'group': a['group'],
-            'cut_point': cut.get(a['group'], a['group']),
+            'cut_point': cut[a['group']],
             'num_params': a['num_params'],
             'classification': a['value'],
             'mi': b['value'],

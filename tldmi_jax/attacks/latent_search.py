@@ -173,16 +173,20 @@ class LatentSearch:
         latent = self.problem.project(optax.apply_updates(latent, updates))
         return latent, opt_state, {'loss': loss, **aux}
 
-    def _chunk_fn(self, latent, opt_state, identities, seeds, start, length: int):
-        keys = self._keys(identities, seeds)
+    def _update_all(self, latent, opt_state, identities, keys, t):
+        """Step `t` of every [identity, seed] instance; aux: the means over the instances."""
         update = jax.vmap(
             jax.vmap(self._update, in_axes=(0, 0, None, 0, None)), in_axes=(0, 0, 0, 0, None)
         )
+        latent, opt_state, aux = update(latent, opt_state, identities, keys, t)
+        return latent, opt_state, jax.tree.map(jnp.mean, aux)
+
+    def _chunk_fn(self, latent, opt_state, identities, seeds, start, length: int):
+        keys = self._keys(identities, seeds)
 
         def body(carry, t):
-            lat, opt = carry
-            lat, opt, aux = update(lat, opt, identities, keys, t)
-            return (lat, opt), jax.tree.map(jnp.mean, aux)
+            lat, opt, aux = self._update_all(*carry, identities, keys, t)
+            return (lat, opt), aux
 
         (latent, opt_state), aux = jax.lax.scan(
             body, (latent, opt_state), start + jnp.arange(length)
@@ -191,28 +195,29 @@ class LatentSearch:
 
     def _step_fn(self, latent, opt_state, identities, seeds, t):
         """One step of every instance (the body of `_chunk_fn`'s scan) at step `t`."""
-        keys = self._keys(identities, seeds)
-        update = jax.vmap(
-            jax.vmap(self._update, in_axes=(0, 0, None, 0, None)), in_axes=(0, 0, 0, 0, None)
-        )
-        latent, opt_state, aux = update(latent, opt_state, identities, keys, t)
-        return latent, opt_state, jax.tree.map(jnp.mean, aux)
+        return self._update_all(latent, opt_state, identities, self._keys(identities, seeds), t)
 
     def advance(self, latent, opt_state, identities, seeds, start: int, length: int, shard=None):
         """Steps `start .. start + length - 1` of every instance, as `self.loop` says.
 
         Returns `(latent, opt_state, aux)`, aux: the means over the instances at the last
-        step. `shard`: the sharding the state is put back on after each step of the Python
-        loop (XLA may hand a small leaf back replicated; the next step then reuses the
+        step. `shard`: the sharding the state is put back on after each call (XLA may hand a
+        small leaf such as a step count back replicated; the next call then reuses the
         compiled one).
         """
+
+        def place(state):
+            return state if shard is None else jax.device_put(state, shard)
+
         if self.loop == 'scan':
-            return self._run_chunk(latent, opt_state, identities, seeds, start, length)
+            latent, opt_state, aux = self._run_chunk(
+                latent, opt_state, identities, seeds, start, length
+            )
+            return (*place((latent, opt_state)), aux)
         aux = None
         for t in range(start, start + length):
             latent, opt_state, aux = self._step(latent, opt_state, identities, seeds, np.int32(t))
-            if shard is not None:
-                latent, opt_state = jax.device_put((latent, opt_state), shard)
+            latent, opt_state = place((latent, opt_state))
         return latent, opt_state, aux
 
     def lower_step(self, latent, opt_state, identities, seeds, start: int = 0):
@@ -316,9 +321,6 @@ class LatentSearch:
             latent, opt_state, aux = self.advance(
                 latent, opt_state, ids, seeds, step, length, shard
             )
-            # The chunk's outputs as its inputs (XLA may replicate a small leaf such as a
-            # step count): the next chunk then reuses the compiled one.
-            latent, opt_state = jax.device_put((latent, opt_state), shard)
             step += length
             if mngr is not None and (step < num_steps or keep_final):
                 checkpoint.save_state(mngr, step, {'latent': latent, 'opt_state': opt_state})

@@ -206,7 +206,7 @@ def _per_reconstruction(workdir: str, target: str, attack: str) -> dict[str, np.
     return {k: np.array([float(r[k]) for r in records]) for k in records[0]}
 
 
-def interval_stats(config, workdir: str, rows: list[dict[str, Any]]) -> None:
+def interval_stats(workdir: str, rows: list[dict[str, Any]]) -> None:
     """Adds each finished row's 95 % intervals, in place (`top1_*`, `diff_*` keys).
 
     `top1_low`/`top1_high`: top-1 over the (class, seed) instances, classes as fixed strata
@@ -457,7 +457,7 @@ def write_report(config, workdir: str, rows, fisher_result, root, timings: dict)
         attack_dir = os.path.join(workdir, 'sweep', 'cells', name, 'attack')
         write_grid(os.path.join(workdir, rel), attack_dir, real)
         grid_paths.append((f'{r["defense"]}, {r["attack"].upper()}', rel))
-    interval_stats(config, workdir, rows)
+    interval_stats(workdir, rows)
     hl = headline(config, rows)
     blocks = _blocks(config, rows, fisher_result, grid_paths, _prior_samples(workdir), hl, timings)
     atomic.write_text(os.path.join(workdir, 'report.md'), _markdown(blocks))

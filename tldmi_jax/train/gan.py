@@ -100,6 +100,23 @@ def _split(variables: dict) -> tuple[Any, dict]:
     return variables['params'], {k: v for k, v in variables.items() if k != 'params'}
 
 
+def initial_state(
+    prior: Any, g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation
+) -> GanState:
+    """Step 0 of training `prior`'s generator and discriminator with `g_tx` and `d_tx`."""
+    g_params, g_state = _split(prior.variables['generator'])
+    d_params, d_state = _split(prior.variables['discriminator'])
+    return GanState(
+        step=jnp.asarray(0, jnp.int32),
+        g_params=g_params,
+        g_state=g_state,
+        d_params=d_params,
+        d_state=d_state,
+        g_opt_state=g_tx.init(g_params),
+        d_opt_state=d_tx.init(d_params),
+    )
+
+
 def prior_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The family options of `config.prior` (z_dim, g_dim, d_dim, ...)."""
     return {k: v for k, v in config.prior.to_dict().items() if k not in _NOT_OPTIONS}
@@ -298,18 +315,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         seed=config.seed,
         **prior_options(config),
     )
-    g_params, g_state = _split(prior.variables['generator'])
-    d_params, d_state = _split(prior.variables['discriminator'])
     g_tx, d_tx = gan_losses.adam(config.optim), gan_losses.adam(config.optim)
-    state = GanState(
-        step=jnp.asarray(0, jnp.int32),
-        g_params=g_params,
-        g_state=g_state,
-        d_params=d_params,
-        d_state=d_state,
-        g_opt_state=g_tx.init(g_params),
-        d_opt_state=d_tx.init(d_params),
-    )
+    state = initial_state(prior, g_tx, d_tx)
     sched = loop.schedule(config, len(indices), 'training images')
     train = loop.TrainLoop(
         workdir,
