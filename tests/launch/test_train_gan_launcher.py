@@ -13,8 +13,10 @@ from tldmi_jax import priors
 from tldmi_jax.utils import metrics
 
 CONFIG = 'gan_celeba.py:prior=gmi,runlocal'
-# 12 D steps (G every 5th: steps 5 and 10), checkpoints every 2, samples at 6 and 12.
-OVERRIDES = ('--config.total_steps=12', '--config.checkpoint_every_steps=2')
+# 30 D steps (G every 5th: 6 G steps), checkpoints every 2, samples every 6. After the kill
+# point (checkpoint 8 at the latest) come 11 more checkpoints and 4 sample grids: on a fast
+# machine about 0.7 s, well over the kill's 0.1 s delay (12 steps once ended in 0.2 s).
+OVERRIDES = ('--config.total_steps=30', '--config.checkpoint_every_steps=2')
 
 
 @pytest.fixture(scope='module')
@@ -28,10 +30,10 @@ def test_train_gan_runlocal_end_to_end(reference):
     workdir, out = reference
     assert 'prior written to' in out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary['steps'] == 12 and summary['g_steps'] == 2 and np.isfinite(summary['d/loss'])
-    assert crash.checkpoint_steps(os.path.join(workdir, 'checkpoints')) == [10, 12]
+    assert summary['steps'] == 30 and summary['g_steps'] == 6 and np.isfinite(summary['d/loss'])
+    assert crash.checkpoint_steps(os.path.join(workdir, 'checkpoints')) == [28, 30]
     assert os.path.isfile(os.path.join(workdir, 'samples', 'step_6.png'))
-    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_12.png'))
+    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_30.png'))
     assert os.path.isfile(os.path.join(workdir, 'prior', 'prior.json'))
     records = metrics.read_metrics(workdir)
     assert records and all(np.isfinite(r['d/loss']) for r in records if 'd/loss' in r)
@@ -48,7 +50,8 @@ def test_killed_run_resumes_to_the_same_prior(reference, tmp_path):
         lambda w: crash.latest_step(os.path.join(w, 'checkpoints')),
         test='train_gan',
         low=2,
-        high=8,  # After checkpoint 10 the run may end before the kill (about 0.3 s).
+        high=8,
+        max_delay=0.1,  # Checkpoints come about 60 ms apart: the kill can fall inside one.
     )
     assert not os.path.exists(os.path.join(killed, 'results.json'))
     crash.run(cmd)
@@ -59,7 +62,7 @@ def test_killed_run_resumes_to_the_same_prior(reference, tmp_path):
     results = crash.load_json(os.path.join(killed, 'results.json'), (killed, clean))
     assert results == crash.load_json(os.path.join(clean, 'results.json'))
     assert crash.records(killed) == crash.records(clean)
-    for name in ('step_6.png', 'step_12.png'):
+    for name in ('step_6.png', 'step_18.png', 'step_30.png'):
         crash.assert_files_equal(*(os.path.join(w, 'samples', name) for w in (clean, killed)))
 
     # Killed after the last checkpoint, before the prior and results.json: the rerun trains
