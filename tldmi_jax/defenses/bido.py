@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from tldmi_jax.models import layers as layers_lib
 from tldmi_jax.models import vgg
 
 MEASURES = ('hsic', 'coco', 'hsic_biased')
@@ -219,6 +220,6 @@ def hidden_representations(
     for name in layers:
         h = intermediates[name]['__call__'][0]
         if pool and h.ndim == 4:
-            h = nn.max_pool(h, (2, 2), strides=(2, 2))
+            h = layers_lib.max_pool(h, 2, 2)
         out.append(h)
     return [*out, features]

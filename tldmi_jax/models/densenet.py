@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, frozen_children, torch_conv
+from tldmi_jax.models.layers import BatchNorm, frozen_children, max_pool, torch_conv
 
 
 class DenseLayer(nn.Module):
@@ -175,7 +175,7 @@ class DenseNet(nn.Module):
         """
         x = torch_conv(self.init_features, 7, 2, 'conv0')(x)
         x = nn.relu(BatchNorm(name='norm0')(x, train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, 3, 2, 1)
         width = self.init_features
         for i, layers in enumerate(self.block_layers):
             x = DenseBlock(layers, self.growth_rate, self.bn_size, name=f'denseblock{i + 1}')(

@@ -6,8 +6,13 @@ momentum convention (`running = (1 - momentum) * running + momentum * batch`,
 default 0.1). Its `train` argument is a call argument, so the freezing code can
 switch individual layers to running statistics with `nn.intercept_methods`
 (see `tldmi_jax.defenses.transfer.bn_policy_interceptor`).
+
+`max_pool` is torch's `F.max_pool2d` (floor mode, -inf padding) whose derivative sends each
+output's gradient to the first maximum of its window, as torch's CPU kernel does, at a
+fraction of the cost of XLA:CPU's `select_and_scatter` (the gradient of `nn.max_pool`).
 """
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -54,6 +59,57 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             y = y + self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
         return y
+
+
+def _windows(x: jax.Array, window: int, stride: int, padding: int, fill: float) -> jax.Array:
+    """[B, H, W, C] -> [B, Ho, Wo, C, window**2]: every pooling window, row-major."""
+    b, h, w, c = x.shape
+    ho = (h + 2 * padding - window) // stride + 1
+    wo = (w + 2 * padding - window) // stride + 1
+    if padding:
+        pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+        x = jnp.pad(x, pads, constant_values=fill)
+    if window == stride:  # Non-overlapping: a reshape (floor mode drops the remainder).
+        x = x[:, : ho * stride, : wo * stride].reshape(b, ho, window, wo, window, c)
+        return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, window * window)
+    last_h, last_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    taps = [
+        x[:, i : i + last_h : stride, j : j + last_w : stride]
+        for i in range(window)
+        for j in range(window)
+    ]
+    return jnp.stack(taps, axis=-1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+    """Torch `F.max_pool2d(x, window, stride, padding)` on NHWC.
+
+    The value is `nn.max_pool`'s. The derivative is linear in the tangent: each output takes
+    the tangent at the first maximum (row-major) of its window, which is what torch's CPU
+    backward does with ties. Its transpose (the gradient) is a few reshapes, slices and pads
+    instead of XLA:CPU's `select_and_scatter`: 26.6 ms -> 0.8 ms for the demo CNN's first
+    pooling (batch 128, 32x32x16), 27.6 ms -> 6.9 ms for ResNet's 3x3/2 stem pooling.
+    Higher derivatives and forward mode work (it is a `custom_jvp`).
+
+    Args:
+      x: [B, H, W, C].
+      window: square window side.
+      stride: both axes.
+      padding: symmetric, with -inf (torch semantics).
+    """
+    pads = ((padding, padding), (padding, padding))
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+@max_pool.defjvp
+def _max_pool_jvp(window, stride, padding, primals, tangents):
+    (x,), (t,) = primals, tangents
+    out = max_pool(x, window, stride, padding)
+    first = jnp.argmax(_windows(x, window, stride, padding, -jnp.inf), axis=-1)
+    chosen = first[..., None] == jnp.arange(window * window)
+    t_out = jnp.sum(jnp.where(chosen, _windows(t, window, stride, padding, 0.0), 0.0), axis=-1)
+    return out, t_out
 
 
 class PReLU(nn.Module):

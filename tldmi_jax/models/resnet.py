@@ -25,9 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, frozen_children, torch_conv
-
-_PAD1 = ((1, 1), (1, 1))
+from tldmi_jax.models.layers import BatchNorm, frozen_children, max_pool, torch_conv
 
 
 class BasicBlock(nn.Module):
@@ -154,7 +152,7 @@ class ResNet(nn.Module):
         block = Bottleneck if self.bottleneck else BasicBlock
         x = torch_conv(self.stem_width, 7, 2, 'conv1')(x)
         x = nn.relu(BatchNorm(name='bn1')(x, train))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
+        x = max_pool(x, 3, 2, 1)
         for s, (blocks, width) in enumerate(zip(self.stage_blocks, self.widths, strict=True)):
             for b in range(blocks):
                 stride = 2 if (b == 0 and s > 0) else 1

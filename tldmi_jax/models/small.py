@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.models.layers import BatchNorm, max_pool
 
 
 class ConvBlock(nn.Module):
@@ -26,7 +26,7 @@ class ConvBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name='conv')(x)
         x = nn.relu(BatchNorm(name='bn')(x, train))
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+        return max_pool(x, 2, 2)
 
 
 class SmallCNN(nn.Module):

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.models.layers import BatchNorm, max_pool
 
 
 class ConvBNReLU(nn.Module):
@@ -131,7 +131,7 @@ class VGG(nn.Module):
         for b, (width, depth) in enumerate(zip(self.widths, self.depths, strict=True)):
             for i in range(depth):
                 x = ConvBNReLU(width, name=f'conv{b + 1}_{i + 1}')(x, train)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, 2, 2)
         # Flatten in NCHW order so torch Linear/BN1d weights convert without permutation.
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         features = BatchNorm(use_bias=False, name='head_bn')(x, train)
