@@ -325,7 +325,10 @@ def strided_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> 
 
 
 def _strided_conv_fwd(x, kernel, stride, padding):
-    return _strided_conv_raw(x, kernel, stride, padding), (x, kernel)
+    # `strided_conv` itself, not the raw convolution: a derivative of this forward (the
+    # gradient penalty differentiates the input gradient again) then also goes through this
+    # rule instead of XLA's slow lhs-dilated input gradient.
+    return strided_conv(x, kernel, stride, padding), (x, kernel)
 
 
 def _strided_conv_bwd(stride, padding, residuals, ct):
