@@ -1,8 +1,8 @@
 r"""One attack step (GMI, KEDMI, PLG-MI, LOMMA): tldmi_jax (jit) vs the originals' PyTorch loops.
 
   PYTHONPATH=. python bench/bench_attack.py [--attack=gmi] [--target=facenet64]
-      [--identities=60] [--seeds=1] [--reps=5] [--k=1] [--lomma-base=gmi] [--quick]
-      [--torch-frozen] [--device=auto]
+      [--identities=60] [--seeds=1] [--reps=5] [--k=1] [--seed-chunk=0] [--lomma-base=gmi]
+      [--quick] [--torch-frozen] [--device=auto]
 
 Both sides attack the same full-size models with random weights at 64 px, 1000 classes: the
 target, FaceNet64 (IR-50 at 64 px) or TL-DMI's VGG16, and the attack's prior:
@@ -36,7 +36,9 @@ the same initial latents and the same labels.
   `config_lib.attack_config(attack)` (lomma: `attack_config('<base>+lomma')`): the
   [identities, seeds] instances vmapped, a jitted `lax.scan` over a chunk of k steps
   (`LatentSearch.advance`: on CPU a Python loop over one jitted step, elsewhere one jitted
-  `lax.scan` of the k steps). One step = the time of k steps / k.
+  `lax.scan` of the k steps), the seeds in the chunks the attacks use
+  (`LatentSearch.chunk_size`; on CPU at most 64 instances per call, `--seed-chunk`
+  overrides). One step = the time of k steps / k.
 - PyTorch: the loop of the original inversion (TL-DMI `attack.py:inversion` for GMI,
   `dist_inversion` for KEDMI, LOMMA's `iden_loss` on either, PLG-MI's `reconstruct.py`):
   eager, one Python iteration per update, the identities of a batch together, the seeds one
@@ -357,15 +359,23 @@ def students() -> tuple[list[classifiers.BoundFn], list[tnn.Module], list[int]]:
 
 
 class JaxSide:
-    """The library's loop: `LatentSearch.advance` on [identities, seeds] instances."""
+    """The library's loop: `LatentSearch.advance` on [identities, seeds] instances.
 
-    def __init__(self, problem, identities: int, seeds: int, k: int, devices: int = 0):
+    The seeds run in chunks of `LatentSearch.chunk_size` (`seed_chunk`, 0: the automatic
+    choice the attacks make), one `advance` per chunk, as `LatentSearch.run_batch` runs
+    them (there the chunks run one after another over all steps; the time per step of
+    every instance is the same)."""
+
+    def __init__(
+        self, problem, identities: int, seeds: int, k: int, devices: int = 0, seed_chunk: int = 0
+    ):
         self.search = latent_search.LatentSearch(
             problem,
             num_seeds=seeds,
             key=jax.random.fold_in(jax.random.key(0), 7),  # runner: config.seed = 0
             checkpoint_every=k,
             devices=devices,  # runner: config.devices (0: all)
+            seed_chunk=seed_chunk,
         )
         self.k = k
         # As `LatentSearch.run_batch`: identities sharded over a 1-D mesh of the devices.
@@ -376,26 +386,47 @@ class JaxSide:
         self.seeds = sharding.replicate(np.arange(seeds, dtype=np.int32), mesh)
         latent, opt_state = self.search._init(self.ids, self.seeds, None)
         self.z0 = jax.tree.map(np.asarray, latent)  # [B, S, ...]; GMI: unclamped N(0, I)
-        self.latent = jax.device_put(latent, self.shard)
-        self.opt_state = jax.device_put(opt_state, self.shard)
+        size = self.seed_chunk = self.search.chunk_size(identities, mesh.size)
+        self.chunks = []  # (seeds, latent, opt_state) of each seed chunk.
+        for first in range(0, seeds, size):
+            part = slice(first, min(first + size, seeds))
+            chunk = sharding.replicate(np.arange(seeds, dtype=np.int32)[part], mesh)
+            sub = jax.tree.map(lambda a, p=part: jax.device_put(a[:, p], self.shard), latent)
+            opt = jax.tree.map(lambda a, p=part: jax.device_put(a[:, p], self.shard), opt_state)
+            self.chunks.append([chunk, sub, opt])
         self.step = 0
 
+    @property
+    def latent(self):
+        """[B, S, ...]: the chunks' latents side by side."""
+        parts = [c[1] for c in self.chunks]
+        return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *parts)
+
     def run(self) -> tuple[float, dict]:
-        """One chunk of k steps; returns (seconds, aux of the chunk's last step)."""
+        """One chunk of k steps of every seed chunk; returns (seconds, aux of the last)."""
         tic = time.perf_counter()
-        self.latent, self.opt_state, aux = self.search.advance(
-            self.latent, self.opt_state, self.ids, self.seeds, self.step, self.k, self.shard
-        )
-        jax.block_until_ready((self.latent, self.opt_state, aux))
+        auxes = []
+        for chunk in self.chunks:
+            chunk[1], chunk[2], aux = self.search.advance(
+                chunk[1], chunk[2], self.ids, chunk[0], self.step, self.k, self.shard
+            )
+            auxes.append(aux)
+        jax.block_until_ready(([c[1:] for c in self.chunks], auxes))
         seconds = time.perf_counter() - tic
         self.step += self.k
-        return seconds, {name: float(value) for name, value in aux.items()}
+        # Each chunk's aux is a mean over its instances: weight by the chunk's seeds.
+        sizes = np.array([len(c[0]) for c in self.chunks], np.float64)
+        return seconds, {
+            name: float(np.dot(sizes, [float(a[name]) for a in auxes]) / sizes.sum())
+            for name in auxes[0]
+        }
 
     def flops(self) -> float | None:
         """FLOPs of one step (XLA's cost analysis of the step; lowering, no compile)."""
-        return step_flops(
-            self.search.lower_step(self.latent, self.opt_state, self.ids, self.seeds, self.step)
-        )
+        seeds, latent, opt_state = self.chunks[0]
+        flops = step_flops(self.search.lower_step(latent, opt_state, self.ids, seeds, self.step))
+        # Every instance costs the same: scale the first chunk's FLOPs to all seeds.
+        return None if flops is None else flops * len(self.seeds) / len(seeds)
 
     def draws(self, t: int, draw) -> np.ndarray:
         """`draw(step_key)` for every instance at step t: [B, S, ...], the random numbers
@@ -632,7 +663,13 @@ def setup(args, dev: torch.device) -> dict:
         image_size=64,
         p_reg=None if p_reg is None else jax.device_put(p_reg),
     )
-    jax_side = JaxSide(spec.module.make_problem(ctx, cfg), args.identities, args.seeds, args.k)
+    jax_side = JaxSide(
+        spec.module.make_problem(ctx, cfg),
+        args.identities,
+        args.seeds,
+        args.k,
+        seed_chunk=args.seed_chunk,
+    )
 
     modules = [g, d, t, *student_refs]
     for m in modules:
@@ -698,6 +735,12 @@ def main():
     p.add_argument('--seeds', type=int, default=1)
     p.add_argument('--reps', type=int, default=5)
     p.add_argument('--k', type=int, default=1, help='steps per jitted chunk (JAX)')
+    p.add_argument(
+        '--seed-chunk',
+        type=int,
+        default=0,
+        help='JAX: seeds optimised at once, one call each (LatentSearch seed_chunk; 0: automatic)',
+    )
     p.add_argument('--quick', action='store_true', help='identities 8, seeds 1, reps 3')
     p.add_argument(
         '--torch-frozen',
@@ -710,6 +753,8 @@ def main():
         args.identities, args.seeds, args.reps = 8, 1, 3
     if min(args.identities, args.seeds, args.reps, args.k) < 1:
         p.error('--identities, --seeds, --reps and --k must be >= 1')
+    if args.seed_chunk < 0:
+        p.error('--seed-chunk must be >= 0 (0: all seeds at once)')
     if args.identities > CLASSES:
         p.error(f'--identities must be <= {CLASSES}')
 
@@ -741,7 +786,7 @@ def main():
         )
     print(
         f'attack: {label}, {describe(args.attack, kind, cfg)}; identities={args.identities} '
-        f'seeds={args.seeds} k={args.k} reps={args.reps}'
+        f'seeds={args.seeds} seed_chunk={jax_side.seed_chunk} k={args.k} reps={args.reps}'
     )
     grads = 'off (--torch-frozen)' if args.torch_frozen else 'on, as in the original'
     models_named = 'G, D, T' if args.attack == 'gmi' else 'every model'
@@ -834,6 +879,7 @@ def main():
         'target': args.target,
         'identities': args.identities,
         'seeds': args.seeds,
+        'seed_chunk': jax_side.seed_chunk,
         'batch': args.identities,
         'k': args.k,
         'reps': args.reps,

@@ -376,6 +376,7 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
         iden_loss='ce',
         use_augmented=False,
         reg_weight=0.0,
+        seed_chunk=0,  # Seeds optimised in one call (0: automatic; LatentSearch).
     ),
     'kedmi': dict(
         steps=3000,
@@ -388,6 +389,7 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
         iden_loss='ce',
         use_augmented=False,
         reg_weight=0.0,
+        seed_chunk=0,  # Seeds optimised in one call (0: automatic; LatentSearch).
     ),
     'plgmi': dict(
         steps=600,
@@ -396,6 +398,7 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
         samples=1,
         iden_loss='margin',  # Max-margin loss on the target.
         views=2,  # Augmented views of each image per step.
+        seed_chunk=0,  # Seeds optimised in one call (0: automatic; LatentSearch).
     ),
     # PPA on FaceScrub with the FFHQ StyleGAN2 (configs/attacking/FaceScrub_FFHQ.yaml);
     # configs/attack_ppa.py:dataset=dogs sets Stanford Dogs' changes (PPA_DOGS below).
@@ -421,7 +424,7 @@ ATTACK_DEFAULTS: dict[str, dict[str, Any]] = {
         select_scale=(0.5, 0.9),  # Their RandomResizedCrop scale ...
         select_ratio=(0.8, 1.2),  # ... and ratio (plus a horizontal flip).
         select_batch=100,  # Transformed views scored at once.
-        seed_chunk=0,  # Instances of an identity optimised at once (0: all num_seeds).
+        seed_chunk=0,  # Instances of an identity optimised at once (0: automatic).
     ),
 }
 # Stanford Dogs with the AFHQ-Dog StyleGAN2 (configs/attacking/Stanford_Dogs_AFHQ.yaml).
@@ -472,6 +475,10 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
     config.attack.reg_weight = placeholder(float)  # LOMMA feature-regulariser weight.
     config.attack.p_reg_samples = placeholder(int)  # Public images for LOMMA's p_reg.
     config.attack.init_log_var = placeholder(float)  # KEDMI log-variance init (TL-DMI: 0).
+    # Seeds of an identity optimised in one call (0: automatic: all, but on CPU at most 64
+    # instances per call, which is faster there). Speed and memory, not the result (up to
+    # float rounding).
+    config.attack.seed_chunk = placeholder(int)
     config.attack.reference_batch = 60  # Losses are divided by it, as the original's mean.
     if name == 'ppa':  # PPA's own fields (None: ATTACK_DEFAULTS['ppa']).
         config.attack.reference_batch = 25  # PPA's batch of w.
@@ -479,7 +486,7 @@ def attack_config(attack: str = 'gmi', runlocal: bool = False) -> ml_collections
             config.attack[field] = placeholder(float)
         for field in ('final', 'candidates', 'cutoff', 'crop', 'candidate_batch'):
             config.attack[field] = placeholder(int)
-        for field in ('select_views', 'select_batch', 'seed_chunk'):
+        for field in ('select_views', 'select_batch'):
             config.attack[field] = placeholder(int)
         for field in ('candidate_flip', 'single_w', 'clip_images'):
             config.attack[field] = placeholder(bool)

@@ -204,14 +204,48 @@ def test_seed_chunks_give_the_unchunked_result_and_resume(tmp_path):
             _pool_problem(3), 5, jax.random.key(2), checkpoint_every=3, seed_chunk=chunk
         )
 
-    whole_lat, whole_img, _ = search(0).run_batch(ids, 9)
+    whole_lat, whole_img, whole_aux = search(5).run_batch(ids, 9)
     ckpt = str(tmp_path / 'ckpt')
-    chunked_lat, chunked_img, _ = search(2).run_batch(ids, 9, ckpt_dir=ckpt)
+    chunked_lat, chunked_img, chunked_aux = search(2).run_batch(ids, 9, ckpt_dir=ckpt)
     np.testing.assert_allclose(chunked_lat, whole_lat, atol=1e-6)
     np.testing.assert_allclose(chunked_img, whole_img, atol=1e-6)
-    # Every chunk of seeds (0-1, 2-3, 4) kept its finished state: a rerun steps no more.
-    assert sorted(os.listdir(ckpt)) == ['seeds_00000', 'seeds_00002', 'seeds_00004']
+    # The losses of the last step: the mean over every instance, as without chunks.
+    for name in ('loss', 'iden'):
+        np.testing.assert_allclose(chunked_aux[name], whole_aux[name], rtol=1e-5)
+    # Every chunk of seeds (0-1, 2-3, 4) kept its finished state: a rerun steps no more,
+    # and returns the losses those chunks had logged.
+    names = ['seeds_00000-00001', 'seeds_00002-00003', 'seeds_00004-00004']
+    assert sorted(os.listdir(ckpt)) == names
     again_lat, again_img, aux = search(2).run_batch(ids, 9, ckpt_dir=ckpt)
     np.testing.assert_array_equal(again_lat, chunked_lat)
     np.testing.assert_array_equal(again_img, chunked_img)
-    assert 'iden' not in aux  # Nothing ran: no step's losses.
+    assert {k: aux[k] for k in ('loss', 'iden')} == {k: chunked_aux[k] for k in ('loss', 'iden')}
+
+
+@pytest.mark.parametrize(
+    'identities,seeds,backend,want',
+    [
+        (60, 5, 'cpu', 1),  # 300 instances: five calls of 60.
+        (8, 5, 'cpu', 5),  # 40 instances: one call.
+        (5, 20, 'cpu', 10),  # The demo: 100 instances in two equal calls of 50.
+        (30, 5, 'cpu', 2),  # 150: three calls (2 + 2 + 1 seeds) of at most 60.
+        (10, 7, 'cpu', 4),  # 70: two chunks (4 + 3) of at most 60.
+        (100, 3, 'cpu', 1),  # More identities than the bound: one seed per call.
+        (60, 5, 'gpu', 5),  # Elsewhere: all seeds at once.
+    ],
+)
+def test_auto_seed_chunk(identities, seeds, backend, want):
+    chunk = latent_search.auto_seed_chunk(identities, seeds, backend)
+    assert chunk == want
+    if backend == 'cpu' and chunk > 1:
+        assert identities * chunk <= latent_search.CPU_INSTANCES_PER_CALL
+
+
+def test_chunk_size_is_automatic_per_device_unless_set():
+    search = latent_search.LatentSearch(_pool_problem(3), 20, jax.random.key(0), 3)
+    backend = jax.default_backend()
+    assert search.chunk_size(5) == latent_search.auto_seed_chunk(5, 20, backend)
+    # Identities are split over the devices: the bound is per device.
+    assert search.chunk_size(120, devices=2) == latent_search.auto_seed_chunk(60, 20, backend)
+    explicit = latent_search.LatentSearch(_pool_problem(3), 20, jax.random.key(0), 3, seed_chunk=7)
+    assert explicit.chunk_size(5) == 7

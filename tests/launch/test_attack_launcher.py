@@ -1,5 +1,6 @@
 """launch/attack.py SIGKILLed at a seeded random step and rerun ends with the clean output."""
 
+import glob
 import json
 import os
 
@@ -84,9 +85,10 @@ def _ppa_steps_done(workdir):
         if os.path.exists(os.path.join(workdir, 'batches', f'batch_{index:03d}.npz')):
             done += 2 * PPA_STEPS
             continue
-        for chunk in ('seeds_00000', 'seeds_00003'):
-            path = os.path.join(workdir, 'checkpoints', f'batch_{index:03d}', chunk)
-            done += crash.latest_step(path) if os.path.isdir(path) else 0
+        batch = os.path.join(workdir, 'checkpoints', f'batch_{index:03d}')
+        # The two chunks of seeds (seed_chunk 3): seeds_00000-00002 and the rest.
+        for chunk in glob.glob(os.path.join(batch, 'seeds_*')):
+            done += crash.latest_step(chunk)
     return done
 
 

@@ -110,6 +110,17 @@ def test_fields_a_runlocal_run_filled_in_are_not_differences(tmp_path):
     assert changes == ["target.checkpoint: '/elsewhere/target' -> null"]
 
 
+def test_an_option_added_since_the_run_started_is_no_difference_at_its_default():
+    """A run that started before `attack.seed_chunk` existed resumes; a set value differs."""
+    previous = {'attack': {'name': 'gmi', 'steps': 300}}
+    unset = {'attack': {'name': 'gmi', 'steps': 300, 'seed_chunk': None}}
+    assert workdir.differences(previous, unset) == []
+    chosen = {'attack': {'name': 'gmi', 'steps': 300, 'seed_chunk': 2}}
+    assert workdir.differences(previous, chosen) == ['attack.seed_chunk: (absent) -> 2']
+    # Removing a field still counts.
+    assert workdir.differences(unset | {'extra': None}, previous) != []
+
+
 def test_unreadable_config_json_is_refused_unless_overwrite(tmp_path):
     (tmp_path / 'config.json').write_text('{"seed": 0, ')
     with pytest.raises(workdir.WorkdirError, match='unreadable'):

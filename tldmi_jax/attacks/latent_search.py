@@ -93,6 +93,29 @@ class SearchState:
     step: int
 
 
+# On CPU, the most instances (identities x seeds on one device) one call optimises when
+# `seed_chunk` is automatic. XLA:CPU's step grows faster than linearly beyond some size: GMI
+# with FaceNet64 at 64 px took 15.6 s for 60 identities x 5 seeds in one call and 11.5 s in
+# five calls of 60 (PyTorch, seeds one after another: 14.9-15.2 s); the demo's attack about
+# 8 % less in two calls of 50 than in one of 100. At 8 x 5 one call was faster (1.53 vs
+# 1.76 s). Results agree up to float rounding, which long attacks amplify (docs/attacks.md).
+CPU_INSTANCES_PER_CALL = 64
+
+
+def auto_seed_chunk(identities: int, num_seeds: int, backend: str) -> int:
+    """The automatic seed chunk of a batch of `identities` per device.
+
+    All seeds at once, except on CPU when `identities * num_seeds` exceeds
+    `CPU_INSTANCES_PER_CALL`: then the fewest equal chunks that stay within it (at least one
+    seed per chunk), so that every chunk has the same shape (one compilation).
+    """
+    if backend != 'cpu' or identities * num_seeds <= CPU_INSTANCES_PER_CALL:
+        return num_seeds
+    per_call = max(1, CPU_INSTANCES_PER_CALL // max(identities, 1))
+    chunks = -(-num_seeds // per_call)  # ceil
+    return -(-num_seeds // chunks)
+
+
 class LatentSearch:
     """Runs a `Problem` for identity batches; compiled once per batch shape.
 
@@ -102,11 +125,13 @@ class LatentSearch:
       key: the attack's base key (from config.seed).
       checkpoint_every: steps per jitted chunk (and between checkpoints).
       devices: shard the identities over at most this many devices (0: all).
-      seed_chunk: optimise at most this many seeds of every identity at once (0: all).
-        The seeds of a batch then run one chunk after another, each checkpointed
-        (also when finished), then are rendered together and go through `select`: what
-        bounds memory when an instance is large (PPA: 200 candidates of a 1024 px
-        StyleGAN2 per identity). The result does not depend on it.
+      seed_chunk: optimise at most this many seeds of every identity at once (0:
+        automatic, `auto_seed_chunk`: all of them, except on CPU where a batch is cut into
+        calls of at most `CPU_INSTANCES_PER_CALL` instances). The seeds of a batch then
+        run one chunk after another, each checkpointed (also when finished), then are
+        rendered together and go through `select`: what bounds memory when an instance is
+        large (PPA: 200 candidates of a 1024 px StyleGAN2 per identity), and what keeps
+        XLA:CPU fast. The result does not depend on it, up to float rounding.
       loop: how the steps between checkpoints run: 'scan' (one jitted `lax.scan` of the
         chunk: one dispatch per chunk), 'python' (a Python loop over one jitted step) or
         'auto': 'python' on CPU, 'scan' elsewhere. On XLA:CPU (jax 0.10) the scan made the
@@ -136,8 +161,8 @@ class LatentSearch:
         self.num_seeds = num_seeds
         seed_chunk = int(seed_chunk or 0)
         if seed_chunk < 0:
-            raise ValueError(f'seed_chunk must be >= 0 (0: all seeds at once), got {seed_chunk}.')
-        self.seed_chunk = min(seed_chunk or num_seeds, num_seeds)
+            raise ValueError(f'seed_chunk must be >= 0 (0: automatic), got {seed_chunk}.')
+        self.seed_chunk = min(seed_chunk, num_seeds)  # 0: `auto_seed_chunk` per batch.
         self.key = key
         self.chunk = max(1, int(checkpoint_every))
         self._run_chunk = jax.jit(self._chunk_fn, static_argnums=(5,))
@@ -247,6 +272,13 @@ class LatentSearch:
         return self._data
 
     # --- driver ---
+    def chunk_size(self, identities: int, devices: int = 1) -> int:
+        """Seeds optimised at once for a batch of `identities` over `devices` devices."""
+        if self.seed_chunk:
+            return self.seed_chunk
+        per_device = -(-identities // max(devices, 1))
+        return auto_seed_chunk(per_device, self.num_seeds, jax.default_backend())
+
     def run_batch(
         self,
         identities: np.ndarray,
@@ -268,24 +300,29 @@ class LatentSearch:
         if data is not None:
             data = sharding.replicate(data, mesh)
         tic = time.perf_counter()
-        latents, images, aux = [], [], {}
-        chunked = self.seed_chunk < self.num_seeds
-        for first in range(0, self.num_seeds, self.seed_chunk):
-            seeds = np.arange(first, min(first + self.seed_chunk, self.num_seeds), dtype=np.int32)
+        size = self.chunk_size(len(identities), mesh.size)
+        latents, images, auxes = [], [], []
+        chunked = size < self.num_seeds
+        for first in range(0, self.num_seeds, size):
+            seeds = np.arange(first, min(first + size, self.num_seeds), dtype=np.int32)
             sub, label = ckpt_dir, progress
             if chunked:
-                sub = ckpt_dir and os.path.join(ckpt_dir, f'seeds_{first:05d}')
+                # The range in the name: another chunking never restores this state.
+                name = f'seeds_{first:05d}-{seeds[-1]:05d}'
+                sub = ckpt_dir and os.path.join(ckpt_dir, name)
                 label = f'{progress} seeds {first}-{seeds[-1]}'
             latent, image, aux = self._run_seeds(
                 ids, shard, sharding.replicate(seeds, mesh), data, num_steps, sub, label, chunked
             )
             latents.append(latent)
             images.append(image)
+            auxes.append((len(seeds), aux))
         latent = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *latents)
         image = jnp.concatenate(images, axis=1) if chunked else images[0]
         if self.problem.select is not None:
             image = self._select(image, ids)
-        last = {k: float(v) for k, v in aux.items()}
+        # Each chunk's aux is a mean over its instances: the batch's is their weighted mean.
+        last = {k: sum(n * float(a[k]) for n, a in auxes) / self.num_seeds for k in auxes[0][1]}
         last['seconds'] = time.perf_counter() - tic
         # Gathered from every process (identities are sharded over all their devices).
         return distributed.to_host(latent), distributed.to_host(image), last
@@ -294,20 +331,26 @@ class LatentSearch:
         """Optimises and renders the instances `seeds` of every identity in `ids`.
 
         `keep_final`: checkpoint the finished state too (a chunk of seeds whose batch goes
-        on to other chunks), so a rerun does not optimise it again.
+        on to other chunks), so a rerun does not optimise it again; those checkpoints also
+        hold the last step's aux, which a finished chunk then returns.
         """
         latent, opt_state = self._init(ids, seeds, data)
         step = 0
+        aux: dict[str, Any] = {}
+        if keep_final:  # The aux's structure, without computing a step.
+            shapes = jax.eval_shape(self._step_fn, latent, opt_state, ids, seeds, 0)[2]
+            aux = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
         mngr = checkpoint.manager(ckpt_dir, max_to_keep=1) if ckpt_dir else None
         if mngr is not None and mngr.latest_step() is not None:
-            restored, step = checkpoint.restore_latest(
-                mngr, distributed.to_host({'latent': latent, 'opt_state': opt_state})
-            )
+            target = {'latent': latent, 'opt_state': opt_state}
+            if keep_final:
+                target['aux'] = aux
+            restored, step = checkpoint.restore_latest(mngr, distributed.to_host(target))
             latent, opt_state = restored['latent'], restored['opt_state']
+            aux = restored.get('aux', aux)
             logging.info('Resuming identity batch at step %d', step)
         latent = jax.device_put(latent, shard)
         opt_state = jax.device_put(opt_state, shard)
-        aux: dict[str, Any] = {}
         bar = tqdm(
             total=num_steps,
             initial=step,
@@ -323,7 +366,10 @@ class LatentSearch:
             )
             step += length
             if mngr is not None and (step < num_steps or keep_final):
-                checkpoint.save_state(mngr, step, {'latent': latent, 'opt_state': opt_state})
+                state = {'latent': latent, 'opt_state': opt_state}
+                if keep_final:
+                    state['aux'] = aux
+                checkpoint.save_state(mngr, step, state)
             bar.update(length)
             bar.set_postfix({k: f'{float(v):.3f}' for k, v in aux.items()})
         bar.close()

@@ -277,7 +277,9 @@ def differences(previous: Any, current: Any, workdir: str = '', started: str = '
     """Lists `'dotted.key: old -> new'` for every field that differs (sorted by key).
 
     A field that is unset in `current` but holds paths under `workdir` in `previous` was
-    filled in by the previous run itself (runlocal) and does not count. `started` is where
+    filled in by the previous run itself (runlocal) and does not count, nor does a field
+    that `previous` lacks and `current` leaves unset (None): an option added to the library
+    since that run started, at its default. `started` is where
     the previous run's workdir was (from `inputs.json`): if the workdir was moved since, a
     path under the old location equals the same path under the new one.
     """
@@ -288,6 +290,8 @@ def differences(previous: Any, current: Any, workdir: str = '', started: str = '
         if key in IGNORED:
             continue
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a is _ABSENT and b is None:
+            continue
         moved = _relocate(a, *move) if move else a
         if a == b or moved == b or _made_by_run(moved, b, workdir):
             continue
