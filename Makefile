@@ -66,7 +66,7 @@ else
 	@$(PY) -m tldmi_jax.data.fashion_mnist_mi --check $(DATA_ROOT)
 endif
 
-# The whole TL-DMI pipeline on Fashion-MNIST (about 7 minutes on 2 CPU cores); rerunning
+# The whole TL-DMI pipeline on Fashion-MNIST (about 5.5 minutes on 2 CPU cores); rerunning
 # resumes. Writes workdirs/demo/report.md and report.html.
 demo: demo-data
 	$(PY) launch/demo.py --config=configs/demo.py --workdir=workdirs/demo \
