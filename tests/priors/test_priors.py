@@ -14,6 +14,7 @@ import pytest
 
 from tldmi_jax import priors
 from tldmi_jax.priors import layers, plgmi
+from tldmi_jax.priors import stylegan2_ops as ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ('gmi', 'kedmi', 'plgmi')
@@ -375,3 +376,47 @@ def test_strided_conv_penalty_through_two_layers_has_no_lhs_dilated_conv():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert _lhs_dilated_convs(jax.make_jaxpr(penalty(plain))((w1, w2)).jaxpr) > 0
     assert _lhs_dilated_convs(jax.make_jaxpr(penalty(ours))((w1, w2)).jaxpr) == 0
+
+
+@pytest.mark.parametrize(
+    'shape,taps,up,padding,gain',
+    [
+        ((2, 9, 9, 4), (1, 3, 3, 1), 1, (1, 1), 4.0),  # After an up-sampling convolution.
+        ((2, 8, 8, 3), (1, 3, 3, 1), 2, (2, 1), 4.0),  # upsample2d of the ToRGB skip.
+        ((1, 7, 6, 2), (1, 2, 5), 2, (0, 3), 1.5),  # Asymmetric taps, non-square input.
+    ],
+)
+def test_upfirdn2d_equals_the_grouped_convolution_to_second_order(shape, taps, up, padding, gain):
+    """The separable `upfirdn2d` (two 1-D passes, custom gradient) against the per-channel
+    2-D convolution it replaced: values, gradients and the gradient of a gradient norm."""
+
+    def grouped(x):
+        p0, p1 = padding
+        f = ops.fir_filter(taps, gain)[::-1, ::-1]
+        kernel = jnp.asarray(np.tile(f[:, :, None, None], (1, 1, 1, x.shape[-1])), x.dtype)
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (1, 1),
+            ((p0, p1 + up - 1), (p0, p1 + up - 1)),
+            lhs_dilation=(up, up),
+            dimension_numbers=layers._DN,
+            feature_group_count=x.shape[-1],
+        )
+
+    def separable(x):
+        return ops.upfirdn2d(x, taps, up, padding, gain)
+
+    x = jnp.asarray(np.random.RandomState(0).randn(*shape), jnp.float32)
+    np.testing.assert_allclose(separable(x), grouped(x), atol=1e-5)
+    for f in (separable, grouped):
+        assert f(x).shape == grouped(x).shape
+
+    def grad(f):
+        return jax.grad(lambda a: jnp.sum(jnp.sin(f(a))))
+
+    def penalty(f):
+        return jax.grad(lambda a: jnp.sum(grad(f)(a) ** 2))
+
+    np.testing.assert_allclose(grad(separable)(x), grad(grouped)(x), atol=1e-5)
+    np.testing.assert_allclose(penalty(separable)(x), penalty(grouped)(x), atol=1e-4)
