@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import traverse_util
 
 from tldmi_jax import models
-from tldmi_jax.models import efficientnet
+from tldmi_jax.models import efficientnet, layers
 
 NUM_CLASSES = 5
 
@@ -176,3 +177,40 @@ def test_stochastic_depth_only_in_training(tiny):
         block.apply(variables, x, False), block.apply(variables, x, False)
     )
     assert not np.allclose(block.apply(variables, x, False), x)
+
+
+@pytest.mark.parametrize(
+    'shape,k,stride', [((2, 9, 9, 6), 3, 1), ((2, 9, 8, 5), 5, 2), ((1, 8, 8, 4), 3, 2)]
+)
+def test_depthwise_conv_equals_the_grouped_convolution(shape, k, stride):
+    """`layers.depthwise_conv` (shifted slices) against `lax`'s grouped convolution: values,
+    input and kernel gradients (what EfficientNet's depthwise layers now run)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 1, shape[-1])), jnp.float32)
+    pad = (k - 1) // 2
+
+    def grouped(x, w):
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+            feature_group_count=shape[-1],
+        )
+
+    def sliced(x, w):
+        return layers.depthwise_conv(x, w, stride, pad)
+
+    np.testing.assert_allclose(sliced(x, w), grouped(x, w), rtol=1e-5, atol=1e-5)
+    for argnums in (0, 1):
+        a = jax.grad(lambda *v: jnp.sum(jnp.sin(sliced(*v))), argnums)(x, w)
+        b = jax.grad(lambda *v: jnp.sum(jnp.sin(grouped(*v))), argnums)(x, w)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # The module keeps nn.Conv's variable (name, shape) and initialiser.
+    conv = nn.Conv(shape[-1], (k, k), feature_group_count=shape[-1], use_bias=False)
+    ours = layers.DepthwiseConv(k, stride, pad)
+    want = conv.init(jax.random.key(0), x)['params']['kernel']
+    got = ours.init(jax.random.key(0), x)['params']['kernel']
+    np.testing.assert_array_equal(got, want)

@@ -10,7 +10,8 @@ gradient of a layer from the layer's input x and output gradient dy:
 
 * `nn.Conv`: one product per kernel tap t, `kernel[t] = x_t^T dy` with x_t the input window
   the tap sees (padded, dilated and strided as the convolution does; im2col without
-  materialising the patches; feature groups included), `bias = sum dy`;
+  materialising the patches; feature groups included), `bias = sum dy`; the same for
+  `models.layers.DepthwiseConv` (a depthwise `nn.Conv` computed as slices);
 * `nn.Dense`: `kernel = x^T dy`, `bias = sum dy` (over every axis but the features); with
   one row per example the squares are summed without forming the per-example kernels:
   `sum_n w_n (x_n dy_n^T)^2 = (w x^2)^T (dy^2)`;
@@ -222,6 +223,9 @@ def _rule(module: nn.Module, args: tuple, kwargs: dict) -> Any:
             return _Dense(module.use_bias)
     elif kind is nn.Conv:
         return _conv_rule(module)
+    elif kind is layers.DepthwiseConv:  # nn.Conv with feature_group_count = channels.
+        k, s, p = module.kernel_size, module.stride, module.padding
+        return _Conv((k, k), (s, s), ((p, p), (p, p)), (1, 1), (1, 1), args[0].shape[-1], False)
     elif kind is layers.BatchNorm:
         train = args[1] if len(args) > 1 else kwargs.get('train')
         if train is False:  # Batch statistics (or a traced flag) couple the examples.

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm
+from tldmi_jax.models.layers import BatchNorm, DepthwiseConv
 
 # torchvision's B0 table: (expand_ratio, kernel, stride, in, out, num_layers) per stage.
 _STAGES = (
@@ -85,17 +85,21 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         pad = (self.kernel - 1) // 2
-        x = nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=(self.stride, self.stride),
-            padding=((pad, pad), (pad, pad)),
-            feature_group_count=self.groups,
-            use_bias=False,
-            kernel_init=_conv_init,
-            name='conv',
-        )(x)
-        x = BatchNorm(name='bn')(x, train)
+        if self.groups > 1 and self.groups == self.features == x.shape[-1]:
+            # Depthwise: shifted slices instead of XLA:CPU's slow grouped convolution.
+            conv = DepthwiseConv(self.kernel, self.stride, pad, kernel_init=_conv_init, name='conv')
+        else:
+            conv = nn.Conv(
+                self.features,
+                (self.kernel, self.kernel),
+                strides=(self.stride, self.stride),
+                padding=((pad, pad), (pad, pad)),
+                feature_group_count=self.groups,
+                use_bias=False,
+                kernel_init=_conv_init,
+                name='conv',
+            )
+        x = BatchNorm(name='bn')(conv(x), train)
         return nn.silu(x) if self.act else x
 
 

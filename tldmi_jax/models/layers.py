@@ -14,7 +14,7 @@ fraction of the cost of XLA:CPU's `select_and_scatter` (the gradient of `nn.max_
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -110,6 +110,51 @@ def _max_pool_jvp(window, stride, padding, primals, tangents):
     chosen = first[..., None] == jnp.arange(window * window)
     t_out = jnp.sum(jnp.where(chosen, _windows(t, window, stride, padding, 0.0), 0.0), axis=-1)
     return out, t_out
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """A depthwise convolution (`feature_group_count` = channels) as a sum of shifted slices.
+
+    Equal to `lax.conv_general_dilated(x, kernel, (s, s), padding,
+    feature_group_count=C)` up to float summation order. XLA:CPU runs grouped convolutions
+    slowly: for EfficientNet's depthwise layers at batch 8 the forward took 4-29 ms this way
+    against 0.1-2.2 ms as slices, the input gradient 11-282 ms against 2-18 ms.
+
+    Args:
+      x: [B, H, W, C].
+      kernel: [k, k, 1, C] (`nn.Conv(C, (k, k), feature_group_count=C)`'s kernel).
+      stride: both axes.
+      padding: symmetric zero padding.
+    """
+    k = kernel.shape[0]
+    _, h, w, _ = x.shape
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    dtype = jnp.result_type(x, kernel)
+    x = jnp.pad(x.astype(dtype), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    kernel = kernel.astype(dtype)
+    last_h, last_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    out = None
+    for u in range(k):
+        for v in range(kernel.shape[1]):
+            term = x[:, u : u + last_h : stride, v : v + last_w : stride] * kernel[u, v, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nn.Module):
+    """`nn.Conv(C, (k, k), stride, padding, feature_group_count=C, use_bias=False)` (the same
+    `kernel` variable, shape and initialiser) computed by `depthwise_conv`."""
+
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        kernel = self.param('kernel', self.kernel_init, (self.kernel_size, self.kernel_size, 1, c))
+        return depthwise_conv(x, kernel, self.stride, self.padding)
 
 
 class PReLU(nn.Module):
