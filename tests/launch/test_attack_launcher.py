@@ -50,7 +50,13 @@ def test_killed_attack_resumes_to_identical_reconstructions(tmp_path):
     assert summary['attack'] == 'kedmi' and summary['num_reconstructions'] == 20
 
     crash.kill_at_random_point(
-        _cmd(killed, target), killed, _steps_done, test='attack', low=5, high=2 * STEPS - 10
+        _cmd(killed, target),
+        killed,
+        _steps_done,
+        test='attack',
+        low=5,
+        high=2 * STEPS - 10,
+        finished=_reconstructed,
     )
     assert not os.path.exists(os.path.join(killed, 'reconstructions.npz'))
     crash.run(_cmd(killed, target))
@@ -78,6 +84,11 @@ def _ppa_cmd(workdir, target, prior):
     )
 
 
+def _reconstructed(workdir):
+    """Whether the attack wrote its last output."""
+    return os.path.exists(os.path.join(workdir, 'reconstructions.npz'))
+
+
 def _ppa_steps_done(workdir):
     """Steps finished over every (identity batch, chunk of seeds): 0..4 * PPA_STEPS."""
     done = 0
@@ -101,7 +112,13 @@ def test_killed_ppa_attack_resumes_to_identical_reconstructions(tmp_path):
     assert summary['attack'] == 'ppa' and summary['num_reconstructions'] == 8
 
     crash.kill_at_random_point(
-        _ppa_cmd(killed, target, prior), killed, _ppa_steps_done, test='ppa', low=2, high=20
+        _ppa_cmd(killed, target, prior),
+        killed,
+        _ppa_steps_done,
+        test='ppa',
+        low=2,
+        high=20,
+        finished=_reconstructed,
     )
     assert not os.path.exists(os.path.join(killed, 'reconstructions.npz'))
     crash.run(_ppa_cmd(killed, target, prior))

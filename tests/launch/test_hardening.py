@@ -92,6 +92,7 @@ def test_killed_run_stale_lock_copied_workdir_and_finished_rerun(tmp_path):
         test='stale-lock',
         low=10,
         high=20,
+        finished=lambda w: os.path.exists(os.path.join(w, 'model_final')),
     )
     assert (wd / '.lock').exists() and not (wd / 'model_final').exists()
     shutil.copytree(wd, copy)  # `cp -r` of the half-finished run, stale lock and all.

@@ -98,6 +98,7 @@ def test_sweep_kill_resume_and_failing_cell(reference, tmp_path, capsys):
         test='sweep',
         low=1,
         high=len(_MILESTONES),
+        finished=lambda w: os.path.exists(os.path.join(w, 'cells', 'tldmi__gmi', 'cell.json')),
     )
     assert not os.path.exists(os.path.join(workdir, 'cells', 'tldmi__gmi', 'cell.json'))
     first_cell = os.path.join(workdir, 'cells', 'none__gmi', 'cell.json')

@@ -52,6 +52,7 @@ def test_killed_run_resumes_to_the_same_prior(reference, tmp_path):
         low=2,
         high=8,
         max_delay=0.1,  # Checkpoints come about 60 ms apart: the kill can fall inside one.
+        finished=lambda w: os.path.exists(os.path.join(w, 'results.json')),
     )
     assert not os.path.exists(os.path.join(killed, 'results.json'))
     crash.run(cmd)
