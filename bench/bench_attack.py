@@ -112,6 +112,7 @@ from bench.bench_common import (  # noqa: E402
     report_medians,
     step_flops,
     timing_result,
+    torch_device,
 )
 from tests.interop import test_convert as classifier_refs  # noqa: E402
 from tests.interop import test_convert_gans as gan_refs  # noqa: E402
@@ -129,13 +130,6 @@ CLASSES = 1000
 TARGETS = ('facenet64', 'vgg16')  # `convert.KINDS` names, which are also the JAX archs.
 ATTACKS = ('gmi', 'kedmi', 'plgmi', 'lomma')
 STUDENTS = ('efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2')  # configs/distill_celeba
-
-
-def torch_device(name: str) -> torch.device:
-    """`auto`: CUDA when PyTorch sees it, else the CPU."""
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------------------

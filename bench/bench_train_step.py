@@ -52,7 +52,7 @@ import optax
 import torch
 from torch import nn
 
-from bench.bench_common import peak_memory, step_flops, timing_result
+from bench.bench_common import peak_memory, step_flops, timing_result, torch_device
 from configs import celeba
 from tests.interop import test_convert as classifier_refs
 from tldmi_jax import models
@@ -116,13 +116,6 @@ class TorchSmall(nn.Module):
     def forward(self, x):
         f = self.feature(x).flatten(1)
         return f, self.fc(f)
-
-
-def torch_device(name: str) -> torch.device:
-    """`auto`: CUDA when PyTorch sees it, else the CPU."""
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(name)
 
 
 @dataclasses.dataclass

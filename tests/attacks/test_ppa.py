@@ -162,8 +162,13 @@ def test_memory_settings_are_not_part_of_the_protocol():
     cfg = attacks.hyperparameters(attack_ppa.get_config('runlocal').attack)
     spec = attacks.resolve(attack_ppa.get_config('runlocal').attack)
     kept = runner.protocol_hyperparameters(spec, cfg)
-    assert 'seed_chunk' in cfg and not set(ppa.EXECUTION_ONLY) & set(kept)
+    assert 'seed_chunk' in cfg and not {'seed_chunk', *ppa.EXECUTION_ONLY} & set(kept)
     assert kept['steps'] == cfg.steps and kept['final'] == cfg.final
+    # seed_chunk is every attack's: GMI's protocol leaves it out too.
+    gmi_attack = config_lib.attack_config('gmi').attack
+    gmi_cfg = attacks.hyperparameters(gmi_attack)
+    gmi_kept = runner.protocol_hyperparameters(attacks.resolve(gmi_attack), gmi_cfg)
+    assert 'seed_chunk' in gmi_cfg and 'seed_chunk' not in gmi_kept and 'lam' in gmi_kept
 
 
 def test_full_size_ppa_step_shapes_without_compute():

@@ -8,7 +8,8 @@ Each attack is one module exporting the same names:
 * `LOMMA`: whether LOMMA's identity terms (`lomma.py`) apply on top of it;
 * `make_problem(ctx, cfg)`: the `latent_search.Problem` (latent, losses, optimizer, clamp);
 * optionally `EXECUTION_ONLY`: hyperparameters that set memory use and batching but not the
-  result (`seed_chunk`, PPA's chunk sizes), left out of the protocol hash.
+  result (PPA's chunk sizes), left out of the protocol hash, as `seed_chunk` is for every
+  attack (`runner.EXECUTION_ONLY`).
 
 `ATTACKS` is built from those modules. LOMMA is an option of its base attack
 (`--config.attack.name=gmi --config.attack.lomma=ours`); the old names `lomma_gmi` and

@@ -17,7 +17,6 @@ from tldmi_jax.attacks.latent_search import Problem
 NAME = 'gmi'
 PRIOR_KIND = 'gmi'
 LOMMA = True  # LOMMA's identity terms apply (`attack.lomma`).
-EXECUTION_ONLY = ('seed_chunk',)  # Seeds per call: speed, not the result.
 
 
 def prior_loss(ctx: common.AttackContext, images: jax.Array, label: jax.Array) -> jax.Array:

@@ -340,12 +340,16 @@ class LatentSearch:
         if keep_final:  # The aux's structure, without computing a step.
             shapes = jax.eval_shape(self._step_fn, latent, opt_state, ids, seeds, 0)[2]
             aux = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+
+        def saved(latent, opt_state, aux):
+            """What a checkpoint holds (the aux only with `keep_final`)."""
+            state = {'latent': latent, 'opt_state': opt_state}
+            return {**state, 'aux': aux} if keep_final else state
+
         mngr = checkpoint.manager(ckpt_dir, max_to_keep=1) if ckpt_dir else None
         if mngr is not None and mngr.latest_step() is not None:
-            target = {'latent': latent, 'opt_state': opt_state}
-            if keep_final:
-                target['aux'] = aux
-            restored, step = checkpoint.restore_latest(mngr, distributed.to_host(target))
+            target = distributed.to_host(saved(latent, opt_state, aux))
+            restored, step = checkpoint.restore_latest(mngr, target)
             latent, opt_state = restored['latent'], restored['opt_state']
             aux = restored.get('aux', aux)
             logging.info('Resuming identity batch at step %d', step)
@@ -366,10 +370,7 @@ class LatentSearch:
             )
             step += length
             if mngr is not None and (step < num_steps or keep_final):
-                state = {'latent': latent, 'opt_state': opt_state}
-                if keep_final:
-                    state['aux'] = aux
-                checkpoint.save_state(mngr, step, state)
+                checkpoint.save_state(mngr, step, saved(latent, opt_state, aux))
             bar.update(length)
             bar.set_postfix({k: f'{float(v):.3f}' for k, v in aux.items()})
         bar.close()

@@ -17,7 +17,6 @@ from tldmi_jax.priors import plgmi as plgmi_prior
 NAME = 'plgmi'
 PRIOR_KIND = 'plgmi'
 LOMMA = False  # Its own max-margin identity loss; LOMMA does not apply.
-EXECUTION_ONLY = ('seed_chunk',)  # Seeds per call: speed, not the result.
 
 
 def make_problem(ctx: common.AttackContext, cfg: ml_collections.ConfigDict) -> Problem:

@@ -44,9 +44,9 @@ from tldmi_jax.priors import stylegan2
 NAME = 'ppa'
 PRIOR_KIND = 'stylegan2'
 LOMMA = False  # Its own Poincare identity loss; LOMMA does not apply.
-# How many instances, candidates and views are computed at once: memory, not the result
-# (left out of the protocol hash).
-EXECUTION_ONLY = ('seed_chunk', 'candidate_batch', 'select_batch')
+# How many candidates and views are computed at once: memory, not the result (left out of
+# the protocol hash, as the instances per call, seed_chunk, are for every attack).
+EXECUTION_ONLY = ('candidate_batch', 'select_batch')
 POINCARE_XI = 1e-4  # The one-hot target is pulled off the unit ball's boundary by xi.
 
 

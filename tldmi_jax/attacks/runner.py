@@ -260,11 +260,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return summary
 
 
+# Options every attack has that set batching, not the result (up to float rounding): the
+# seeds optimised per call (`LatentSearch`'s seed_chunk).
+EXECUTION_ONLY = ('seed_chunk',)
+
+
 def protocol_hyperparameters(spec: attacks.Spec, cfg: ml_collections.ConfigDict) -> dict:
-    """The hyperparameters that enter the protocol hash: all but the attack's
-    `EXECUTION_ONLY` settings of memory and batching, which leave the result unchanged (up
-    to float rounding)."""
-    execution = getattr(spec.module, 'EXECUTION_ONLY', ())
+    """The hyperparameters that enter the protocol hash: all but `EXECUTION_ONLY` and the
+    attack's own `EXECUTION_ONLY` settings of memory and batching, which leave the result
+    unchanged (up to float rounding)."""
+    execution = (*EXECUTION_ONLY, *getattr(spec.module, 'EXECUTION_ONLY', ()))
     return {k: v for k, v in cfg.to_dict().items() if k not in execution}
 
 

@@ -61,24 +61,37 @@ class BatchNorm(nn.Module):
         return y
 
 
-def _windows(x: jax.Array, window: int, stride: int, padding: int, fill: float) -> jax.Array:
-    """[B, H, W, C] -> [B, Ho, Wo, C, window**2]: every pooling window, row-major."""
-    b, h, w, c = x.shape
+def _padded(x: jax.Array, window: int, stride: int, padding: int, fill: float):
+    """`(x padded by `fill`, Ho, Wo)` of a square window sliding over [B, H, W, C]."""
+    _, h, w, _ = x.shape
     ho = (h + 2 * padding - window) // stride + 1
     wo = (w + 2 * padding - window) // stride + 1
     if padding:
         pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
         x = jnp.pad(x, pads, constant_values=fill)
-    if window == stride:  # Non-overlapping: a reshape (floor mode drops the remainder).
-        x = x[:, : ho * stride, : wo * stride].reshape(b, ho, window, wo, window, c)
-        return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, window * window)
+    return x, ho, wo
+
+
+def _window_taps(x: jax.Array, window: int, stride: int, padding: int, fill: float) -> list:
+    """The [B, Ho, Wo, C] view of every tap of the window, row-major: tap (i, j) of output
+    (p, q) is input (p * stride + i, q * stride + j) of the padded x."""
+    x, ho, wo = _padded(x, window, stride, padding, fill)
     last_h, last_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    taps = [
+    return [
         x[:, i : i + last_h : stride, j : j + last_w : stride]
         for i in range(window)
         for j in range(window)
     ]
-    return jnp.stack(taps, axis=-1)
+
+
+def _windows(x: jax.Array, window: int, stride: int, padding: int, fill: float) -> jax.Array:
+    """[B, H, W, C] -> [B, Ho, Wo, C, window**2]: every pooling window, row-major."""
+    if window == stride:  # Non-overlapping: a reshape (floor mode drops the remainder).
+        x, ho, wo = _padded(x, window, stride, padding, fill)
+        b, c = x.shape[0], x.shape[-1]
+        x = x[:, : ho * stride, : wo * stride].reshape(b, ho, window, wo, window, c)
+        return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, ho, wo, c, window * window)
+    return jnp.stack(_window_taps(x, window, stride, padding, fill), axis=-1)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
@@ -127,17 +140,12 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -
       padding: symmetric zero padding.
     """
     k = kernel.shape[0]
-    _, h, w, _ = x.shape
-    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
     dtype = jnp.result_type(x, kernel)
-    x = jnp.pad(x.astype(dtype), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    kernel = kernel.astype(dtype)
-    last_h, last_w = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    out = None
-    for u in range(k):
-        for v in range(kernel.shape[1]):
-            term = x[:, u : u + last_h : stride, v : v + last_w : stride] * kernel[u, v, 0]
-            out = term if out is None else out + term
+    taps = _window_taps(x.astype(dtype), k, stride, padding, 0.0)
+    weights = kernel.astype(dtype).reshape(k * k, -1)  # Row-major taps, as `taps`.
+    out = taps[0] * weights[0]
+    for tap, weight in zip(taps[1:], weights[1:], strict=True):
+        out = out + tap * weight
     return out
 
 
