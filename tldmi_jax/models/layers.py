@@ -21,6 +21,43 @@ import jax
 import jax.numpy as jnp
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def batch_normalize(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`((x - mean) * rsqrt(var + epsilon), mean, var)`, the statistics over every axis but
+    the last (the biased variance), with the closed-form gradient:
+    `dx = rsqrt(var + epsilon) * (g - mean(g) - x_hat * mean(g * x_hat))` plus the parts of
+    the `mean` and `var` cotangents. Reverse mode only (`jax.grad`, `jax.vjp`, to any order);
+    forward mode (`jax.jvp`) is refused by JAX."""
+    return _moments(x, epsilon)[0]
+
+
+def _moments(x: jax.Array, epsilon: float):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=axes)
+    rstd = jax.lax.rsqrt(var + epsilon)
+    return (centred * rstd, mean, var), rstd
+
+
+def _batch_normalize_fwd(x: jax.Array, epsilon: float):
+    out, rstd = _moments(x, epsilon)
+    return out, (out[0], rstd)
+
+
+def _batch_normalize_bwd(epsilon: float, residuals, cotangents):
+    x_hat, rstd = residuals
+    g, d_mean, d_var = cotangents
+    axes = tuple(range(x_hat.ndim - 1))
+    n = x_hat.size // x_hat.shape[-1]
+    dx = rstd * (g - jnp.mean(g, axis=axes) - x_hat * jnp.mean(g * x_hat, axis=axes))
+    # mean: d/dx = 1/n; var = mean((x - mean)^2): d/dx = 2 (x - mean) / n = 2 x_hat / (rstd n).
+    return (dx + d_mean / n + x_hat * (2.0 * d_var / (n * rstd)),)
+
+
+batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over the last axis with torch semantics.
 
@@ -42,9 +79,7 @@ class BatchNorm(nn.Module):
         mean_s = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
         var_s = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
         if train:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            y, mean, var = batch_normalize(x, self.epsilon)
             if not self.is_initializing():
                 n = x.size // features
                 unbiased = var * (n / max(n - 1, 1))
@@ -52,8 +87,7 @@ class BatchNorm(nn.Module):
                 mean_s.value = (1.0 - m) * mean_s.value + m * mean
                 var_s.value = (1.0 - m) * var_s.value + m * unbiased
         else:
-            mean, var = mean_s.value, var_s.value
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+            y = (x - mean_s.value) * jax.lax.rsqrt(var_s.value + self.epsilon)
         if self.use_scale:
             y = y * self.param('scale', nn.initializers.ones, (features,), jnp.float32)
         if self.use_bias:
