@@ -42,7 +42,8 @@ def tiny():
 
 
 @pytest.mark.parametrize(
-    'k,s,p,op', [(5, 2, 2, 1), (4, 2, 1, 0), (3, 2, 1, 1), (5, 3, 1, 2), (4, 2, 3, 0)]
+    'k,s,p,op',
+    [(5, 2, 2, 1), (4, 2, 1, 0), (3, 2, 1, 1), (5, 3, 1, 2), (4, 2, 3, 0), (2, 3, 0, 0)],
 )
 def test_subpixel_conv_transpose_equals_lax(k, s, p, op):
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
@@ -62,10 +63,71 @@ def test_subpixel_conv_transpose_equals_lax(k, s, p, op):
     )
     sub = layers.conv_transpose_subpixel(x, kernel, (s, s), (p, p), (op, op))
     np.testing.assert_allclose(sub, lax_out, atol=1e-5)
+    phases = layers.conv_transpose_phases(x, kernel, (s, s), (p, p), (op, op))
+    np.testing.assert_allclose(phases, lax_out, atol=1e-5)
+
+    def lax_ref(a, w):
+        pads = ((k - 1 - p, k - 1 - p + op),) * 2
+        dn = ('NHWC', 'HWIO', 'NHWC')
+        return jax.lax.conv_transpose(a, w, (s, s), pads, dimension_numbers=dn,
+                                      transpose_kernel=True)  # fmt: skip
+
+    def phases_fn(a, w):
+        return layers.conv_transpose_phases(a, w, (s, s), (p, p), (op, op))
+
+    g_phases, g_lax = (
+        jax.grad(_sum_sin(f), argnums=(0, 1))(x, kernel) for f in (phases_fn, lax_ref)
+    )
+    for a, b in zip(g_phases, g_lax, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
     # Gradients agree too (the reason for the rewrite is the slow kernel gradient).
     g_ref = jax.grad(lambda w: jnp.sum(jnp.sin(ref.apply({'params': w}, x))))(variables['params'])
     g_sub = jax.grad(lambda w: jnp.sum(jnp.sin(ours.apply({'params': w}, x))))(variables['params'])
     np.testing.assert_allclose(g_sub['kernel'], g_ref['kernel'], atol=1e-4)
+    # The phase kernels are slices, not a gather: XLA:CPU runs a gather's gradient (a
+    # scatter) slowly on the large kernels of a generator's first layers.
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(ours.apply({'params': w}, x))))(
+        variables['params']
+    ).jaxpr
+    assert not {'gather', 'scatter-add', 'scatter_add'} & _primitives(jaxpr)
+
+
+def test_wide_conv_transpose_runs_per_phase_and_equals_lax():
+    """From s * s * features >= PHASES_FROM_CHANNELS output channels of the sub-pixel
+    convolution on, `ConvTranspose` runs one convolution per phase (4 here, not 1)."""
+    features = layers.PHASES_FROM_CHANNELS // 4
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 8))
+    ours = layers.ConvTranspose(features, use_bias=False)
+    variables = ours.init(jax.random.key(1), x)
+    ref = nn.ConvTranspose(features, (5, 5), (2, 2), ((2, 3),) * 2, transpose_kernel=True,
+                           use_bias=False)  # fmt: skip
+    np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
+    convs = {
+        width: sum(
+            eqn.primitive.name == 'conv_general_dilated'
+            for eqn in jax.make_jaxpr(layers.ConvTranspose(width, use_bias=False).apply)(
+                jax.eval_shape(
+                    layers.ConvTranspose(width, use_bias=False).init, jax.random.key(1), x
+                ),
+                x,
+            ).jaxpr.eqns
+        )
+        for width in (features, features - 1)
+    }
+    assert convs == {features: 4, features - 1: 1}
+
+
+def _sum_sin(f):
+    return lambda *args: jnp.sum(jnp.sin(f(*args)))
+
+
+def _primitives(jaxpr) -> set[str]:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
 
 
 @pytest.mark.parametrize('kind', KINDS)

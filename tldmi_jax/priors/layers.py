@@ -2,9 +2,10 @@
 
 * `ConvTranspose`: `torch.nn.ConvTranspose2d(k, s, padding=p, output_padding=op)` computed
   exactly by a sub-pixel decomposition (one stride-1 convolution producing all `s * s`
-  output phases, then a depth-to-space interleave). XLA:CPU runs lhs-dilated convolutions
-  (what `lax.conv_transpose` lowers to) an order of magnitude slower, especially their
-  kernel gradient. The kernel is `(kh, kw, out, in)`, as `nn.ConvTranspose(...,
+  output phases, then a depth-to-space interleave), or, for wide layers, by one convolution
+  per phase with only that phase's taps (`conv_transpose_phases`). XLA:CPU runs lhs-dilated
+  convolutions (what `lax.conv_transpose` lowers to) an order of magnitude slower,
+  especially their kernel gradient. The kernel is `(kh, kw, out, in)`, as `nn.ConvTranspose(...,
   transpose_kernel=True)`, so a torch weight `(in, out, kh, kw)` converts by
   `transpose(2, 3, 1, 0)`.
 * `InstanceNorm`: `torch.nn.InstanceNorm2d(C, affine=True)` (no running statistics).
@@ -30,7 +31,13 @@ import numpy as np
 from tldmi_jax.models.layers import BatchNorm
 
 SPECTRAL = 'spectral'  # Collection holding the spectral-norm power-iteration vectors.
+# `ConvTranspose` computes per output phase (`conv_transpose_phases`) from this many output
+# channels of the sub-pixel convolution (s * s * features) on; below it, sub-pixel.
+PHASES_FROM_CHANNELS = 512
 _DN = ('NHWC', 'HWIO', 'NHWC')
+# The kernel as stored ([kh, kw, out, in]): XLA transposes it once, not in every consumer of
+# its gradient (fused into each of Adam's updates, a transpose runs several times slower).
+_DN_OI = ('NHWC', 'HWOI', 'NHWC')
 
 
 def _phase_taps(k: int, s: int, p: int) -> tuple[np.ndarray, int]:
@@ -56,6 +63,29 @@ def _phase_taps(k: int, s: int, p: int) -> tuple[np.ndarray, int]:
         for off, t in phase:
             taps[r, off - lo] = t
     return taps, lo
+
+
+def _phase_window(kernel: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
+    """`kernel` along `axis` rearranged to one phase's window: position u holds tap
+    `taps[u]`, zeros where it is `k` (no tap). A phase's taps are every s-th one, in
+    descending order over consecutive positions: a strided slice, reversed and padded
+    (no gather, whose gradient XLA:CPU runs as a slow scatter)."""
+    k = kernel.shape[axis]
+    used = np.flatnonzero(taps != k)
+    if not len(used):
+        shape = list(kernel.shape)
+        shape[axis] = len(taps)
+        return jnp.zeros(shape, kernel.dtype)
+    first, last = int(used[0]), int(used[-1])
+    top, step = int(taps[first]), int(taps[first + 1] - taps[first]) if last > first else -1
+    assert step < 0 and np.array_equal(
+        taps[first : last + 1], top + step * np.arange(last - first + 1)
+    )
+    part = jax.lax.slice_in_dim(kernel, int(taps[last]), top + 1, -step, axis)
+    part = jax.lax.rev(part, (axis,))
+    pads = [(0, 0)] * kernel.ndim
+    pads[axis] = (first, len(taps) - 1 - last)
+    return jnp.pad(part, pads)
 
 
 def conv_transpose_subpixel(
@@ -86,20 +116,67 @@ def conv_transpose_subpixel(
     taps_h, lo_h = _phase_taps(kh, sh, ph)
     taps_w, lo_w = _phase_taps(kw, sw, pw)
     m_h, m_w = -(-out_h // sh), -(-out_w // sw)  # Outputs per phase (ceil).
-    # A zero tap at index k for window positions a phase does not read.
-    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
-    sub = padded[taps_h[:, :, None, None], taps_w[None, None, :, :]]  # [sh,Uh,sw,Uw,Co,Ci]
     u_h, u_w = taps_h.shape[1], taps_w.shape[1]
-    sub = sub.transpose(1, 3, 5, 0, 2, 4).reshape(u_h, u_w, cin, sh * sw * cout)
+    sub = jnp.stack(
+        [
+            jnp.stack([_phase_window(rows, tw, axis=1) for tw in taps_w])
+            for rows in (_phase_window(kernel, th, axis=0) for th in taps_h)
+        ]
+    )  # [sh, sw, Uh, Uw, Co, Ci]
+    sub = sub.transpose(2, 3, 0, 1, 4, 5).reshape(u_h, u_w, sh * sw * cout, cin)
     # Output m of phase r reads inputs m + lo .. m + lo + U - 1; negative pads crop.
     pad_h = (-lo_h, m_h - 1 + lo_h + u_h - h)
     pad_w = (-lo_w, m_w - 1 + lo_w + u_w - w)
     dtype = jnp.result_type(x, sub)  # As flax's layers: float64 inputs (x64 mode) promote.
     x, sub = x.astype(dtype), sub.astype(dtype)
     y = jax.lax.conv_general_dilated(
-        x, sub, (1, 1), (pad_h, pad_w), dimension_numbers=_DN, precision=precision
+        x, sub, (1, 1), (pad_h, pad_w), dimension_numbers=_DN_OI, precision=precision
     )
     y = y.reshape(b, m_h, m_w, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, m_h * sh, m_w * sw, cout)[:, :out_h, :out_w]
+
+
+def conv_transpose_phases(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    output_padding: Sequence[int],
+    precision=None,
+) -> jax.Array:
+    """The same as `conv_transpose_subpixel`, with one convolution per output phase, each
+    with only the taps that phase reads (25 taps of a 5x5 stride-2 kernel instead of 36),
+    then the phases interleaved. Faster where the kernel is large next to the input (a
+    generator's first layers); slower elsewhere (more, smaller convolutions)."""
+    kh, kw, cout, cin = kernel.shape
+    (sh, sw), (ph, pw), (oph, opw) = strides, padding, output_padding
+    b, h, w, _ = x.shape
+    out_h, out_w = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
+    taps_h, lo_h = _phase_taps(kh, sh, ph)
+    taps_w, lo_w = _phase_taps(kw, sw, pw)
+    m_h, m_w = -(-out_h // sh), -(-out_w // sw)
+    dtype = jnp.result_type(x, kernel)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    phases = []
+    for row_taps in taps_h:
+        (used_h,) = np.nonzero(row_taps != kh)
+        rows = _phase_window(kernel, row_taps, axis=0)
+        for col_taps in taps_w:
+            (used_w,) = np.nonzero(col_taps != kw)
+            if not len(used_h) or not len(used_w):  # This phase reads nothing: zeros.
+                phases.append(jnp.zeros((b, m_h, m_w, cout), dtype))
+                continue
+            sub = _phase_window(rows, col_taps, axis=1)
+            sub = sub[used_h[0] : used_h[-1] + 1, used_w[0] : used_w[-1] + 1]
+            first_h, first_w = lo_h + int(used_h[0]), lo_w + int(used_w[0])
+            pad_h = (-first_h, m_h - 1 + first_h + sub.shape[0] - h)
+            pad_w = (-first_w, m_w - 1 + first_w + sub.shape[1] - w)
+            phases.append(
+                jax.lax.conv_general_dilated(
+                    x, sub, (1, 1), (pad_h, pad_w), dimension_numbers=_DN_OI, precision=precision
+                )
+            )
+    y = jnp.stack(phases, axis=3).reshape(b, m_h, m_w, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(b, m_h * sh, m_w * sw, cout)[:, :out_h, :out_w]
 
 
@@ -124,7 +201,12 @@ class ConvTranspose(nn.Module):
         kernel = self.param(
             'kernel', self.kernel_init, (*self.kernel_size, self.features, x.shape[-1])
         )
-        y = conv_transpose_subpixel(x, kernel, self.strides, self.padding, self.output_padding)
+        # Measured on XLA:CPU (docs/testing.md): per-phase convolutions are faster once the
+        # sub-pixel convolution's s*s*features output channels reach 512 (a 64 px GMI
+        # generator's first two layers: 2x and 1.2x for training, 2x and 1.3x for an attack).
+        wide = self.features * self.strides[0] * self.strides[1] >= PHASES_FROM_CHANNELS
+        conv = conv_transpose_phases if wide else conv_transpose_subpixel
+        y = conv(x, kernel, self.strides, self.padding, self.output_padding)
         if self.use_bias:
             y = y + self.param('bias', nn.initializers.zeros, (self.features,))
         return y
