@@ -365,7 +365,9 @@ def test_priors_load_and_generate_under_x64(tiny, tmp_path):
 
 
 @pytest.mark.parametrize(
-    'hw,cin,cout,k,s,p', [(8, 4, 6, 5, 2, 2), (9, 3, 5, 4, 2, 1), (7, 2, 3, 3, 3, 1)]
+    'hw,cin,cout,k,s,p',
+    # The last: s * s * cin = PHASES_FROM_CHANNELS, the input gradient runs per phase.
+    [(8, 4, 6, 5, 2, 2), (9, 3, 5, 4, 2, 1), (7, 2, 3, 3, 3, 1), (6, 128, 3, 5, 2, 2)],
 )
 def test_strided_conv_equals_lax_with_first_and_second_derivatives(hw, cin, cout, k, s, p):
     """`layers.strided_conv` (sub-pixel input gradient) against plain `lax.conv_general_dilated`:

@@ -180,6 +180,23 @@ def conv_transpose_phases(
     return y.reshape(b, m_h * sh, m_w * sw, cout)[:, :out_h, :out_w]
 
 
+def conv_transpose(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    padding: Sequence[int],
+    output_padding: Sequence[int],
+) -> jax.Array:
+    """Torch `ConvTranspose2d` (no bias): `conv_transpose_phases` from
+    `PHASES_FROM_CHANNELS` sub-pixel output channels (s * s * out) on, else
+    `conv_transpose_subpixel`. Measured on XLA:CPU (docs/testing.md): per phase is faster
+    for a 64 px GMI generator's first two layers (2x and 1.2x for training, 2x and 1.3x for
+    an attack) and slower for its last two."""
+    wide = kernel.shape[2] * strides[0] * strides[1] >= PHASES_FROM_CHANNELS
+    conv = conv_transpose_phases if wide else conv_transpose_subpixel
+    return conv(x, kernel, strides, padding, output_padding)
+
+
 class ConvTranspose(nn.Module):
     """Torch `ConvTranspose2d(in, features, k, s, padding, output_padding, bias)`.
 
@@ -201,12 +218,7 @@ class ConvTranspose(nn.Module):
         kernel = self.param(
             'kernel', self.kernel_init, (*self.kernel_size, self.features, x.shape[-1])
         )
-        # Measured on XLA:CPU (docs/testing.md): per-phase convolutions are faster once the
-        # sub-pixel convolution's s*s*features output channels reach 512 (a 64 px GMI
-        # generator's first two layers: 2x and 1.2x for training, 2x and 1.3x for an attack).
-        wide = self.features * self.strides[0] * self.strides[1] >= PHASES_FROM_CHANNELS
-        conv = conv_transpose_phases if wide else conv_transpose_subpixel
-        y = conv(x, kernel, self.strides, self.padding, self.output_padding)
+        y = conv_transpose(x, kernel, self.strides, self.padding, self.output_padding)
         if self.use_bias:
             y = y + self.param('bias', nn.initializers.zeros, (self.features,))
         return y
@@ -388,7 +400,7 @@ def _strided_conv_raw(x: jax.Array, kernel: jax.Array, stride: int, padding: int
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def strided_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """Torch `Conv2d` (no bias) of stride > 1 whose input gradient is `conv_transpose_subpixel`.
+    """Torch `Conv2d` (no bias) of stride > 1 whose input gradient is `conv_transpose`.
 
     The same forward as `lax.conv_general_dilated`. XLA:CPU computes the input gradient of a
     strided convolution (an lhs-dilated convolution) by a slow path for some shapes: for the
@@ -418,7 +430,7 @@ def _strided_conv_bwd(stride, padding, residuals, ct):
     k = kernel.shape[0]
     # The transposed convolution back to [H, W]: output_padding restores what the stride cut.
     extra = [x.shape[i] - ((ct.shape[i] - 1) * stride - 2 * padding + k) for i in (1, 2)]
-    dx = conv_transpose_subpixel(ct, kernel, (stride, stride), (padding, padding), extra)
+    dx = conv_transpose(ct, kernel, (stride, stride), (padding, padding), extra)
     _, kernel_vjp = jax.vjp(lambda w: _strided_conv_raw(x, w, stride, padding), kernel)
     return dx.astype(x.dtype), kernel_vjp(ct)[0]
 
