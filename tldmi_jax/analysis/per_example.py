@@ -61,6 +61,10 @@ LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 Path = tuple[str, ...]
 
 
+def _tree_add(a: Any, b: Any) -> Any:
+    return jax.tree.map(jnp.add, a, b)
+
+
 def _rows(x: jax.Array, trailing: int) -> jax.Array:
     """`x` with every axis before the last `trailing` ones merged into one."""
     keep = x.shape[x.ndim - trailing :]
@@ -142,7 +146,9 @@ class _Conv:
             ]
             seen = jax.lax.slice(x, [0, *begin, 0], [len(x), *end, channels], [1, *self.strides, 1])
             taps.append(_einsum('pgc,pgo->gco', seen.reshape(-1, g, channels // g), dy_rows))
-        result = {'kernel': jnp.stack(taps)}
+        # A tuple of per-tap gradients: summed over examples tap by tap and stacked once at
+        # the end (`finish`), not stacked (copied) for every example.
+        result = {'kernel': tuple(taps)}
         if self.use_bias:
             result['bias'] = dy_rows.reshape(-1, out).sum(0)
         return result
@@ -150,9 +156,10 @@ class _Conv:
     def squared(self, x: jax.Array, dy: jax.Array, w: jax.Array) -> None:
         return None
 
-    def finish(self, name: str, g: jax.Array) -> jax.Array:
+    def finish(self, name: str, g: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
         if name != 'kernel':
             return g
+        g = jnp.stack(g) if isinstance(g, tuple) else g
         taps, groups, cin, out = g.shape
         g = g.transpose(0, 2, 1, 3)  # [taps, C/G, G, O/G]: output channel = group * O/G + o.
         return g.reshape(*self.kernel_size, cin, groups * out)
@@ -374,8 +381,8 @@ def squared_sum(loss_fn: LossFn) -> Callable[..., Any]:
                 rule = calls[0][0]
                 parts = [rule.one(recorded[key], d_out[key]) for _, key, _ in calls]
                 for name in parts[0]:  # A layer called more than once: the sum over its calls.
-                    g = functools.reduce(jnp.add, [part[name] for part in parts])
-                    grads[path + (name,)] = w * g * g
+                    g = functools.reduce(_tree_add, [part[name] for part in parts])
+                    grads[path + (name,)] = jax.tree.map(lambda a: w * a * a, g)
             return grads
 
         keys = [key for calls in looped.values() for _, key, _ in calls]
