@@ -56,7 +56,8 @@ layers below the flip by ~1e-3..1e-2, so the first layers' Fisher can differ by 
 The last stdout line is `BENCH_RESULT {json}` (name, arch, method, examples,
 jax_s_per_example, torch_s_per_example, ratio, max_rel_err, compile_s (the JAX warm-up: the
 compile plus one chunk), other_method, other_s_per_example, other_compile_s,
-methods_max_rel_diff, peak_rss_mb, quick). `--quick`: 32 JAX examples, 16 PyTorch, chunk 8.
+methods_max_rel_diff, peak_rss_mb, quick). `--quick`: 32 JAX examples, 16 PyTorch, chunk 16
+(the library's default).
 `--diagnose` adds the time of one JAX chunk computed without per-example weight gradients
 (the gradient of the chunk's mean loss) and of a jitted batch-of-1 gradient, to tell the
 per-example cost of `vmap` apart from the plain backward pass.
@@ -317,11 +318,11 @@ def main():
     )
     p.add_argument('--reps', type=int, default=1)
     p.add_argument('--seed', type=int, default=0, help='seed of the examples')
-    p.add_argument('--quick', action='store_true', help='examples 32, torch-examples 16, chunk 8')
+    p.add_argument('--quick', action='store_true', help='examples 32, torch-examples 16, chunk 16')
     p.add_argument('--diagnose', action='store_true', help='time JAX without per-example vmap')
     args = p.parse_args()
     if args.quick:
-        args.examples, args.torch_examples, args.chunk, args.reps = 32, 16, 8, 1
+        args.examples, args.torch_examples, args.chunk, args.reps = 32, 16, 16, 1
     args.torch_examples = args.torch_examples or args.examples
     if args.other_examples < 0:
         args.other_examples = min(args.chunk, args.examples)

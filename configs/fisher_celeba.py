@@ -52,7 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --- fisher ---
     config.fisher = ml_collections.ConfigDict()
-    config.fisher.chunk_size = 8  # Examples per vmap (memory: chunk x parameters).
+    # Examples per compiled step (memory: chunk x activations; `method='vmap'`: x parameters).
+    # 16 amortises the per-step kernel transposes (VGG16 at 64 px: 0.042 -> 0.038 s/example).
+    config.fisher.chunk_size = 16
     config.fisher.max_examples = 0  # Per-task cap, seeded subsample (0: all).
     config.fisher.classification_identities = 'all'  # 'all' | 'attacked' private images.
 

@@ -121,7 +121,9 @@ class _Conv:
         return x
 
     def one(self, x: jax.Array, dy: jax.Array) -> dict[str, jax.Array]:
-        """Kernel gradient as [taps, G, C/G, O/G]: tap t's is sum_p x(p + t)^T dy(p)."""
+        """Kernel gradient as [taps, G, O/G, C/G]: tap t's is sum_p dy(p)^T x(p + t) (dy
+        first: XLA:CPU then transposes nothing per tap; the slices of x are the right-hand
+        operand in their own layout)."""
         spatial = len(self.kernel_size)
         x = _rows(x, spatial + 1)  # [B, *spatial, C]: the layer's own batch axes merged.
         dy = _rows(dy, spatial + 1)
@@ -145,7 +147,7 @@ class _Conv:
                 b + (n - 1) * s + 1 for b, n, s in zip(begin, out_sizes, self.strides, strict=True)
             ]
             seen = jax.lax.slice(x, [0, *begin, 0], [len(x), *end, channels], [1, *self.strides, 1])
-            taps.append(_einsum('pgc,pgo->gco', seen.reshape(-1, g, channels // g), dy_rows))
+            taps.append(_einsum('pgo,pgc->goc', dy_rows, seen.reshape(-1, g, channels // g)))
         # A tuple of per-tap gradients: summed over examples tap by tap and stacked once at
         # the end (`finish`), not stacked (copied) for every example.
         result = {'kernel': tuple(taps)}
@@ -160,8 +162,8 @@ class _Conv:
         if name != 'kernel':
             return g
         g = jnp.stack(g) if isinstance(g, tuple) else g
-        taps, groups, cin, out = g.shape
-        g = g.transpose(0, 2, 1, 3)  # [taps, C/G, G, O/G]: output channel = group * O/G + o.
+        taps, groups, out, cin = g.shape
+        g = g.transpose(0, 3, 1, 2)  # [taps, C/G, G, O/G]: output channel = group * O/G + o.
         return g.reshape(*self.kernel_size, cin, groups * out)
 
 
