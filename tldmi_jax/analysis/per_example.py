@@ -195,7 +195,8 @@ def _conv_rule(module: nn.Conv) -> _Conv | None:
     if (
         module.mask is not None
         or not module.shared_weights
-        or module.conv_general_dilated is not None
+        # `layers.conv_general_dilated` computes what `lax.conv_general_dilated` does.
+        or module.conv_general_dilated not in (None, layers.conv_general_dilated)
         or module.conv_general_dilated_cls is not None
     ):
         return None

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, DepthwiseConv
+from tldmi_jax.models.layers import BatchNorm, Conv, DepthwiseConv
 
 # torchvision's B0 table: (expand_ratio, kernel, stride, in, out, num_layers) per stage.
 _STAGES = (
@@ -89,7 +89,7 @@ class ConvBNAct(nn.Module):
             # Depthwise: shifted slices instead of XLA:CPU's slow grouped convolution.
             conv = DepthwiseConv(self.kernel, self.stride, pad, kernel_init=_conv_init, name='conv')
         else:
-            conv = nn.Conv(
+            conv = Conv(
                 self.features,
                 (self.kernel, self.kernel),
                 strides=(self.stride, self.stride),
@@ -112,8 +112,8 @@ class SqueezeExcitation(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.silu(nn.Conv(self.squeeze, (1, 1), kernel_init=_conv_init, name='fc1')(s))
-        s = nn.Conv(width, (1, 1), kernel_init=_conv_init, name='fc2')(s)
+        s = nn.silu(Conv(self.squeeze, (1, 1), kernel_init=_conv_init, name='fc1')(s))
+        s = Conv(width, (1, 1), kernel_init=_conv_init, name='fc2')(s)
         return x * nn.sigmoid(s)
 
 

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tldmi_jax.models.layers import BatchNorm, param_count
+from tldmi_jax.models.layers import BatchNorm, Conv, param_count
 
 IMAGE_SIZE = 299  # Input side of the FID Inception.
 FEATURE_DIM = 2048  # pool3 features.
@@ -83,7 +83,7 @@ class BasicConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(
+        x = Conv(
             self.features,
             self.kernel,
             strides=self.strides,

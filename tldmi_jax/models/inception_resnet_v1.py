@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from tldmi_jax.models.inception import BasicConv, Widths, max_pool_reduce, pad
-from tldmi_jax.models.layers import BatchNorm, param_count
+from tldmi_jax.models.layers import BatchNorm, Conv, param_count
 
 IMAGE_SIZE = 160  # Input side of facenet-pytorch's VGGFace2 model.
 EMBEDDING_DIM = 512
@@ -57,7 +57,7 @@ NORM_EPS = 1e-12  # torch.nn.functional.normalize.
 
 def _residual(x: jax.Array, branches: jax.Array, scale: float, relu: bool) -> jax.Array:
     """`conv2d` (1x1 with bias, back to the input width), scaled, added to the input."""
-    up = nn.Conv(x.shape[-1], (1, 1), name='conv2d')(branches)
+    up = Conv(x.shape[-1], (1, 1), name='conv2d')(branches)
     out = up * scale + x
     return nn.relu(out) if relu else out
 

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, PReLU
+from tldmi_jax.models.layers import BatchNorm, Conv, PReLU
 
 _PAD1 = ((1, 1), (1, 1))
 
@@ -35,7 +35,7 @@ class InputLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.width, (3, 3), padding=_PAD1, use_bias=False, name='conv')(x)
+        x = Conv(self.width, (3, 3), padding=_PAD1, use_bias=False, name='conv')(x)
         x = BatchNorm(name='bn')(x, train)
         return PReLU(name='prelu')(x)
 
@@ -58,7 +58,7 @@ class BottleneckIR(nn.Module):
             # torch MaxPool2d(kernel_size=1, stride=s) is plain subsampling.
             shortcut = x[:, ::s, ::s, :]
         else:
-            shortcut = nn.Conv(
+            shortcut = Conv(
                 self.depth,
                 (1, 1),
                 strides=(s, s),
@@ -68,11 +68,9 @@ class BottleneckIR(nn.Module):
             )(x)
             shortcut = BatchNorm(name='shortcut_bn')(shortcut, train)
         r = BatchNorm(name='bn1')(x, train)
-        r = nn.Conv(self.depth, (3, 3), padding=_PAD1, use_bias=False, name='conv1')(r)
+        r = Conv(self.depth, (3, 3), padding=_PAD1, use_bias=False, name='conv1')(r)
         r = PReLU(name='prelu')(r)
-        r = nn.Conv(
-            self.depth, (3, 3), strides=(s, s), padding=_PAD1, use_bias=False, name='conv2'
-        )(r)
+        r = Conv(self.depth, (3, 3), strides=(s, s), padding=_PAD1, use_bias=False, name='conv2')(r)
         r = BatchNorm(name='bn2')(r, train)
         return r + shortcut
 

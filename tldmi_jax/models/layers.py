@@ -15,6 +15,7 @@ fraction of the cost of XLA:CPU's `select_and_scatter` (the gradient of `nn.max_
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -56,6 +57,58 @@ def _batch_normalize_bwd(epsilon: float, residuals, cotangents):
 
 
 batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+
+
+# On XLA:CPU a convolution over a large batch runs slower per example than the same
+# convolution over chunks of about 8 examples, its kernel gradient up to 2.7x (docs/testing.md).
+CONV_BATCH_CHUNK = 8
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` (the same arguments and result) that, on CPU, splits a
+    batch of more than `CONV_BATCH_CHUNK` examples into chunks of that many: one
+    convolution per chunk, results concatenated. Autodiff then computes the input
+    gradient per chunk too, and the kernel gradient as a sum over chunks (float rounding
+    differs from one convolution's); forward mode works as for `lax`. The flax layers
+    take it as `nn.Conv(..., conv_general_dilated=conv_general_dilated)` (`Conv`)."""
+    conv = functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    batch_axis, out_axis = dn.lhs_spec[0], dn.out_spec[0]
+    size, chunk = lhs.shape[batch_axis], CONV_BATCH_CHUNK
+    if jax.default_backend() != 'cpu' or batch_group_count != 1 or size <= chunk:
+        return conv(lhs, rhs)
+    sizes = [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
+    # `lax.split`'s transpose is a concatenation: the input gradient is not assembled from
+    # zero-padded pieces.
+    parts = jax.lax.split(lhs, sizes, axis=batch_axis)
+    return jax.lax.concatenate([conv(part, rhs) for part in parts], out_axis)
+
+
+# `nn.Conv` (the same module, parameters and names) with `conv_general_dilated` above.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 class BatchNorm(nn.Module):
@@ -214,7 +267,7 @@ def torch_conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
     """A square bias-free convolution with torch's symmetric padding `kernel // 2` (the
     convolutions of torchvision's ResNets and DenseNets)."""
     pad = kernel // 2
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),

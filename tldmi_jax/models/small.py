@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, max_pool
+from tldmi_jax.models.layers import BatchNorm, Conv, max_pool
 
 
 class ConvBlock(nn.Module):
@@ -24,7 +24,7 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name='conv')(x)
+        x = Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name='conv')(x)
         x = nn.relu(BatchNorm(name='bn')(x, train))
         return max_pool(x, 2, 2)
 

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tldmi_jax.models.layers import BatchNorm, max_pool
+from tldmi_jax.models.layers import BatchNorm, Conv, max_pool
 
 
 class ConvBNReLU(nn.Module):
@@ -28,7 +28,7 @@ class ConvBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name='conv')(x)
+        x = Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name='conv')(x)
         x = BatchNorm(name='bn')(x, train)
         return nn.relu(x)
 
