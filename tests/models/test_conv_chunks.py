@@ -17,6 +17,13 @@ from tldmi_jax.models import layers
 CHUNK = layers.CONV_BATCH_CHUNK
 
 
+@pytest.fixture
+def every_size(monkeypatch):
+    """Chunks of CHUNK examples whatever the size of the maps (the tests' maps are tiny)."""
+    monkeypatch.setattr(layers, 'CONV_CHUNK_BYTES', 0)
+    monkeypatch.setattr(layers, 'CONV_CHUNK_MIN_POSITIONS', 0)
+
+
 def _convs(jaxpr) -> int:
     count = 0
     for eqn in jaxpr.eqns:
@@ -36,7 +43,9 @@ CASES = [
 
 
 @pytest.mark.parametrize('batch,k,strides,padding,lhs_dil,rhs_dil,groups,dn', CASES)
-def test_equals_lax_with_gradients(batch, k, strides, padding, lhs_dil, rhs_dil, groups, dn):
+def test_equals_lax_with_gradients(
+    every_size, batch, k, strides, padding, lhs_dil, rhs_dil, groups, dn
+):
     rng = np.random.default_rng(0)
     channels_last = dn[0] == 'NHWC'
     shape = (batch, 7, 6, 4) if channels_last else (batch, 4, 7, 6)
@@ -76,7 +85,25 @@ def test_equals_lax_with_gradients(batch, k, strides, padding, lhs_dil, rhs_dil,
     np.testing.assert_allclose(np.asarray(per), np.asarray(y_ref), rtol=1e-6, atol=1e-5)
 
 
-def test_small_batches_are_one_convolution():
+@pytest.mark.parametrize(
+    'batch,hw,channels,convs',
+    [
+        (64, 64, 64, 8),  # 1 MiB per example: chunks of CHUNK.
+        (128, 8, 16, 2),  # 4 KiB per example: chunks of CONV_CHUNK_BYTES (64 examples).
+        (128, 4, 512, 1),  # A 4 x 4 map: not split.
+    ],
+)
+def test_chunk_size_follows_the_maps(batch, hw, channels, convs):
+    x = jax.ShapeDtypeStruct((batch, hw, hw, channels), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, channels, channels), jnp.float32)
+    dn = ('NHWC', 'HWIO', 'NHWC')
+    jaxpr = jax.make_jaxpr(
+        lambda a, b: layers.conv_general_dilated(a, b, (1, 1), 'SAME', dimension_numbers=dn)
+    )(x, w).jaxpr
+    assert _convs(jaxpr) == convs
+
+
+def test_small_batches_are_one_convolution(every_size):
     x, w = jnp.ones((CHUNK, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
     dn = ('NHWC', 'HWIO', 'NHWC')
     jaxpr = jax.make_jaxpr(
@@ -88,7 +115,7 @@ def test_small_batches_are_one_convolution():
 @pytest.mark.parametrize(
     'arch', ['vgg16_tiny', 'ir152_tiny', 'small', 'resnet18_tiny', 'efficientnet_b0_tiny']
 )
-def test_the_model_zoo_convolves_in_chunks(arch):
+def test_the_model_zoo_convolves_in_chunks(every_size, arch):
     """Every convolution of these models is split: a batch of CHUNK + 1 doubles them."""
     model = models.get_model(arch, num_classes=5)
     size, channels = models.default_image_size(arch), 3

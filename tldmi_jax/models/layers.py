@@ -60,8 +60,14 @@ batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
 
 
 # On XLA:CPU a convolution over a large batch runs slower per example than the same
-# convolution over chunks of about 8 examples, its kernel gradient up to 2.7x (docs/testing.md).
+# convolution over chunks of about 8 examples, its kernel gradient up to 2.7x; on maps
+# smaller than 8 x 8, or with little data per example, the extra calls cost more than they
+# save (docs/testing.md). A chunk holds at least CONV_BATCH_CHUNK examples and
+# CONV_CHUNK_BYTES of input or output activations; outputs of fewer than
+# CONV_CHUNK_MIN_POSITIONS positions per example are not split.
 CONV_BATCH_CHUNK = 8
+CONV_CHUNK_BYTES = 256 << 10
+CONV_CHUNK_MIN_POSITIONS = 64
 
 
 def conv_general_dilated(
@@ -78,11 +84,13 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
 ) -> jax.Array:
     """`lax.conv_general_dilated` (the same arguments and result) that, on CPU, splits a
-    batch of more than `CONV_BATCH_CHUNK` examples into chunks of that many: one
-    convolution per chunk, results concatenated. Autodiff then computes the input
-    gradient per chunk too, and the kernel gradient as a sum over chunks (float rounding
-    differs from one convolution's); forward mode works as for `lax`. The flax layers
-    take it as `nn.Conv(..., conv_general_dilated=conv_general_dilated)` (`Conv`)."""
+    large batch into chunks of `max(CONV_BATCH_CHUNK, CONV_CHUNK_BYTES / the larger of one
+    example's input and output bytes)` examples, unless the output map is small (fewer than
+    `CONV_CHUNK_MIN_POSITIONS` positions): one convolution per chunk, results
+    concatenated. Autodiff then computes the input gradient per chunk too, and the kernel
+    gradient as a sum over chunks (float rounding differs from one convolution's); forward
+    mode works as for `lax`. The flax layers take it as
+    `nn.Conv(..., conv_general_dilated=conv_general_dilated)` (`Conv`)."""
     conv = functools.partial(
         jax.lax.conv_general_dilated,
         window_strides=window_strides,
@@ -97,8 +105,17 @@ def conv_general_dilated(
     )
     dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     batch_axis, out_axis = dn.lhs_spec[0], dn.out_spec[0]
-    size, chunk = lhs.shape[batch_axis], CONV_BATCH_CHUNK
-    if jax.default_backend() != 'cpu' or batch_group_count != 1 or size <= chunk:
+    size = lhs.shape[batch_axis]
+    if jax.default_backend() != 'cpu' or batch_group_count != 1 or size <= CONV_BATCH_CHUNK:
+        return conv(lhs, rhs)
+    one = jax.eval_shape(conv, jax.ShapeDtypeStruct((1, *lhs.shape[1:]), lhs.dtype), rhs)
+    if math.prod(one.shape[i] for i in dn.out_spec[2:]) < CONV_CHUNK_MIN_POSITIONS:
+        return conv(lhs, rhs)
+    per_example = max(
+        lhs.size // size * lhs.dtype.itemsize, math.prod(one.shape) * one.dtype.itemsize
+    )
+    chunk = max(CONV_BATCH_CHUNK, -(-CONV_CHUNK_BYTES // per_example))
+    if size <= chunk:
         return conv(lhs, rhs)
     sizes = [chunk] * (size // chunk) + ([size % chunk] if size % chunk else [])
     # `lax.split`'s transpose is a concatenation: the input gradient is not assembled from
