@@ -88,6 +88,16 @@ def _phase_window(kernel: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     return jnp.pad(part, pads)
 
 
+def _phase_geometry(x_shape, kernel_shape, strides, padding, output_padding):
+    """`((out_h, out_w), (taps_h, lo_h), (taps_w, lo_w), (m_h, m_w))` of a transposed
+    convolution: its output size, each axis's `_phase_taps`, the outputs per phase (ceil)."""
+    (kh, kw), (sh, sw), (ph, pw), (oph, opw) = kernel_shape[:2], strides, padding, output_padding
+    h, w = x_shape[1:3]
+    out_h, out_w = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
+    taps = (_phase_taps(kh, sh, ph), _phase_taps(kw, sw, pw))
+    return (out_h, out_w), *taps, (-(-out_h // sh), -(-out_w // sw))
+
+
 def conv_transpose_subpixel(
     x: jax.Array,
     kernel: jax.Array,
@@ -110,12 +120,10 @@ def conv_transpose_subpixel(
       [B, (H - 1) * sh - 2 * ph + kh + oph, (W - 1) * sw - 2 * pw + kw + opw, Cout].
     """
     kh, kw, cout, cin = kernel.shape
-    (sh, sw), (ph, pw), (oph, opw) = strides, padding, output_padding
-    b, h, w, _ = x.shape
-    out_h, out_w = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
-    taps_h, lo_h = _phase_taps(kh, sh, ph)
-    taps_w, lo_w = _phase_taps(kw, sw, pw)
-    m_h, m_w = -(-out_h // sh), -(-out_w // sw)  # Outputs per phase (ceil).
+    (sh, sw), b, h, w = strides, *x.shape[:3]
+    (out_h, out_w), (taps_h, lo_h), (taps_w, lo_w), (m_h, m_w) = _phase_geometry(
+        x.shape, kernel.shape, strides, padding, output_padding
+    )
     u_h, u_w = taps_h.shape[1], taps_w.shape[1]
     sub = jnp.stack(
         [
@@ -149,12 +157,10 @@ def conv_transpose_phases(
     then the phases interleaved. Faster where the kernel is large next to the input (a
     generator's first layers); slower elsewhere (more, smaller convolutions)."""
     kh, kw, cout, cin = kernel.shape
-    (sh, sw), (ph, pw), (oph, opw) = strides, padding, output_padding
-    b, h, w, _ = x.shape
-    out_h, out_w = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
-    taps_h, lo_h = _phase_taps(kh, sh, ph)
-    taps_w, lo_w = _phase_taps(kw, sw, pw)
-    m_h, m_w = -(-out_h // sh), -(-out_w // sw)
+    (sh, sw), b, h, w = strides, *x.shape[:3]
+    (out_h, out_w), (taps_h, lo_h), (taps_w, lo_w), (m_h, m_w) = _phase_geometry(
+        x.shape, kernel.shape, strides, padding, output_padding
+    )
     dtype = jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     phases = []
