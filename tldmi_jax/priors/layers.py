@@ -65,27 +65,44 @@ def _phase_taps(k: int, s: int, p: int) -> tuple[np.ndarray, int]:
     return taps, lo
 
 
-def _phase_window(kernel: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
-    """`kernel` along `axis` rearranged to one phase's window: position u holds tap
-    `taps[u]`, zeros where it is `k` (no tap). A phase's taps are every s-th one, in
-    descending order over consecutive positions: a strided slice, reversed and padded
-    (no gather, whose gradient XLA:CPU runs as a slow scatter)."""
-    k = kernel.shape[axis]
-    used = np.flatnonzero(taps != k)
+def _phase_part(kernel: jax.Array, taps: np.ndarray, axis: int) -> tuple[jax.Array, int] | None:
+    """The taps of `kernel` one phase reads along `axis`, in window order, and the window
+    position of the first (`taps[u]` is the tap at position u, `k` where there is none);
+    None where the phase reads no tap. A phase's taps are every s-th one, in descending order
+    over consecutive positions: a strided slice, reversed (no gather, whose gradient XLA:CPU
+    runs as a slow scatter)."""
+    used = np.flatnonzero(taps != kernel.shape[axis])
     if not len(used):
-        shape = list(kernel.shape)
-        shape[axis] = len(taps)
-        return jnp.zeros(shape, kernel.dtype)
+        return None
     first, last = int(used[0]), int(used[-1])
     top, step = int(taps[first]), int(taps[first + 1] - taps[first]) if last > first else -1
     assert step < 0 and np.array_equal(
         taps[first : last + 1], top + step * np.arange(last - first + 1)
     )
     part = jax.lax.slice_in_dim(kernel, int(taps[last]), top + 1, -step, axis)
-    part = jax.lax.rev(part, (axis,))
+    return jax.lax.rev(part, (axis,)), first
+
+
+def _phase_window(kernel: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
+    """`kernel` along `axis` rearranged to one phase's whole window: `_phase_part`, padded
+    with zeros where the phase reads no tap."""
+    found = _phase_part(kernel, taps, axis)
+    if found is None:
+        shape = list(kernel.shape)
+        shape[axis] = len(taps)
+        return jnp.zeros(shape, kernel.dtype)
+    part, first = found
     pads = [(0, 0)] * kernel.ndim
-    pads[axis] = (first, len(taps) - 1 - last)
+    pads[axis] = (first, len(taps) - first - part.shape[axis])
     return jnp.pad(part, pads)
+
+
+def _interleave(y: jax.Array, out_h: int, out_w: int) -> jax.Array:
+    """[B, Mh, Mw, sh, sw, C], phase (r, c) of the phase output (m, n) at [:, m, n, r, c] ->
+    [B, out_h, out_w, C], where it is output (m * sh + r, n * sw + c) (depth to space)."""
+    b, m_h, m_w, sh, sw, c = y.shape
+    y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, m_h * sh, m_w * sw, c)
+    return y[:, :out_h, :out_w]
 
 
 def _phase_geometry(x_shape, kernel_shape, strides, padding, output_padding):
@@ -119,7 +136,7 @@ def conv_transpose_subpixel(
     Returns:
       [B, (H - 1) * sh - 2 * ph + kh + oph, (W - 1) * sw - 2 * pw + kw + opw, Cout].
     """
-    kh, kw, cout, cin = kernel.shape
+    cout, cin = kernel.shape[2:]
     (sh, sw), b, h, w = strides, *x.shape[:3]
     (out_h, out_w), (taps_h, lo_h), (taps_w, lo_w), (m_h, m_w) = _phase_geometry(
         x.shape, kernel.shape, strides, padding, output_padding
@@ -140,8 +157,7 @@ def conv_transpose_subpixel(
     y = jax.lax.conv_general_dilated(
         x, sub, (1, 1), (pad_h, pad_w), dimension_numbers=_DN_OI, precision=precision
     )
-    y = y.reshape(b, m_h, m_w, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(b, m_h * sh, m_w * sw, cout)[:, :out_h, :out_w]
+    return _interleave(y.reshape(b, m_h, m_w, sh, sw, cout), out_h, out_w)
 
 
 def conv_transpose_phases(
@@ -156,7 +172,7 @@ def conv_transpose_phases(
     with only the taps that phase reads (25 taps of a 5x5 stride-2 kernel instead of 36),
     then the phases interleaved. Faster where the kernel is large next to the input (a
     generator's first layers); slower elsewhere (more, smaller convolutions)."""
-    kh, kw, cout, cin = kernel.shape
+    cout = kernel.shape[2]
     (sh, sw), b, h, w = strides, *x.shape[:3]
     (out_h, out_w), (taps_h, lo_h), (taps_w, lo_w), (m_h, m_w) = _phase_geometry(
         x.shape, kernel.shape, strides, padding, output_padding
@@ -165,16 +181,14 @@ def conv_transpose_phases(
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     phases = []
     for row_taps in taps_h:
-        (used_h,) = np.nonzero(row_taps != kh)
-        rows = _phase_window(kernel, row_taps, axis=0)
+        rows = _phase_part(kernel, row_taps, axis=0)
         for col_taps in taps_w:
-            (used_w,) = np.nonzero(col_taps != kw)
-            if not len(used_h) or not len(used_w):  # This phase reads nothing: zeros.
+            found = None if rows is None else _phase_part(rows[0], col_taps, axis=1)
+            if found is None:  # This phase reads nothing: zeros.
                 phases.append(jnp.zeros((b, m_h, m_w, cout), dtype))
                 continue
-            sub = _phase_window(rows, col_taps, axis=1)
-            sub = sub[used_h[0] : used_h[-1] + 1, used_w[0] : used_w[-1] + 1]
-            first_h, first_w = lo_h + int(used_h[0]), lo_w + int(used_w[0])
+            sub, first_h, first_w = found[0], lo_h + rows[1], lo_w + found[1]
+            # Output m of this phase reads inputs m + first .. m + first + taps - 1.
             pad_h = (-first_h, m_h - 1 + first_h + sub.shape[0] - h)
             pad_w = (-first_w, m_w - 1 + first_w + sub.shape[1] - w)
             phases.append(
@@ -182,8 +196,8 @@ def conv_transpose_phases(
                     x, sub, (1, 1), (pad_h, pad_w), dimension_numbers=_DN_OI, precision=precision
                 )
             )
-    y = jnp.stack(phases, axis=3).reshape(b, m_h, m_w, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(b, m_h * sh, m_w * sw, cout)[:, :out_h, :out_w]
+    y = jnp.stack(phases, axis=3).reshape(b, m_h, m_w, sh, sw, cout)
+    return _interleave(y, out_h, out_w)
 
 
 def conv_transpose(
