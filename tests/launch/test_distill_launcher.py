@@ -19,7 +19,7 @@ STUDENTS = ('student_0_efficientnet_b0_tiny', 'student_1_small_tiny')
 def reference(tmp_path_factory):
     """`(workdir, stdout)` of one uninterrupted run, shared by the tests below."""
     workdir = str(tmp_path_factory.mktemp('distill') / 'aug')
-    return workdir, crash.run(crash.command('distill', CONFIG, workdir)).stdout
+    return workdir, crash.run_here(crash.command('distill', CONFIG, workdir))
 
 
 def test_runlocal_distillation_end_to_end(reference):
@@ -58,7 +58,7 @@ def test_killed_distillation_resumes_to_the_same_students(reference, tmp_path):
     cmd = crash.command('distill', CONFIG, killed)
     crash.kill_at_random_point(cmd, killed, _milestones, test='distill', low=1, high=9)
     assert not os.path.exists(os.path.join(killed, 'distill.json'))
-    crash.run(cmd)
+    crash.run_here(cmd)
 
     for name in ('target', *STUDENTS):
         crash.assert_trees_equal(

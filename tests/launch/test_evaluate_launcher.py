@@ -116,7 +116,7 @@ def test_killed_evaluation_resumes_to_the_same_metrics(reference, tmp_path):
     clean, killed = reference[3], str(tmp_path / 'eval')
     cmd = crash.command('evaluate', CONFIG, killed)
     crash.kill_at_random_point(cmd, killed, _progress, test='evaluate', low=1, high=7)
-    crash.run(cmd)
+    crash.run_here(cmd)
 
     for name in OUTPUTS:
         crash.assert_files_equal(os.path.join(clean, name), os.path.join(killed, name))

@@ -33,6 +33,8 @@ def get_config(arg=None):
     config.stage_overrides.attack.update(
         {'attack': {'steps': 8, 'num_seeds': 2}, 'identities': {'count': 2}}
     )
+    # FID/KID/PRDC (the runlocal Inception, random weights) are the evaluate tests' job.
+    config.stage_overrides.evaluate.fid.enabled = False  # Test time.
     config.targets.broken = dict(
         train='celeba.py:arch=vgg16,defense=tldmi,runlocal', label='broken',
         overrides={'defense': {'fine_tune_from': '', 'freeze_layers': 24}}, checkpoint='')

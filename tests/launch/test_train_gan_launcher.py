@@ -23,7 +23,7 @@ OVERRIDES = ('--config.total_steps=30', '--config.checkpoint_every_steps=2')
 def reference(tmp_path_factory):
     """`(workdir, stdout)` of one uninterrupted run."""
     workdir = str(tmp_path_factory.mktemp('gan') / 'gan')
-    return workdir, crash.run(crash.command('train_gan', CONFIG, workdir, *OVERRIDES)).stdout
+    return workdir, crash.run_here(crash.command('train_gan', CONFIG, workdir, *OVERRIDES))
 
 
 def test_train_gan_runlocal_end_to_end(reference):
@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_the_same_prior(reference, tmp_path):
         finished=lambda w: os.path.exists(os.path.join(w, 'results.json')),
     )
     assert not os.path.exists(os.path.join(killed, 'results.json'))
-    crash.run(cmd)
+    crash.run_here(cmd)
 
     crash.assert_trees_equal(
         priors.load_prior(clean).variables, priors.load_prior(killed).variables, 'prior/'
@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_the_same_prior(reference, tmp_path):
     # no step, and its summary still holds the last logged losses.
     shutil.rmtree(os.path.join(killed, 'prior'))
     os.remove(os.path.join(killed, 'results.json'))
-    crash.run(cmd)
+    crash.run_here(cmd)
     results = crash.load_json(os.path.join(killed, 'results.json'), (killed, clean))
     assert results == crash.load_json(os.path.join(clean, 'results.json'))
     assert crash.records(killed) == crash.records(clean)

@@ -20,7 +20,7 @@ def _cmd(workdir):
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
     clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
-    out = crash.run(_cmd(clean)).stdout
+    out = crash.run_here(_cmd(clean))
     assert 'natural accuracy' in out
     results = json.load(open(os.path.join(clean, 'results.json')))
     assert 0.0 <= results['target/natural_acc'] <= 1.0
@@ -39,7 +39,7 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
         high=STEPS - 10,
     )
     assert not os.path.isdir(os.path.join(killed, 'model_final'))
-    crash.run(_cmd(killed))
+    crash.run_here(_cmd(killed))
 
     for name in ('model_final', 'model_best'):
         crash.assert_trees_equal(
