@@ -1,6 +1,9 @@
 r"""The benchmark table: every bench/ script, one row each, printed and written to RESULTS.md.
 
-  PYTHONPATH=. python bench/run_all.py [--quick] [--out=bench/RESULTS.md] [--only=NAME,...]
+  PYTHONPATH=. python bench/run_all.py [--quick] [--out=FILE] [--only=NAME,...]
+
+Writes bench/RESULTS.md, or with --quick bench/RESULTS-quick.md (so a quick run keeps the
+full table), unless --out names another file.
 
 Runs each benchmark as a subprocess (this Python, the repository root on PYTHONPATH), one
 after another, and reads the `BENCH_RESULT {json}` line each prints last. Every script times
@@ -583,16 +586,24 @@ def run_bench(bench: Bench, timeout: float) -> dict:
     return result
 
 
+def default_out(quick: bool) -> str:
+    """Where the table goes without --out: the full table and the quick one apart."""
+    return os.path.join('bench', 'RESULTS-quick.md' if quick else 'RESULTS.md')
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--quick', action='store_true', help='reduced sizes (each script --quick)')
-    p.add_argument('--out', default=os.path.join('bench', 'RESULTS.md'), help='markdown file')
+    p.add_argument(
+        '--out', default='', help='markdown file (bench/RESULTS.md; --quick: RESULTS-quick.md)'
+    )
     p.add_argument('--only', default='', help='comma-separated benchmark names or row labels')
     p.add_argument('--timeout', type=float, default=0, help='seconds per script (0: none)')
     p.add_argument(
         '--gpu', action='store_true', help='the GPU-only rows too (default: when a GPU is seen)'
     )
     args = p.parse_args(argv)
+    args.out = args.out or default_out(args.quick)
     info = machine_info()
     gpu = args.gpu or has_gpu(info)
     try:

@@ -334,3 +334,8 @@ def test_gan_step_rows_and_the_freeze_depth_of_other_archs():
     rows = [(bench(), r) for r in (TRAIN, vgg_frozen, ir_plain, ir_frozen)]
     lines = run_all.freeze_line(rows).split('\n\n')
     assert [line.split(' batch')[0] for line in lines] == ['train_step vgg16', 'train_step ir152']
+
+
+def test_a_quick_run_does_not_overwrite_the_full_table():
+    assert run_all.default_out(quick=False) == os.path.join('bench', 'RESULTS.md')
+    assert run_all.default_out(quick=True) == os.path.join('bench', 'RESULTS-quick.md')
