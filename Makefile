@@ -73,8 +73,9 @@ demo: demo-data
 	  $(if $(DATA_ROOT),--config.data.root=$(DATA_ROOT))
 
 # The benchmark table (bench/run_all.py): each row times this library against a PyTorch
-# reference; prints the table and writes bench/RESULTS.md. Needs torch (the test
-# requirements). bench-quick: reduced sizes, under 5 minutes on 2 CPU cores (not run by CI).
+# reference; prints the table and writes bench/RESULTS.md (32 minutes on 2 CPU cores). Needs
+# torch (the test requirements). bench-quick: reduced sizes, under 5 minutes on 2 CPU cores
+# (not run by CI), written to bench/RESULTS-quick.md.
 bench: $(TEST_STAMP)
 	PYTHONPATH=. $(PY) bench/run_all.py
 
