@@ -46,7 +46,7 @@ def _attack_json(workdir, clean):
 def test_killed_attack_resumes_to_identical_reconstructions(tmp_path):
     target = runlocal.tiny_classifier(str(tmp_path / 'target'), arch='small', steps=10)
     clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
-    summary = json.loads(crash.run_here(_cmd(clean, target)).strip().splitlines()[-1])
+    summary = json.loads(crash.run_here(_cmd(clean, target)).stdout.strip().splitlines()[-1])
     assert summary['attack'] == 'kedmi' and summary['num_reconstructions'] == 20
 
     crash.kill_at_random_point(
@@ -108,7 +108,9 @@ def test_killed_ppa_attack_resumes_to_identical_reconstructions(tmp_path):
     prior = str(tmp_path / 'prior')
     priors.save_prior(prior, priors.make_prior('stylegan2', image_size=32, tiny=True))
     clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
-    summary = json.loads(crash.run_here(_ppa_cmd(clean, target, prior)).strip().splitlines()[-1])
+    summary = json.loads(
+        crash.run_here(_ppa_cmd(clean, target, prior)).stdout.strip().splitlines()[-1]
+    )
     assert summary['attack'] == 'ppa' and summary['num_reconstructions'] == 8
 
     crash.kill_at_random_point(

@@ -19,7 +19,7 @@ STUDENTS = ('student_0_efficientnet_b0_tiny', 'student_1_small_tiny')
 def reference(tmp_path_factory):
     """`(workdir, stdout)` of one uninterrupted run, shared by the tests below."""
     workdir = str(tmp_path_factory.mktemp('distill') / 'aug')
-    return workdir, crash.run_here(crash.command('distill', CONFIG, workdir))
+    return workdir, crash.run_here(crash.command('distill', CONFIG, workdir)).stdout
 
 
 def test_runlocal_distillation_end_to_end(reference):

@@ -23,7 +23,7 @@ OVERRIDES = ('--config.total_steps=30', '--config.checkpoint_every_steps=2')
 def reference(tmp_path_factory):
     """`(workdir, stdout)` of one uninterrupted run."""
     workdir = str(tmp_path_factory.mktemp('gan') / 'gan')
-    return workdir, crash.run_here(crash.command('train_gan', CONFIG, workdir, *OVERRIDES))
+    return workdir, crash.run_here(crash.command('train_gan', CONFIG, workdir, *OVERRIDES)).stdout
 
 
 def test_train_gan_runlocal_end_to_end(reference):

@@ -20,7 +20,7 @@ def _cmd(workdir):
 
 def test_killed_run_resumes_to_identical_parameters(tmp_path):
     clean, killed = str(tmp_path / 'clean'), str(tmp_path / 'killed')
-    out = crash.run_here(_cmd(clean))
+    out = crash.run_here(_cmd(clean)).stdout
     assert 'natural accuracy' in out
     results = json.load(open(os.path.join(clean, 'results.json')))
     assert 0.0 <= results['target/natural_acc'] <= 1.0
