@@ -120,10 +120,10 @@ class _Conv:
     def record(self, module: nn.Module, x: jax.Array) -> jax.Array:
         return x
 
-    def one(self, x: jax.Array, dy: jax.Array) -> dict[str, jax.Array]:
-        """Kernel gradient as [taps, G, O/G, C/G]: tap t's is sum_p dy(p)^T x(p + t) (dy
-        first: XLA:CPU then transposes nothing per tap; the slices of x are the right-hand
-        operand in their own layout)."""
+    def one(self, x: jax.Array, dy: jax.Array) -> dict[str, Any]:
+        """Kernel gradient as a tuple of taps, each [G, O/G, C/G]: tap t's is
+        sum_p dy(p)^T x(p + t) (dy first: XLA:CPU then transposes nothing per tap; the slices
+        of x are the right-hand operand in their own layout)."""
         spatial = len(self.kernel_size)
         x = _rows(x, spatial + 1)  # [B, *spatial, C]: the layer's own batch axes merged.
         dy = _rows(dy, spatial + 1)
@@ -161,7 +161,7 @@ class _Conv:
     def finish(self, name: str, g: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
         if name != 'kernel':
             return g
-        g = jnp.stack(g) if isinstance(g, tuple) else g
+        g = jnp.stack(g)  # `one`'s tuple of taps: [taps, G, O/G, C/G].
         taps, groups, out, cin = g.shape
         g = g.transpose(0, 3, 1, 2)  # [taps, C/G, G, O/G]: output channel = group * O/G + o.
         return g.reshape(*self.kernel_size, cin, groups * out)
@@ -397,7 +397,7 @@ def squared_sum(loss_fn: LossFn) -> Callable[..., Any]:
         )
 
         def add(n, total):
-            return jax.tree.map(jnp.add, total, squares(jax.tree.map(lambda a: a[n], examples)))
+            return _tree_add(total, squares(jax.tree.map(lambda a: a[n], examples)))
 
         # One example at a time: a batched product would write N x parameters, which
         # XLA:CPU then sums over N several times slower than this loop adds them up. (The
