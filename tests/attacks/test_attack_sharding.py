@@ -26,7 +26,7 @@ search = latent_search.LatentSearch(problem, num_seeds=2, key=jax.random.key(3),
 latents, images, _ = search.run_batch(np.arange(8, dtype=np.int32) % 5, 15)
 # Latent images through a tiny CNN with BatchNorm (inference): conv input gradients.
 net = models.get_model('small_tiny', 5)
-net_vars = net.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
+net_vars = jax.jit(net.init)(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
 
 def conv_loss(z, label, key):
     logits = net.apply(net_vars, jax.nn.sigmoid(z)[None], train=False)[1][0]
@@ -43,7 +43,8 @@ np.savez(sys.argv[1], latents=np.asarray(latents), conv=np.asarray(conv_latents)
 
 
 def _run(devices, out):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+    env = dict(os.environ, XLA_FLAGS=flags.strip())  # Keeps conftest's fast-compile flag.
     proc = subprocess.run(
         [sys.executable, '-c', _SCRIPT, out], env=env, capture_output=True, text=True, timeout=300
     )

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -122,13 +123,21 @@ def test_bad_inputs_write_nothing(change, message, target, tmp_path):
 
 
 def test_identity_losses_by_hand():
-    logits = jnp.array([1.0, 3.0, 2.0])
-    np.testing.assert_allclose(common.logit_loss(logits, 2), -2.0)
-    np.testing.assert_allclose(common.max_margin(logits, 2), -2.0 + 3.0)
-    np.testing.assert_allclose(common.max_margin(logits, 1), -3.0 + 2.0)
+    @jax.jit  # One program for every value below (test time).
+    def outputs(logits):
+        return (
+            common.logit_loss(logits, 2),
+            common.max_margin(logits, 2),
+            common.max_margin(logits, 1),
+            common.cross_entropy(logits, 2),
+            common.kedmi_prior_loss(logits),
+        )
+
+    logit, margin2, margin1, ce, kedmi = outputs(jnp.array([1.0, 3.0, 2.0]))
+    np.testing.assert_allclose(logit, -2.0)
+    np.testing.assert_allclose(margin2, -2.0 + 3.0)
+    np.testing.assert_allclose(margin1, -3.0 + 2.0)
     expected = -(2.0 - np.log(np.exp(1) + np.exp(3) + np.exp(2)))
-    np.testing.assert_allclose(common.cross_entropy(logits, 2), expected, rtol=1e-6)
+    np.testing.assert_allclose(ce, expected, rtol=1e-6)
     lse = np.log(np.exp(1) + np.exp(3) + np.exp(2))
-    np.testing.assert_allclose(
-        common.kedmi_prior_loss(logits), np.log1p(np.exp(lse)) - lse, rtol=1e-6
-    )
+    np.testing.assert_allclose(kedmi, np.log1p(np.exp(lse)) - lse, rtol=1e-6)

@@ -16,15 +16,19 @@ IMAGE = np.array(
 
 
 def test_brightness_only_scales_and_clamps():
-    key = jax.random.key(3)
-    out = augment.color_jitter(key, IMAGE, brightness=0.5)
-    order, factors = augment.jitter_params(key, brightness=0.5)
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(key):
+        out = augment.color_jitter(key, IMAGE, brightness=0.5)
+        params = augment.jitter_params(key, brightness=0.5)
+        return out, params, augment.adjust_brightness(IMAGE, 1.5)
+
+    out, (order, factors), fixed = outputs(jax.random.key(3))
     f = float(factors[0])
     assert 0.5 <= f <= 1.5 and sorted(order.tolist()) == [0, 1, 2, 3]
     np.testing.assert_allclose(out, np.clip(f * IMAGE, 0, 1), rtol=1e-6)
     # A fixed factor, by hand: 1.5 x, clamped at 1.
     want = [[[0.3, 0.6, 0.9], [1.0, 0.75, 0.0]], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]]
-    np.testing.assert_allclose(augment.adjust_brightness(IMAGE, 1.5), want, rtol=1e-6)
+    np.testing.assert_allclose(fixed, want, rtol=1e-6)
 
 
 def test_contrast_and_saturation_by_hand():
@@ -46,29 +50,36 @@ def test_contrast_and_saturation_by_hand():
 def test_hue_is_colorsys_rotation():
     pixels = np.random.default_rng(0).uniform(size=(64, 3)).astype(np.float32)
     pixels[:4] = [[1, 0, 0], [0.5, 0.5, 0.5], [0, 1, 1], [1, 1, 0]]  # Edge cases, grey.
+    adjust_hue = jax.jit(augment.adjust_hue)  # One program for the three shifts (test time).
     for shift in (0.25, -0.1, 0.5):
         want = [
             colorsys.hsv_to_rgb((h + shift) % 1.0, s, v)
             for h, s, v in (colorsys.rgb_to_hsv(*p) for p in pixels)
         ]
-        np.testing.assert_allclose(augment.adjust_hue(pixels, shift), want, atol=2e-6)
+        np.testing.assert_allclose(adjust_hue(pixels, shift), want, atol=2e-6)
 
 
 def test_order_is_a_traced_permutation():
     a, b = jnp.array([0, 1, 2, 3]), jnp.array([3, 2, 1, 0])
     factors = jnp.array([1.3, 0.7, 1.5, 0.2])
-    by_hand = IMAGE
-    for op, f in zip(
-        (augment.adjust_brightness, augment.adjust_contrast, augment.adjust_saturation),
-        factors[:3],
-        strict=True,
-    ):
-        by_hand = op(by_hand, f)
-    by_hand = augment.adjust_hue(by_hand, factors[3])
+
+    @jax.jit  # One program for the reference values below (test time).
+    def references(factors):
+        by_hand = IMAGE
+        for op, f in zip(
+            (augment.adjust_brightness, augment.adjust_contrast, augment.adjust_saturation),
+            factors[:3],
+            strict=True,
+        ):
+            by_hand = op(by_hand, f)
+        orders = jax.vmap(lambda i: augment.jitter_params(jax.random.key(i), 0.1)[0])(jnp.arange(8))
+        return augment.adjust_hue(by_hand, factors[3]), orders
+
+    by_hand, orders = references(factors)
     apply = jax.jit(augment.apply_jitter)
     np.testing.assert_allclose(apply(IMAGE, a, factors), by_hand, atol=1e-6)
     assert not np.allclose(apply(IMAGE, b, factors), by_hand, atol=1e-3)
-    orders = {tuple(augment.jitter_params(jax.random.key(i), 0.1)[0].tolist()) for i in range(8)}
+    orders = {tuple(order.tolist()) for order in orders}
     assert len(orders) > 1
 
 

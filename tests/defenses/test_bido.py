@@ -13,14 +13,19 @@ X4 = jnp.array([[0.0], [1.0], [2.0], [3.0]])  # Centred: -1.5, -0.5, 0.5, 1.5 (s
 
 
 def test_linear_kernel_values_by_hand():
-    k = bido.kernel_matrix(X4, 'linear')
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x):
+        k = bido.kernel_matrix(x, 'linear')
+        return [f(k, k) for f in (bido.hsic_biased, bido.coco, bido.hsic_normalized)]
+
+    biased, coco, normalized = outputs(X4)
     # Biased HSIC(x, x) = (x_c^T x_c)^2 / (m - 1)^2 = 25 / 9.
-    np.testing.assert_allclose(bido.hsic_biased(k, k), 25 / 9, rtol=1e-6)
+    np.testing.assert_allclose(biased, 25 / 9, rtol=1e-6)
     # COCO: (H K H)^2 = 5 x_c x_c^T, Frobenius norm 25; sqrt(25) / m = 1.25.
-    np.testing.assert_allclose(bido.coco(k, k), 1.25, rtol=1e-6)
+    np.testing.assert_allclose(coco, 1.25, rtol=1e-6)
     # Normalised: K H = x x_c^T has one eigenvalue mu = 5, R = K H / (mu + eps m), so
     # tr(R R) = (5 / (5 + 4e-5))^2.
-    np.testing.assert_allclose(bido.hsic_normalized(k, k), (5 / (5 + 4e-5)) ** 2, rtol=1e-4)
+    np.testing.assert_allclose(normalized, (5 / (5 + 4e-5)) ** 2, rtol=1e-4)
 
 
 def _reference_normalized_hsic(x, y, sigma, eps=1e-5):
@@ -45,14 +50,18 @@ def test_gaussian_normalized_hsic_on_three_points():
     x = np.array([[0.0, 1.0], [2.0, -1.0], [3.0, 3.0]])
     y = np.array([[1.0], [0.0], [4.0]])
     sigma = 1.0
-    got = bido.hsic_normalized(
-        bido.kernel_matrix(jnp.asarray(x, jnp.float32), 'gaussian', sigma),
-        bido.kernel_matrix(jnp.asarray(y, jnp.float32), 'gaussian', sigma),
-    )
+
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x, y):
+        kx = bido.kernel_matrix(x, 'gaussian', sigma)
+        ky = bido.kernel_matrix(y, 'gaussian', sigma)
+        same = bido.kernel_matrix(x, 'gaussian', sigma)
+        return bido.hsic_normalized(kx, ky), bido.hsic_normalized(same, same)
+
+    got, got_same = outputs(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
     np.testing.assert_allclose(got, _reference_normalized_hsic(x, y, sigma), rtol=1e-4)
     # Identical inputs: about the rank of the centred Gram matrix (m - 1 = 2).
-    same = bido.kernel_matrix(jnp.asarray(x, jnp.float32), 'gaussian', sigma)
-    np.testing.assert_allclose(bido.hsic_normalized(same, same), 2.0, rtol=1e-3)
+    np.testing.assert_allclose(got_same, 2.0, rtol=1e-3)
 
 
 class DependenceTest(parameterized.TestCase):
@@ -115,16 +124,25 @@ class LayersTest(parameterized.TestCase):
 
 def test_capture_and_pool():
     model = models.get_model('vgg16_tiny', 3)
-    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
-    variables = model.init(jax.random.key(1), x)
     layers = ('conv1_2', 'conv3_3')
-    (features, _), state = model.apply(
-        variables, x, capture_intermediates=bido.capture_filter(layers), mutable=['intermediates']
-    )
+
+    @jax.jit  # One program for every check below (test time).
+    def outputs(key):
+        x = jax.random.uniform(key, (2, 32, 32, 3))
+        variables = model.init(jax.random.key(1), x)
+        (features, _), state = model.apply(
+            variables,
+            x,
+            capture_intermediates=bido.capture_filter(layers),
+            mutable=['intermediates'],
+        )
+        hiddens = bido.hidden_representations(
+            state['intermediates'], layers, features, bido.pools_blocks(model)
+        )
+        return features, state, hiddens
+
+    features, state, hiddens = outputs(jax.random.key(0))
     assert set(state['intermediates']) == set(layers)
-    hiddens = bido.hidden_representations(
-        state['intermediates'], layers, features, bido.pools_blocks(model)
-    )
     # Block outputs after the 2x2 max-pool, as the original's, then the features.
     assert [h.shape for h in hiddens] == [(2, 16, 16, 8), (2, 4, 4, 32), features.shape]
     assert not bido.pools_blocks(models.get_model('ir152_tiny', 3))

@@ -22,12 +22,16 @@ def test_clipping_bounds_each_example():
         'a': jnp.array([[3.0, 4.0], [0.3, 0.4], [300.0, 400.0]]),  # Norms 5, 0.5, 500.
         'b': jnp.zeros((3, 1)),
     }
-    factors, norms = dpsgd.clip_factors(per_example, 1.0)
+
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(per_example, key):
+        factors, norms = dpsgd.clip_factors(per_example, 1.0)
+        privatized = dpsgd.privatize(per_example, clip_norm=1.0, noise_multiplier=0.0, key=key)
+        return factors * norms, norms, privatized
+
+    contributions, norms, (grads, metrics) = outputs(per_example, jax.random.key(0))
     np.testing.assert_allclose(norms, [5.0, 0.5, 500.0], rtol=1e-6)
-    assert np.all(np.asarray(factors * norms) <= 1.0 + 1e-6)  # Each contribution <= C.
-    grads, metrics = dpsgd.privatize(
-        per_example, clip_norm=1.0, noise_multiplier=0.0, key=jax.random.key(0)
-    )
+    assert np.all(np.asarray(contributions) <= 1.0 + 1e-6)  # Each contribution <= C.
     # Clipped: (0.6, 0.8), (0.3, 0.4) (under C, unchanged), (0.6, 0.8); their mean.
     np.testing.assert_allclose(grads['a'], [0.5, 2.0 / 3.0], rtol=1e-6)
     np.testing.assert_allclose(grads['b'], [0.0])
@@ -36,9 +40,10 @@ def test_clipping_bounds_each_example():
 
 def test_noise_scale():
     per_example = {'w': jnp.zeros((4, 40_000))}
-    grads, _ = dpsgd.privatize(
-        per_example, clip_norm=0.5, noise_multiplier=2.0, key=jax.random.key(3)
+    privatize = jax.jit(  # One program (test time).
+        lambda g, key: dpsgd.privatize(g, clip_norm=0.5, noise_multiplier=2.0, key=key)
     )
+    grads, _ = privatize(per_example, jax.random.key(3))
     # N(0, (sigma C)^2) on the sum, divided by B = 4: std 0.25.
     np.testing.assert_allclose(np.std(grads['w']), 0.25, rtol=0.03)
     assert abs(float(np.mean(grads['w']))) < 0.01
@@ -85,10 +90,14 @@ def test_step_equals_mean_of_clipped_per_example_grads():
     images = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
     images[2] *= 1000.0  # One example with a huge gradient.
     labels = np.array([0, 1, 2, 1], np.int32)
-    variables = model.init(jax.random.key(0), jnp.asarray(images[:1]))
-    # Non-trivial running statistics, to see that DP steps use and keep them.
-    stats = jax.tree.map(lambda v: v + 0.3, variables['batch_stats'])
-    params = variables['params']
+
+    @jax.jit  # One program for the initial state (test time).
+    def init(key, x):
+        variables = model.init(key, x)
+        # Non-trivial running statistics, to see that DP steps use and keep them.
+        return variables['params'], jax.tree.map(lambda v: v + 0.3, variables['batch_stats'])
+
+    params, stats = init(jax.random.key(0), jnp.asarray(images[:1]))
     spec = _spec()
     plan = transfer.resolve(model, params, stats, spec)
     objective = defenses.build(
@@ -120,9 +129,10 @@ def test_step_equals_mean_of_clipped_per_example_grads():
         _, logits = model.apply({'params': p, 'batch_stats': stats}, x[None], train=False)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y[None])[0]
 
+    grad = jax.jit(jax.grad(loss))  # One program for the four examples (test time).
     clipped, contributions = [], []
     for x, y in zip(images, labels, strict=True):
-        g = traverse_util.flatten_dict(jax.grad(loss)(params, jnp.asarray(x), jnp.asarray(y)))
+        g = traverse_util.flatten_dict(grad(params, jnp.asarray(x), jnp.asarray(y)))
         g = {k: np.asarray(v, np.float64) for k, v in g.items() if k[0] != 'hidden'}
         norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
         scale = 0.1 / max(0.1, norm)

@@ -1,5 +1,7 @@
 """MID: the VIB KL against its closed form, the wrapper's parameters, groups and modes."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,19 +36,26 @@ def test_kl_matches_monte_carlo():
 
 
 def _init(model, size=32):
-    return model.init(jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False)
+    init = jax.jit(functools.partial(model.init, train=False))  # One program (test time).
+    return init(jax.random.key(0), jnp.zeros((2, size, size, 3)))
+
+
+def _shapes(model, size=32):
+    """`_init`'s shapes, without running it."""
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
 
 
 def test_wrapper_keeps_inner_names_and_adds_vib():
     inner = models.get_model('vgg16_tiny', 4)
     wrapped = mid.wrap(inner)
-    plain = traverse_util.flatten_dict(_init(inner)['params'], sep='/')
-    params = traverse_util.flatten_dict(_init(wrapped)['params'], sep='/')
+    plain = traverse_util.flatten_dict(_shapes(inner)['params'], sep='/')
+    params = traverse_util.flatten_dict(_shapes(wrapped)['params'], sep='/')
     assert set(params) == set(plain) | {'vib/kernel', 'vib/bias'}
     d = plain['fc/kernel'].shape[0]  # Feature size (256 for the tiny VGG at 32 px).
     assert params['vib/kernel'].shape == (d, d)  # 2k with k = d // 2.
     assert params['fc/kernel'].shape == (d // 2, 4)
-    small = _init(mid.wrap(inner, k=3))['params']
+    small = _shapes(mid.wrap(inner, k=3))['params']
     assert small['fc']['kernel'].shape == (3, 4) and small['vib']['kernel'].shape == (d, 6)
 
 
@@ -54,24 +63,30 @@ def test_inference_uses_mean_training_samples():
     model = mid.wrap(models.get_model('small_tiny', 3), k=4)
     variables = _init(model, 16)
     x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
-    _, logits = model.apply(variables, x)
-    (_, again), state = model.apply(variables, x, train=False, mutable=['intermediates'])
+
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(variables, x):
+        _, logits = model.apply(variables, x)
+        (_, again), state = model.apply(variables, x, train=False, mutable=['intermediates'])
+        mean, _ = mid.statistics(state['intermediates'])
+        fc = variables['params']['fc']
+        (_, sampled), state = model.apply(
+            variables,
+            x,
+            train=True,
+            rngs={'dropout': jax.random.key(2)},
+            mutable=['batch_stats', 'intermediates'],
+        )
+        mu, std = mid.statistics(state['intermediates'])
+        return logits, again, mean @ fc['kernel'] + fc['bias'], sampled, mu, std
+
+    logits, again, from_mean, sampled, mu, std = outputs(variables, x)
     np.testing.assert_array_equal(logits, again)  # Deterministic, no rng needed.
-    mean, _ = mid.statistics(state['intermediates'])
-    fc = variables['params']['fc']
-    np.testing.assert_allclose(mean @ fc['kernel'] + fc['bias'], logits, rtol=1e-5, atol=1e-6)
-    (_, sampled), state = model.apply(
-        variables,
-        x,
-        train=True,
-        rngs={'dropout': jax.random.key(2)},
-        mutable=['batch_stats', 'intermediates'],
-    )
-    mu, std = mid.statistics(state['intermediates'])
-    assert mu.shape == std.shape == (2, 4) and bool(jnp.all(std > 0))
+    np.testing.assert_allclose(from_mean, logits, rtol=1e-5, atol=1e-6)
+    assert mu.shape == std.shape == (2, 4) and bool(np.all(np.asarray(std) > 0))
     assert not np.allclose(sampled, logits)
     with pytest.raises(Exception, match='dropout'):
-        model.apply(variables, x, train=True, mutable=['batch_stats'])
+        jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']), variables)
 
 
 def test_groups_and_freezing():

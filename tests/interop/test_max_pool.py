@@ -39,26 +39,37 @@ def _torch_value_and_grad(x, ct, window, stride, padding):
 @pytest.mark.parametrize('shape,window,stride,padding', CASES)
 def test_value_and_gradient_match_torch(shape, window, stride, padding):
     x = _input(shape)
-    y = max_pool(jnp.asarray(x), window, stride, padding)
     pads = ((padding, padding), (padding, padding))
-    ref = nn.max_pool(jnp.asarray(x), (window, window), (stride, stride), pads)
+
+    def pool(a):
+        return max_pool(a, window, stride, padding)
+
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x, ct):
+        y, vjp = jax.vjp(pool, x)
+        ref = nn.max_pool(x, (window, window), (stride, stride), pads)
+        return y, ref, vjp(ct)[0]
+
+    out_shape = jax.eval_shape(pool, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape
+    ct = np.random.default_rng(1).normal(size=out_shape).astype(np.float32)
+    y, ref, grad = outputs(jnp.asarray(x), jnp.asarray(ct))
     np.testing.assert_array_equal(np.asarray(y), np.asarray(ref))
-    ct = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)
     t_y, t_grad = _torch_value_and_grad(x, ct, window, stride, padding)
     np.testing.assert_array_equal(np.asarray(y), t_y)
-    _, vjp = jax.vjp(lambda a: max_pool(a, window, stride, padding), jnp.asarray(x))
-    (grad,) = vjp(jnp.asarray(ct))
     # Each output's cotangent lands on one input (the first maximum), exactly as in torch.
     np.testing.assert_allclose(np.asarray(grad), t_grad, rtol=0, atol=1e-6)
     assert np.count_nonzero(np.asarray(grad)) == np.count_nonzero(t_grad)
 
 
 def test_ties_go_to_the_first_maximum():
-    x = jnp.ones((1, 2, 2, 1))
-    grad = jax.grad(lambda a: max_pool(a, 2, 2).sum())(x)
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x):
+        grad = jax.grad(lambda a: max_pool(a, 2, 2).sum())(x)
+        return grad, jax.grad(lambda a: nn.max_pool(a, (2, 2), (2, 2)).sum())(x)
+
+    grad, ref = outputs(jnp.ones((1, 2, 2, 1)))
     np.testing.assert_array_equal(np.asarray(grad)[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
     # XLA's select_and_scatter (nn.max_pool's gradient) agrees on this.
-    ref = jax.grad(lambda a: nn.max_pool(a, (2, 2), (2, 2)).sum())(x)
     np.testing.assert_array_equal(np.asarray(grad), np.asarray(ref))
 
 
@@ -67,11 +78,13 @@ def test_forward_mode_and_second_derivatives():
     t = jnp.asarray(np.random.default_rng(2).normal(size=x.shape).astype(np.float32))
     f = lambda a: jnp.sum(jnp.square(max_pool(a, 3, 2, 1)))  # noqa: E731
     g = lambda a: jnp.sum(jnp.square(nn.max_pool(a, (3, 3), (2, 2), ((1, 1), (1, 1)))))  # noqa: E731
-    _, jvp = jax.jvp(f, (x,), (t,))
-    _, jvp_ref = jax.jvp(g, (x,), (t,))
+
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x, t):
+        # Hessian-vector products: the gradient is differentiable again (2 * t at each maximum).
+        return [(jax.jvp(h, (x,), (t,))[1], jax.jvp(jax.grad(h), (x,), (t,))[1]) for h in (f, g)]
+
+    (jvp, hvp), (jvp_ref, hvp_ref) = outputs(x, t)
     np.testing.assert_allclose(float(jvp), float(jvp_ref), rtol=1e-6)
-    # Hessian-vector products: the gradient is differentiable again (2 * t at each maximum).
-    hvp = jax.jvp(jax.grad(f), (x,), (t,))[1]
-    hvp_ref = jax.jvp(jax.grad(g), (x,), (t,))[1]
     np.testing.assert_allclose(np.asarray(hvp), np.asarray(hvp_ref), rtol=1e-6, atol=1e-6)
     assert np.count_nonzero(np.asarray(hvp)) > 0

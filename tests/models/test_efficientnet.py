@@ -160,23 +160,27 @@ def test_stochastic_depth_only_in_training(tiny):
     assert any(not np.allclose(outs[0], o) for o in outs[1:])
 
     block = efficientnet.MBConv(8, expand_ratio=2, kernel=3, stride=1, drop_prob=0.5)
-    x = jax.random.normal(jax.random.key(0), (16, 4, 4, 8))
-    variables = block.init(jax.random.key(1), x, False)
 
-    def train(module, seed):
-        rngs = {'dropout': jax.random.key(seed)}
-        return module.apply(variables, x, True, rngs=rngs, mutable=['batch_stats'])[0]
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(key):
+        x = jax.random.normal(key, (16, 4, 4, 8))
+        variables = block.init(jax.random.key(1), x, False)
 
-    y, full = train(block, 2), train(block.clone(drop_prob=0.0), 2)
+        def train(module, seed):
+            rngs = {'dropout': jax.random.key(seed)}
+            return module.apply(variables, x, True, rngs=rngs, mutable=['batch_stats'])[0]
+
+        return x, variables, train(block, 2), train(block.clone(drop_prob=0.0), 2)
+
+    x, variables, y, full = outputs(jax.random.key(0))
     dropped = np.all(np.asarray(y) == np.asarray(x), axis=(1, 2, 3))
     assert 0 < dropped.sum() < len(x)
     # torchvision's "row" mode: a kept example's branch is scaled by 1 / (1 - p).
     np.testing.assert_allclose(y[~dropped], (x + 2 * (full - x))[~dropped], rtol=1e-5, atol=1e-5)
     # Inference: the plain residual, no rng needed.
-    np.testing.assert_array_equal(
-        block.apply(variables, x, False), block.apply(variables, x, False)
-    )
-    assert not np.allclose(block.apply(variables, x, False), x)
+    infer = jax.jit(lambda v, x: block.apply(v, x, False))
+    np.testing.assert_array_equal(infer(variables, x), infer(variables, x))  # Two calls.
+    assert not np.allclose(infer(variables, x), x)
 
 
 @pytest.mark.parametrize(
@@ -203,14 +207,18 @@ def test_depthwise_conv_equals_the_grouped_convolution(shape, k, stride):
     def sliced(x, w):
         return layers.depthwise_conv(x, w, stride, pad)
 
-    np.testing.assert_allclose(sliced(x, w), grouped(x, w), rtol=1e-5, atol=1e-5)
-    for argnums in (0, 1):
-        a = jax.grad(lambda *v: jnp.sum(jnp.sin(sliced(*v))), argnums)(x, w)
-        b = jax.grad(lambda *v: jnp.sum(jnp.sin(grouped(*v))), argnums)(x, w)
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    # The module keeps nn.Conv's variable (name, shape) and initialiser.
     conv = nn.Conv(shape[-1], (k, k), feature_group_count=shape[-1], use_bias=False)
     ours = layers.DepthwiseConv(k, stride, pad)
-    want = conv.init(jax.random.key(0), x)['params']['kernel']
-    got = ours.init(jax.random.key(0), x)['params']['kernel']
+
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x, w):
+        loss = lambda f: lambda *v: jnp.sum(jnp.sin(f(*v)))  # noqa: E731
+        kernels = [m.init(jax.random.key(0), x)['params']['kernel'] for m in (ours, conv)]
+        return [(f(x, w), jax.grad(loss(f), (0, 1))(x, w)) for f in (sliced, grouped)], kernels
+
+    ((value, grads), (value_ref, grads_ref)), (got, want) = outputs(x, w)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # The module keeps nn.Conv's variable (name, shape) and initialiser.
     np.testing.assert_array_equal(got, want)

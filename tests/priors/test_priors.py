@@ -49,22 +49,8 @@ def test_subpixel_conv_transpose_equals_lax(k, s, p, op):
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
     ref = nn.ConvTranspose(4, (k, k), (s, s), ((k - 1 - p, k - 1 - p + op),) * 2,
                            transpose_kernel=True)  # fmt: skip
-    variables = ref.init(jax.random.key(1), x)
+    variables = jax.jit(ref.init)(jax.random.key(1), x)
     ours = layers.ConvTranspose(4, (k, k), (s, s), (p, p), (op, op))
-    np.testing.assert_allclose(ours.apply(variables, x), ref.apply(variables, x), atol=1e-5)
-    kernel = variables['params']['kernel']
-    lax_out = jax.lax.conv_transpose(
-        x,
-        kernel,
-        (s, s),
-        ((k - 1 - p, k - 1 - p + op),) * 2,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        transpose_kernel=True,
-    )
-    sub = layers.conv_transpose_subpixel(x, kernel, (s, s), (p, p), (op, op))
-    np.testing.assert_allclose(sub, lax_out, atol=1e-5)
-    phases = layers.conv_transpose_phases(x, kernel, (s, s), (p, p), (op, op))
-    np.testing.assert_allclose(phases, lax_out, atol=1e-5)
 
     def lax_ref(a, w):
         pads = ((k - 1 - p, k - 1 - p + op),) * 2
@@ -75,15 +61,34 @@ def test_subpixel_conv_transpose_equals_lax(k, s, p, op):
     def phases_fn(a, w):
         return layers.conv_transpose_phases(a, w, (s, s), (p, p), (op, op))
 
-    g_phases, g_lax = (
-        jax.grad(_sum_sin(f), argnums=(0, 1))(x, kernel) for f in (phases_fn, lax_ref)
-    )
-    for a, b in zip(g_phases, g_lax, strict=True):
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(variables, x):
+        kernel = variables['params']['kernel']
+        grads = [jax.grad(_sum_sin(f), argnums=(0, 1))(x, kernel) for f in (phases_fn, lax_ref)]
+        params = [
+            jax.grad(lambda w, m=m: jnp.sum(jnp.sin(m.apply({'params': w}, x))))(
+                variables['params']
+            )['kernel']
+            for m in (ours, ref)
+        ]
+        return dict(
+            ours=ours.apply(variables, x),
+            ref=ref.apply(variables, x),
+            lax=lax_ref(x, kernel),
+            sub=layers.conv_transpose_subpixel(x, kernel, (s, s), (p, p), (op, op)),
+            phases=phases_fn(x, kernel),
+            grads=grads,
+            params=params,
+        )
+
+    out = outputs(variables, x)
+    np.testing.assert_allclose(out['ours'], out['ref'], atol=1e-5)
+    np.testing.assert_allclose(out['sub'], out['lax'], atol=1e-5)
+    np.testing.assert_allclose(out['phases'], out['lax'], atol=1e-5)
+    for a, b in zip(*out['grads'], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
     # Gradients agree too (the reason for the rewrite is the slow kernel gradient).
-    g_ref = jax.grad(lambda w: jnp.sum(jnp.sin(ref.apply({'params': w}, x))))(variables['params'])
-    g_sub = jax.grad(lambda w: jnp.sum(jnp.sin(ours.apply({'params': w}, x))))(variables['params'])
-    np.testing.assert_allclose(g_sub['kernel'], g_ref['kernel'], atol=1e-4)
+    np.testing.assert_allclose(out['params'][0], out['params'][1], atol=1e-4)
     # The phase kernels are slices, not a gather: XLA:CPU runs a gather's gradient (a
     # scatter) slowly on the large kernels of a generator's first layers.
     jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(ours.apply({'params': w}, x))))(
@@ -197,44 +202,74 @@ def test_generator_train_mode_updates_batch_stats(tiny):
 
 
 def test_spectral_norm_power_iteration():
-    w = jax.random.normal(jax.random.key(5), (6, 9))
-    sigma_true = np.linalg.svd(np.asarray(w), compute_uv=False)[0]
-    x = jnp.ones((1, 9))
+    x = np.ones((1, 9), np.float32)
     dense = layers.SNDense(6)
-    variables = dense.init(jax.random.key(6), x, train=False)
-    variables = {'params': {'kernel': w.T, 'bias': jnp.zeros(6)}, 'spectral': variables['spectral']}
-    out, state = dense.apply(variables, x, train=False, mutable=['spectral'])
-    chex.assert_trees_all_equal(state['spectral'], variables['spectral'])  # No iteration.
-    for _ in range(50):
-        out, state = dense.apply(
-            {'params': variables['params'], **state}, x, train=True, mutable=['spectral']
+
+    @jax.jit  # One program for every value below (test time).
+    def outputs(x):
+        w = jax.random.normal(jax.random.key(5), (6, 9))
+        variables = dense.init(jax.random.key(6), x, train=False)
+        params = {'kernel': w.T, 'bias': jnp.zeros(6)}
+        _, state = dense.apply(
+            {'params': params, 'spectral': variables['spectral']},
+            x,
+            train=False,
+            mutable=['spectral'],
         )
+
+        def step(_, carry):
+            return dense.apply({'params': params, **carry[1]}, x, train=True, mutable=['spectral'])
+
+        out, _ = jax.lax.fori_loop(0, 50, step, (jnp.zeros((1, 6)), state))
+        return w, variables['spectral'], state['spectral'], out
+
+    w, spectral, no_iteration, out = jax.device_get(outputs(x))
+    chex.assert_trees_all_equal(no_iteration, spectral)  # No iteration.
+    sigma_true = np.linalg.svd(w, compute_uv=False)[0]
     np.testing.assert_allclose(out, x @ w.T / sigma_true, rtol=1e-4)
 
 
 def test_small_layers_match_reference_formulas():
-    x = jax.random.normal(jax.random.key(7), (2, 6, 4, 3))
-    up = layers.upsample2x_bilinear(x)
-    np.testing.assert_allclose(up, jax.image.resize(x, (2, 12, 8, 3), 'bilinear'), atol=1e-6)
-    np.testing.assert_allclose(
-        layers.avg_pool2x(x), nn.avg_pool(x, (2, 2), strides=(2, 2)), atol=1e-6
-    )
     norm = layers.InstanceNorm()
-    y = norm.apply(norm.init(jax.random.key(0), x), x)
-    np.testing.assert_allclose(jnp.mean(y, axis=(1, 2)), 0.0, atol=1e-5)
-    np.testing.assert_allclose(jnp.var(y, axis=(1, 2)), 1.0, atol=1e-3)
-    assert layers.flatten_nchw(x)[0, 1] == x[0, 0, 1, 0]  # Channel-major, then rows.
-
     mbd = layers.MinibatchDiscrimination(5, 3)
-    feats = jax.random.normal(jax.random.key(8), (4, 7))
-    params = mbd.init(jax.random.key(9), feats)
-    t = np.asarray(params['params']['T'])
-    m = np.einsum('na,abc->nbc', np.asarray(feats), t)
+
+    @jax.jit  # One program for every value below (test time).
+    def outputs(x, feats):
+        y = norm.apply(norm.init(jax.random.key(0), x), x)
+        params = mbd.init(jax.random.key(9), feats)
+        return dict(
+            up=layers.upsample2x_bilinear(x),
+            resized=jax.image.resize(x, (2, 12, 8, 3), 'bilinear'),
+            pool=layers.avg_pool2x(x),
+            nn_pool=nn.avg_pool(x, (2, 2), strides=(2, 2)),
+            mean=jnp.mean(y, axis=(1, 2)),
+            var=jnp.var(y, axis=(1, 2)),
+            flat=layers.flatten_nchw(x),
+            params=params,
+            mbd=mbd.apply(params, feats),
+        )
+
+    def inputs():
+        x = jax.random.normal(jax.random.key(7), (2, 6, 4, 3))
+        return x, jax.random.normal(jax.random.key(8), (4, 7))
+
+    # The inputs come from a program of their own: one that also used them could compute them
+    # twice, each copy rounded differently (`out[:, :7]` is compared exactly).
+    x, feats = jax.device_get(jax.jit(inputs)())
+    got = jax.device_get(outputs(x, feats))
+    np.testing.assert_allclose(got['up'], got['resized'], atol=1e-6)
+    np.testing.assert_allclose(got['pool'], got['nn_pool'], atol=1e-6)
+    np.testing.assert_allclose(got['mean'], 0.0, atol=1e-5)
+    np.testing.assert_allclose(got['var'], 1.0, atol=1e-3)
+    assert got['flat'][0, 1] == x[0, 0, 1, 0]  # Channel-major, then rows.
+
+    t = got['params']['params']['T']
+    m = np.einsum('na,abc->nbc', feats, t)
     expected = np.array(
         [[sum(np.exp(-np.abs(m[i, b] - m[j, b]).sum()) for j in range(4) if j != i)
           for b in range(5)] for i in range(4)]
     )  # fmt: skip
-    out = mbd.apply(params, feats)
+    out = got['mbd']
     np.testing.assert_allclose(out[:, :7], feats)
     np.testing.assert_allclose(out[:, 7:], expected, rtol=1e-4, atol=1e-6)
 
@@ -242,15 +277,21 @@ def test_small_layers_match_reference_formulas():
 def test_max_margin_loss_and_augment():
     logits = jnp.array([[1.0, 5.0, 2.0], [4.0, 0.0, 3.0]])
     labels = jnp.array([1, 2])
+
+    @jax.jit  # One program for every value below (test time).
+    def outputs(logits, labels):
+        images = jax.random.uniform(jax.random.key(10), (3, 16, 16, 3))
+        grad = jax.grad(lambda x: jnp.sum(plgmi.augment(jax.random.key(11), x)))(images)
+        out = plgmi.augment(jax.random.key(11), images)
+        return plgmi.max_margin_loss(logits, labels), images, out, grad
+
+    loss, images, out, grad = jax.device_get(outputs(logits, labels))
     # (-5 + 2) / 2 + (-3 + 4) / 2.
-    np.testing.assert_allclose(plgmi.max_margin_loss(logits, labels), -1.0)
-    images = jax.random.uniform(jax.random.key(10), (3, 16, 16, 3))
-    out = plgmi.augment(jax.random.key(11), images)
+    np.testing.assert_allclose(loss, -1.0)
     assert out.shape == images.shape
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
-    grad = jax.grad(lambda x: jnp.sum(plgmi.augment(jax.random.key(11), x)))(images)
-    assert float(jnp.abs(grad).sum()) > 0
-    np.testing.assert_array_equal(out, plgmi.augment(jax.random.key(11), images))
+    assert float(np.abs(grad).sum()) > 0
+    np.testing.assert_array_equal(out, outputs(logits, labels)[2])  # Same key, same output.
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -383,21 +424,23 @@ def test_strided_conv_equals_lax_with_first_and_second_derivatives(hw, cin, cout
     def ours(x, w):
         return layers.strided_conv(x, w, s, p)
 
-    np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
-    for argnums in (0, 1):
-        loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-        a = jax.grad(loss(ours), argnums)(x, w)
-        b = jax.grad(loss(plain), argnums)(x, w)
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-    def penalty(f):
+    def penalty(f, x, w):
         def gp(w):
             g = jax.grad(lambda x: jnp.sum(jnp.tanh(f(x, w))))(x)
             return jnp.sum((jnp.sqrt(jnp.sum(g**2, axis=(1, 2, 3))) - 1.0) ** 2)
 
         return jax.grad(gp)(w)
 
-    np.testing.assert_allclose(penalty(ours), penalty(plain), rtol=1e-4, atol=1e-4)
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x, w):
+        loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+        return [(f(x, w), jax.grad(loss(f), (0, 1))(x, w), penalty(f, x, w)) for f in (ours, plain)]
+
+    (value, grads, gp), (value_ref, grads_ref, gp_ref) = outputs(x, w)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gp, gp_ref, rtol=1e-4, atol=1e-4)
 
 
 def _lhs_dilated_convs(jaxpr) -> int:
@@ -417,8 +460,9 @@ def test_strided_conv_penalty_through_two_layers_has_no_lhs_dilated_conv():
     slow path) that differentiating the first layer's forward would otherwise bring back."""
     rng = np.random.RandomState(1)
     x = jnp.asarray(rng.randn(2, 16, 16, 3), jnp.float32)
-    w1 = jnp.asarray(rng.randn(5, 5, 3, 4), jnp.float32) * 0.2
-    w2 = jnp.asarray(rng.randn(5, 5, 4, 6), jnp.float32) * 0.2
+    # float32 products on the host, as jnp's (no eager op to compile).
+    w1 = jnp.asarray(np.float32(rng.randn(5, 5, 3, 4)) * np.float32(0.2))
+    w2 = jnp.asarray(np.float32(rng.randn(5, 5, 4, 6)) * np.float32(0.2))
 
     def plain(x, w):
         pads = ((2, 2), (2, 2))
@@ -435,7 +479,11 @@ def test_strided_conv_penalty_through_two_layers_has_no_lhs_dilated_conv():
 
         return jax.grad(gp)
 
-    got, want = penalty(ours)((w1, w2)), penalty(plain)((w1, w2))
+    @jax.jit  # One program for both penalties (test time).
+    def outputs(ws):
+        return penalty(ours)(ws), penalty(plain)(ws)
+
+    got, want = outputs((w1, w2))
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert _lhs_dilated_convs(jax.make_jaxpr(penalty(plain))((w1, w2)).jaxpr) > 0
@@ -471,16 +519,19 @@ def test_upfirdn2d_equals_the_grouped_convolution_to_second_order(shape, taps, u
     def separable(x):
         return ops.upfirdn2d(x, taps, up, padding, gain)
 
-    x = jnp.asarray(np.random.RandomState(0).randn(*shape), jnp.float32)
-    np.testing.assert_allclose(separable(x), grouped(x), atol=1e-5)
-    for f in (separable, grouped):
-        assert f(x).shape == grouped(x).shape
-
     def grad(f):
         return jax.grad(lambda a: jnp.sum(jnp.sin(f(a))))
 
     def penalty(f):
         return jax.grad(lambda a: jnp.sum(grad(f)(a) ** 2))
 
-    np.testing.assert_allclose(grad(separable)(x), grad(grouped)(x), atol=1e-5)
-    np.testing.assert_allclose(penalty(separable)(x), penalty(grouped)(x), atol=1e-4)
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x):
+        return [(f(x), grad(f)(x), penalty(f)(x)) for f in (separable, grouped)]
+
+    x = jnp.asarray(np.random.RandomState(0).randn(*shape), jnp.float32)
+    (value, g, gp), (value_ref, g_ref, gp_ref) = outputs(x)
+    assert value.shape == value_ref.shape
+    np.testing.assert_allclose(value, value_ref, atol=1e-5)
+    np.testing.assert_allclose(g, g_ref, atol=1e-5)
+    np.testing.assert_allclose(gp, gp_ref, atol=1e-4)

@@ -138,11 +138,12 @@ def test_load_classifier_rebuilds_mid(runs):
     assert isinstance(model, mid.VIB)
     assert 'vib' in variables['params']
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
-    features, logits = model.apply(variables, x)
+    apply = jax.jit(model.apply)  # One program, not an eager op per layer (test time).
+    features, logits = apply(variables, x)
     assert logits.shape == (2, 4) and model.k == features.shape[-1] // 2  # Read from vib/.
     assert variables['params']['fc']['kernel'].shape == (model.k, 4)
-    np.testing.assert_array_equal(logits, model.apply(variables, x)[1])  # Deterministic.
-    assert bool(jnp.all(jnp.isfinite(logits)))
+    np.testing.assert_array_equal(logits, apply(variables, x)[1])  # Deterministic.
+    assert bool(np.all(np.isfinite(logits)))
 
 
 def test_mid_starts_from_a_checkpoint_without_vib(runs):
@@ -180,7 +181,7 @@ def test_plain_defenses_keep_the_plain_step(name, bn_policy):
     if name == 'tldmi':
         spec.fine_tune_from = 'stage2'
     model = models.get_model('small_tiny', 3)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
     params, stats = variables['params'], variables['batch_stats']
     plan = transfer.resolve(model, params, stats, spec)
     objective = defenses.build(spec, model, params, plan, **dict.fromkeys(_BUILD_KW, 1))
@@ -188,11 +189,9 @@ def test_plain_defenses_keep_the_plain_step(name, bn_policy):
     images = np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype(np.float32)
     labels = jnp.array([0, 1, 2, 0])
     rng = jax.random.key(1)
-    loss, logits, new_stats, grads, extra = objective.loss_and_grads(
-        params, stats, images, labels, rng, jnp.asarray(0)
-    )
 
-    def plain(p):  # Frozen BatchNorms run in inference mode under `freeze` (the plan's).
+    # Frozen BatchNorms run in inference mode under `freeze` (the plan's).
+    def plain(p, stats, images, labels, rng):
         with nn.intercept_methods(transfer.bn_policy_interceptor(plan) or _identity):
             (_, out), updates = model.apply(
                 {'params': p, 'batch_stats': stats},
@@ -204,7 +203,15 @@ def test_plain_defenses_keep_the_plain_step(name, bn_policy):
         ce = optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
         return ce, (out, updates['batch_stats'])
 
-    (want, (want_logits, want_stats)), want_grads = jax.value_and_grad(plain, has_aux=True)(params)
+    @jax.jit  # One program for the objective's step and the plain one (test time).
+    def outputs(params, stats, images, labels, rng):
+        got = objective.loss_and_grads(params, stats, images, labels, rng, jnp.asarray(0))
+        want = jax.value_and_grad(plain, has_aux=True)(params, stats, images, labels, rng)
+        return got, want
+
+    got, reference = outputs(params, stats, images, labels, rng)
+    loss, logits, new_stats, grads, extra = got
+    (want, (want_logits, want_stats)), want_grads = reference
     np.testing.assert_array_equal(loss, want)
     np.testing.assert_array_equal(logits, want_logits)
     chex.assert_trees_all_equal(new_stats, want_stats)

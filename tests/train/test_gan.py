@@ -40,25 +40,33 @@ def target(tmp_path_factory):
 
 def test_losses_match_closed_forms():
     w = jnp.array([[0.3, -0.4], [0.0, 1.2]])
-    real = jax.random.uniform(jax.random.key(0), (4, 2, 2))
-    fake = jax.random.uniform(jax.random.key(1), (4, 2, 2))
-    gp = gan_losses.gradient_penalty(
-        lambda x: jnp.sum(x * w, axis=(1, 2)), real, fake, jax.random.key(2)
-    )
-    np.testing.assert_allclose(gp, (np.linalg.norm(w) - 1.0) ** 2, rtol=1e-5)
     logits = jnp.array([[2.0, 0.0], [0.0, 0.0]])
-    same = gan_losses.soft_cross_entropy(logits, logits)
-    probs = jax.nn.softmax(logits)
-    np.testing.assert_allclose(same, -jnp.sum(probs * jnp.log(probs)) / 2, rtol=1e-6)
-    np.testing.assert_allclose(gan_losses.entropy(logits), -jnp.sum(probs * jnp.log(probs)), 1e-6)
+
+    @jax.jit  # One program for every value below (test time).
+    def outputs(w, logits):
+        real = jax.random.uniform(jax.random.key(0), (4, 2, 2))
+        fake = jax.random.uniform(jax.random.key(1), (4, 2, 2))
+        gp = gan_losses.gradient_penalty(
+            lambda x: jnp.sum(x * w, axis=(1, 2)), real, fake, jax.random.key(2)
+        )
+        probs = jax.nn.softmax(logits)
+        zeros = jnp.zeros((3, 2))
+        return dict(
+            gp=gp,
+            same=gan_losses.soft_cross_entropy(logits, logits),
+            entropy=gan_losses.entropy(logits),
+            probs_entropy=-jnp.sum(probs * jnp.log(probs)),
+            kedmi=gan_losses.kedmi_unlabeled_loss(zeros, zeros),
+            hinge=gan_losses.hinge_d_loss(jnp.array([0.5, -2.0]), jnp.array([2.0, 0.0])),
+        )
+
+    out = jax.device_get(outputs(w, logits))
+    np.testing.assert_allclose(out['gp'], (np.linalg.norm(w) - 1.0) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(out['same'], out['probs_entropy'] / 2, rtol=1e-6)
+    np.testing.assert_allclose(out['entropy'], out['probs_entropy'], 1e-6)
     # lse = log 2 for zero logits: softplus(log 2) - log 2 + softplus(log 2) = 2 log 3 - log 2.
-    zeros = jnp.zeros((3, 2))
-    np.testing.assert_allclose(
-        gan_losses.kedmi_unlabeled_loss(zeros, zeros), 2 * np.log(3) - np.log(2), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        gan_losses.hinge_d_loss(jnp.array([0.5, -2.0]), jnp.array([2.0, 0.0])), 0.75 + 0.5
-    )
+    np.testing.assert_allclose(out['kedmi'], 2 * np.log(3) - np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(out['hinge'], 0.75 + 0.5)
 
 
 def test_top_n_selection():

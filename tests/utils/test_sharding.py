@@ -22,7 +22,7 @@ from tldmi_jax.utils import sharding
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 model = models.get_model('small_tiny', 3)
-v = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 plan = transfer.resolve(model, v['params'], v['batch_stats'],
                         ml_collections.ConfigDict({'fine_tune_from': 'block1'}))
 tx = transfer.make_optimizer(optax.sgd(0.1, momentum=0.9), plan.labels)
@@ -66,7 +66,8 @@ np.savez(sys.argv[1] + '.fisher.npz', *jax.tree.leaves(info))
 
 
 def _run(devices, out):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+    env = dict(os.environ, XLA_FLAGS=flags.strip())  # Keeps conftest's fast-compile flag.
     proc = subprocess.run(
         [sys.executable, '-c', _SCRIPT, out], env=env, capture_output=True, text=True, timeout=300
     )
