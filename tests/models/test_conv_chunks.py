@@ -69,19 +69,25 @@ def test_equals_lax_with_gradients(
 
     # On CPU the batch runs in ceil(batch / CHUNK) convolutions.
     assert _convs(jax.make_jaxpr(ours)(x, w).jaxpr) == -(-batch // CHUNK)
-    y, vjp = jax.vjp(ours, x, w)
-    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    y_shape = jax.eval_shape(ours, x, w).shape
+    g = jnp.asarray(rng.normal(size=y_shape), jnp.float32)
+
+    @jax.jit  # One program for every comparison below (test time).
+    def outputs(x, w, g):
+        y, vjp = jax.vjp(ours, x, w)
+        y_ref, vjp_ref = jax.vjp(ref, x, w)
+        # Forward mode works (no custom rule), and under vmap too.
+        tangents = (jnp.ones_like(x), 0.5 * jnp.ones_like(w))
+        _, jvp = jax.jvp(ours, (x, w), tangents)
+        _, jvp_ref = jax.jvp(ref, (x, w), tangents)
+        per = jax.vmap(lambda a: ours(a[None], w)[0])(x)
+        return y, y_ref, vjp(g), vjp_ref(g), jvp, jvp_ref, per
+
+    y, y_ref, (dx, dw), (dx_ref, dw_ref), jvp, jvp_ref, per = outputs(x, w, g)
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-6, atol=1e-5)
-    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-    (dx, dw), (dx_ref, dw_ref) = vjp(g), vjp_ref(g)
     np.testing.assert_allclose(np.asarray(dx), np.asarray(dx_ref), rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dw), np.asarray(dw_ref), rtol=1e-5, atol=1e-4)
-    # Forward mode works (no custom rule), and under vmap too.
-    tangents = (jnp.ones_like(x), 0.5 * jnp.ones_like(w))
-    _, jvp = jax.jvp(ours, (x, w), tangents)
-    _, jvp_ref = jax.jvp(ref, (x, w), tangents)
     np.testing.assert_allclose(np.asarray(jvp), np.asarray(jvp_ref), rtol=1e-5, atol=1e-4)
-    per = jax.vmap(lambda a: ours(a[None], w)[0])(x)
     np.testing.assert_allclose(np.asarray(per), np.asarray(y_ref), rtol=1e-6, atol=1e-5)
 
 

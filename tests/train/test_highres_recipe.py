@@ -29,12 +29,17 @@ def test_multistep_lr_around_milestones():
     assert optim.learning_rate(_optim(milestones=()), 3) == 1e-3
     # Adam's first step moves each weight by lr; after the milestone by lr * gamma.
     tx = optim.make_base_optimizer(_optim(lr=optim.learning_rate(_optim(milestones=(1,)), 1)))
-    params = jnp.zeros(2)
-    state = tx.init(params)
-    steps = []
-    for _ in range(2):
-        updates, state = tx.update(jnp.array([1.0, -1.0]), state, params)
-        steps.append(np.asarray(updates))
+
+    @jax.jit  # One program for both steps (test time).
+    def two_steps(params, grads):
+        state = tx.init(params)
+        steps = []
+        for _ in range(2):
+            updates, state = tx.update(grads, state, params)
+            steps.append(updates)
+        return steps
+
+    steps = [np.asarray(u) for u in two_steps(np.zeros(2, np.float32), np.array([1.0, -1.0]))]
     np.testing.assert_allclose(steps, [[-1e-3, 1e-3], [-1e-4, 1e-4]], rtol=1e-5)
     for bad in ((90, 75), (0,), (2.5,)):
         with pytest.raises(ValueError, match='strictly increasing epochs >= 1'):
@@ -45,18 +50,30 @@ def test_multistep_lr_around_milestones():
 
 def test_train_step_with_crop_and_jitter():
     model = models.get_model('small_tiny', 4)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    params, stats = variables['params'], variables['batch_stats']
-    plan = transfer.resolve(model, params, stats, ml_collections.ConfigDict(dict(name='none')))
-    tx = transfer.make_optimizer(optax.adam(1e-3), plan.labels)
-    state = classifier.TrainState(
-        step=jnp.asarray(0, jnp.int32),
-        params=params,
-        batch_stats=stats,
-        opt_state=tx.init(params),
-        best_val=jnp.asarray(-1.0),
-        best_step=jnp.asarray(-1, jnp.int32),
+    x = jnp.zeros((1, 16, 16, 3))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    plan = transfer.resolve(
+        model,
+        shapes['params'],
+        shapes['batch_stats'],
+        ml_collections.ConfigDict(dict(name='none')),
     )
+    tx = transfer.make_optimizer(optax.adam(1e-3), plan.labels)
+
+    @jax.jit  # One program for the initial state (test time).
+    def initial_state(key, x):
+        variables = model.init(key, x)
+        params, stats = variables['params'], variables['batch_stats']
+        return classifier.TrainState(
+            step=jnp.asarray(0, jnp.int32),
+            params=params,
+            batch_stats=stats,
+            opt_state=tx.init(params),
+            best_val=jnp.asarray(-1.0),
+            best_step=jnp.asarray(-1, jnp.int32),
+        )
+
+    state = initial_state(jax.random.key(0), x)
     batch = {
         'image': np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype(np.float32),
         'label': np.array([0, 1, 2, 3], np.int32),
