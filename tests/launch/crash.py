@@ -62,15 +62,15 @@ def run(
     return proc
 
 
-def run_here(cmd: list[str], status: int = 0) -> subprocess.CompletedProcess:
+def run_here(cmd: list[str], status: int = 0, cwd: str = ROOT) -> subprocess.CompletedProcess:
     """`run(cmd)` in this process (no interpreter start-up or imports: about 2 s of CPU less
-    per run), from the repository root; asserts its exit status and returns its stdout and
-    stderr as `run` does, except absl's log lines, which go to the test's own stderr. The
-    kill tests run their uninterrupted reference and their rerun this way: only the killed
-    run needs a process of its own."""
+    per run), from `cwd` (the repository root); asserts its exit status and returns its
+    stdout and stderr as `run` does, except absl's log lines, which go to the test's own
+    stderr. The kill tests run their uninterrupted reference and their rerun this way: only
+    the killed run needs a process of its own."""
     launcher = os.path.splitext(os.path.basename(cmd[1]))[0]
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = in_process.call_launcher(launcher, cmd[2:])
     assert code == status, f'{launcher} exited {code}: {err.getvalue()[-3000:]}'
     return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())

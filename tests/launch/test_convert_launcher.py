@@ -1,13 +1,16 @@
 """End to end: launch/convert.py on a tiny TL-DMI VGG16 checkpoint, then classifiers.load."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from tests.launch import crash
 from tldmi_jax import classifiers
 
 torch = pytest.importorskip('torch')
@@ -49,10 +52,10 @@ def test_convert_launcher_then_load_classifier(tmp_path):
     # As the released targets: nested under 'state_dict', saved from nn.DataParallel.
     torch.save({'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()}}, src)
     dst = tmp_path / 'converted'
-    proc = run(
-        '--kind=vgg16', f'--src={src}', f'--dst={dst}', '--arch=vgg16_tiny', f'--image_size={SIZE}'
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ('--kind=vgg16', f'--src={src}', f'--dst={dst}', '--arch=vgg16_tiny')
+    launcher = os.path.join(ROOT, 'launch', 'convert.py')
+    # In this process (test time), as its command line runs it; the tests below start one.
+    proc = crash.run_here([sys.executable, launcher, *args, f'--image_size={SIZE}'])
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report['arch'] == 'vgg16_tiny' and report['num_classes'] == 6
     assert 'bn.bias' in report['ignored'] and not report['left_fresh']
@@ -63,7 +66,8 @@ def test_convert_launcher_then_load_classifier(tmp_path):
     with torch.no_grad():
         feature = net.bn(net.feature(torch.from_numpy(x)).flatten(1))
         logits = net.fc_layer(feature).numpy()
-    _, got = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)
+    apply = jax.jit(functools.partial(model.apply, train=False))  # One program (test time).
+    _, got = apply(variables, x.transpose(0, 2, 3, 1))
     np.testing.assert_allclose(np.asarray(got), logits, rtol=0, atol=1e-4)
 
 

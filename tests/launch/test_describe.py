@@ -2,12 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from configs import celeba
+from tests.launch import crash
 from tldmi_jax import defenses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,8 +46,7 @@ def test_describe_launcher_prints_table_and_json():
         f'--config={os.path.join(ROOT, "configs", "celeba.py")}:arch=ir152,defense=tldmi',
         '--config.defense.freeze_layers=46',
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = crash.run_here(cmd)  # In this process (test time), as its command line runs it.
     lines = proc.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == {'total_params': 62_599_848, 'trainable_params': 17_827_176}
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}

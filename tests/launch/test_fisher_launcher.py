@@ -3,8 +3,9 @@
 import json
 import math
 import os
-import subprocess
 import sys
+
+from tests.launch import crash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, 'configs', 'fisher_celeba.py') + ':runlocal'
@@ -12,16 +13,15 @@ CONFIG = os.path.join(ROOT, 'configs', 'fisher_celeba.py') + ':runlocal'
 
 def test_runlocal_writes_json_csv_and_plot(tmp_path):
     workdir = str(tmp_path / 'fisher')
-    env = dict(os.environ)  # Compile settings: tests/conftest.py.
     cmd = [
         sys.executable,
         os.path.join(ROOT, 'launch', 'fisher.py'),
         f'--config={CONFIG}',
         f'--workdir={workdir}',
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.load(open(os.path.join(workdir, 'fisher.json')))
+    proc = crash.run_here(cmd)  # In this process (test time), as its command line runs it.
+    with open(os.path.join(workdir, 'fisher.json')) as f:
+        result = json.load(f)
     groups = result['groups']
     # The tiny IR target's layer groups, input to output.
     assert [g['group'] for g in groups] == ['stem', 'body_0', 'body_1', 'body_2', 'body_3', 'head']

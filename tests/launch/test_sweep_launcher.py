@@ -53,8 +53,9 @@ def reference(tmp_path_factory):
     config = base / 'sweep_test.py'
     config.write_text(_CONFIG)
     workdir = str(base / 'clean')
-    # From another directory than the repository: stage configs resolve all the same.
-    proc = crash.run(_cmd(config, workdir), timeout=900, status=1, cwd=str(base))
+    # From another directory than the repository: stage configs resolve all the same. In
+    # this process (test time); the killed run below is a process of its own.
+    proc = crash.run_here(_cmd(config, workdir), status=1, cwd=str(base))
     _check_failed_cells_line(proc.stderr)
     return config, workdir
 
