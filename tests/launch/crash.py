@@ -18,6 +18,7 @@ The draws come from `numpy.random.default_rng([TLDMI_CRASH_SEED, test])`; set th
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import zlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from absl import logging as absl_logging
 from flax import traverse_util
 
 from tests.launch import in_process
@@ -65,13 +67,33 @@ def run(
 def run_here(cmd: list[str], status: int = 0, cwd: str = ROOT) -> subprocess.CompletedProcess:
     """`run(cmd)` in this process (no interpreter start-up or imports: about 2 s of CPU less
     per run), from `cwd` (the repository root); asserts its exit status and returns its
-    stdout and stderr as `run` does, except absl's log lines, which go to the test's own
-    stderr. The kill tests run their uninterrupted reference and their rerun this way: only
-    the killed run needs a process of its own."""
+    stdout and stderr (absl's log lines included) as `run` does. The kill tests run their
+    uninterrupted reference and their rerun this way: only the killed run needs a process
+    of its own."""
     launcher = os.path.splitext(os.path.basename(cmd[1]))[0]
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = in_process.call_launcher(launcher, cmd[2:])
+    # absl's log lines: its handler on the root logger, as `app.run` puts it in a process,
+    # writing to `err` (the handler keeps the stream it was made with).
+    handler, root = absl_logging.get_absl_handler(), logging.getLogger()
+    old_stream, old_level = handler.python_handler.setStream(err), root.level
+    old_verbosity = absl_logging.get_verbosity()
+    installed = handler not in root.handlers
+    if installed:
+        absl_logging.use_absl_handler()
+    absl_logging.set_verbosity(absl_logging.INFO)  # A launcher process logs from INFO on.
+    try:
+        with (
+            contextlib.chdir(cwd),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            code = in_process.call_launcher(launcher, cmd[2:])
+    finally:
+        if installed:
+            root.removeHandler(handler)
+        handler.python_handler.setStream(old_stream)
+        absl_logging.set_verbosity(old_verbosity)
+        root.setLevel(old_level)
     assert code == status, f'{launcher} exited {code}: {err.getvalue()[-3000:]}'
     return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
 

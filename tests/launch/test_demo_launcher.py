@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests import browser
+from tests.launch import crash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, 'configs', 'demo.py') + ':runlocal'
@@ -138,7 +139,10 @@ def test_demo_writes_every_artefact(demo_run):
 def test_demo_rerun_skips_finished_stages(demo_run):
     workdir, _ = demo_run
     before = _mtimes(workdir)
-    proc = _run_demo(workdir)
+    parent, name = os.path.split(workdir)
+    cmd = [sys.executable, os.path.join(ROOT, 'launch', 'demo.py'), f'--config={CONFIG}']
+    # In this process (test time), from the same directory as the first run.
+    proc = crash.run_here([*cmd, f'--workdir={name}'], cwd=parent)
     assert _mtimes(workdir) == before  # Nothing retrained, re-attacked or re-analysed.
     assert 'report:' in proc.stdout
 

@@ -37,7 +37,7 @@ OUTPUTS = ('metrics.json', 'per_identity.csv', 'groups.csv', 'pairs.png')
 
 
 def _run(workdir, *overrides):
-    proc = crash.run(crash.command('evaluate', CONFIG, workdir, *overrides))
+    proc = crash.run_here(crash.command('evaluate', CONFIG, workdir, *overrides))
     with open(os.path.join(workdir, 'metrics.json')) as f:
         return json.load(f), proc
 
@@ -66,7 +66,8 @@ def test_runlocal_then_rerun_without_inception(reference):
     assert metrics['attack/knn_dist'] >= 0.0 and metrics['attack/fid'] >= -1e-6
     assert 0.0 <= metrics['target/natural_acc'] <= 1.0
     assert 'attack/knn_dist' in proc.stdout
-    report = open(os.path.join(workdir, 'report.md')).read()
+    with open(os.path.join(workdir, 'report.md')) as f:
+        report = f.read()
     assert '| Attack accuracy top-1 | `attack/acc@1` |' in report
     assert '](pairs.png)' in report
     assert os.path.getsize(os.path.join(workdir, 'pairs.png')) > 1000
