@@ -40,9 +40,14 @@ def tiny_tldmi_vgg16(num_classes):
     return net.eval()
 
 
+def command(*args):
+    """`python launch/convert.py ARGS`."""
+    return [sys.executable, os.path.join(ROOT, 'launch', 'convert.py'), *args]
+
+
 def run(*args):
-    cmd = [sys.executable, os.path.join(ROOT, 'launch', 'convert.py'), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    """`command(*args)` in a process of its own."""
+    return subprocess.run(command(*args), cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_convert_launcher_then_load_classifier(tmp_path):
@@ -53,9 +58,8 @@ def test_convert_launcher_then_load_classifier(tmp_path):
     torch.save({'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()}}, src)
     dst = tmp_path / 'converted'
     args = ('--kind=vgg16', f'--src={src}', f'--dst={dst}', '--arch=vgg16_tiny')
-    launcher = os.path.join(ROOT, 'launch', 'convert.py')
     # In this process (test time), as its command line runs it; the tests below start one.
-    proc = crash.run_here([sys.executable, launcher, *args, f'--image_size={SIZE}'])
+    proc = crash.run_here(command(*args, f'--image_size={SIZE}'))
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report['arch'] == 'vgg16_tiny' and report['num_classes'] == 6
     assert 'bn.bias' in report['ignored'] and not report['left_fresh']
@@ -79,8 +83,7 @@ def test_convert_launcher_reports_errors(tmp_path):
 
 def test_convert_refuses_to_replace_the_current_directory(tmp_path):
     (tmp_path / 'notes.txt').write_text('my notes')
-    cmd = [sys.executable, os.path.join(ROOT, 'launch', 'convert.py'), '--kind=vgg16',
-           '--src=missing.tar', '--dst=.']  # fmt: skip
+    cmd = command('--kind=vgg16', '--src=missing.tar', '--dst=.')
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]

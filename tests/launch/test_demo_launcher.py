@@ -17,13 +17,18 @@ CONFIG = os.path.join(ROOT, 'configs', 'demo.py') + ':runlocal'
 TARGETS = ('none', 'tldmi_stage4', 'tldmi_head')
 
 
-def _run_demo(workdir):
-    """Runs the demo as `make demo` does: a workdir relative to the current directory."""
-    cmd = [sys.executable, os.path.join(ROOT, 'launch', 'demo.py'), f'--config={CONFIG}']
+def _demo_cmd(workdir):
+    """`(command, directory)` of the demo as `make demo` runs it: a workdir relative to the
+    current directory."""
     parent, name = os.path.split(workdir)
-    proc = subprocess.run(
-        [*cmd, f'--workdir={name}'], capture_output=True, text=True, timeout=900, cwd=parent
-    )
+    script = os.path.join(ROOT, 'launch', 'demo.py')
+    return [sys.executable, script, f'--config={CONFIG}', f'--workdir={name}'], parent
+
+
+def _run_demo(workdir):
+    """Runs the demo as `make demo` does, in a process of its own."""
+    cmd, parent = _demo_cmd(workdir)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=parent)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -139,10 +144,8 @@ def test_demo_writes_every_artefact(demo_run):
 def test_demo_rerun_skips_finished_stages(demo_run):
     workdir, _ = demo_run
     before = _mtimes(workdir)
-    parent, name = os.path.split(workdir)
-    cmd = [sys.executable, os.path.join(ROOT, 'launch', 'demo.py'), f'--config={CONFIG}']
-    # In this process (test time), from the same directory as the first run.
-    proc = crash.run_here([*cmd, f'--workdir={name}'], cwd=parent)
+    cmd, parent = _demo_cmd(workdir)
+    proc = crash.run_here(cmd, cwd=parent)  # In this process (test time).
     assert _mtimes(workdir) == before  # Nothing retrained, re-attacked or re-analysed.
     assert 'report:' in proc.stdout
 

@@ -3,23 +3,14 @@
 import json
 import math
 import os
-import sys
 
 from tests.launch import crash
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, 'configs', 'fisher_celeba.py') + ':runlocal'
 
 
 def test_runlocal_writes_json_csv_and_plot(tmp_path):
     workdir = str(tmp_path / 'fisher')
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, 'launch', 'fisher.py'),
-        f'--config={CONFIG}',
-        f'--workdir={workdir}',
-    ]
-    proc = crash.run_here(cmd)  # In this process (test time), as its command line runs it.
+    # In this process (test time), as its command line runs it.
+    proc = crash.run_here(crash.command('fisher', 'fisher_celeba.py:runlocal', workdir))
     with open(os.path.join(workdir, 'fisher.json')) as f:
         result = json.load(f)
     groups = result['groups']

@@ -91,7 +91,7 @@ def _cell(workdir, name):
     return record
 
 
-def test_sweep_kill_resume_and_failing_cell(reference, tmp_path, capsys):
+def test_sweep_kill_resume_and_failing_cell(reference, tmp_path):
     config, clean = reference
     workdir = str(tmp_path / 'sweep')
     crash.kill_at_random_point(
@@ -108,11 +108,9 @@ def test_sweep_kill_resume_and_failing_cell(reference, tmp_path, capsys):
     stamp = os.path.getmtime(first_cell) if os.path.exists(first_cell) else None
 
     # The rerun in this process (no interpreter start-up; the same numbers as a subprocess).
-    capsys.readouterr()
-    assert in_process.call_launcher('sweep', _cmd(config, workdir)[2:]) == 1
-    out = capsys.readouterr()
-    assert '2/3 cells done' in out.out
-    _check_failed_cells_line(out.err)
+    proc = crash.run_here(_cmd(config, workdir), status=1)
+    assert '2/3 cells done' in proc.stdout
+    _check_failed_cells_line(proc.stderr)
     if stamp is not None:
         assert os.path.getmtime(first_cell) == stamp  # finished cell skipped, not recomputed
     records = {name: _cell(workdir, name) for name in ('none', 'tldmi', 'broken')}
