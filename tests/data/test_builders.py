@@ -1,6 +1,7 @@
 """Builders and get_source on tiny generated copies of the real datasets' layouts."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -91,6 +92,19 @@ def test_prepared_once(celeba_root, tmp_path, monkeypatch):
     names = _by_name(first)
     assert os.path.isfile(os.path.join(first.builder.data_dir, 'index-private_train.npz'))
     assert _by_name(without_root) == names
+
+
+def test_no_temp_dirs_left(celeba_root, tmp_path, monkeypatch):
+    # TFDS makes an empty temp directory for every builder it opens unprepared and never
+    # removes it; preparing must leave the system temp directory as it found it.
+    scratch = tmp_path / 'system_tmp'
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+    data_dir = str(tmp_path / 'tfds')
+    source = data.get_source('celeba_mi', 'public', root=celeba_root, data_dir=data_dir)
+    assert len(source) == 3
+    assert os.listdir(scratch) == []
+    assert tempfile.gettempdir() == str(scratch)
 
 
 def _drop(name):

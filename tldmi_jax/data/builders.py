@@ -14,8 +14,10 @@ eagerly), so a bad input fails early with a one-line :class:`DataError`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -355,7 +357,8 @@ def load_builder(
     Raises:
       DataError: the dataset is not prepared and ``root`` is missing or not a directory.
     """
-    builder = builder_cls(data_dir=data_dir, file_format='array_record')
+    with _scratch_tempdir():
+        builder = builder_cls(data_dir=data_dir, file_format='array_record')
     if builder.is_prepared():
         return builder
     name = builder.name
@@ -368,8 +371,27 @@ def load_builder(
     if not os.listdir(root):
         raise DataError(f'{name} manual directory {root} is empty (see the README, Data)')
     logging.info('Preparing %s from %s into %s', name, root, builder.data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=root),
-        file_format='array_record',
-    )
+    with _scratch_tempdir():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=root),
+            file_format='array_record',
+        )
     return builder_cls(data_dir=data_dir, file_format='array_record')
+
+
+@contextlib.contextmanager
+def _scratch_tempdir() -> Iterator[None]:
+    """Points ``tempfile`` at a private directory that is removed on exit.
+
+    A TFDS builder whose dataset is not prepared yet calls
+    ``DatasetInfo.initialize_from_bucket``, which makes an empty ``/tmp/tmp*tfds`` directory
+    and never removes it (even with GCS disabled): one leaked directory per run. Only the
+    builder's own, single-threaded calls run inside this block.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix='tldmi_tfds_') as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
