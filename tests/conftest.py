@@ -1,5 +1,6 @@
 """Test setup: persistent compilation cache, fast-compiling XLA, no network."""
 
+import gc
 import os
 
 # Must be set before jax is imported by any test module.
@@ -57,3 +58,18 @@ def pytest_collection_modifyitems(items):
     assert not missing, f'tests/conftest.py SLOW_FIRST names files that are gone: {missing}'
     rank = {path: i for i, path in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split('::')[0], len(rank)))
+
+
+_FROZEN_AT = [None]  # The test file whose first test last froze the heap.
+
+
+def pytest_runtest_setup(item):
+    """At the first test of each file: collects garbage, then freezes what is left
+    (`gc.freeze`), so Python's cyclic collector stops rescanning the objects earlier files
+    left alive (JAX's caches, session artefacts) at every full collection. Measured on a
+    cold two-worker run: 61 -> 32 s of collection in the workers, peak memory unchanged."""
+    path = item.nodeid.split('::')[0]
+    if path != _FROZEN_AT[0]:
+        _FROZEN_AT[0] = path
+        gc.collect()
+        gc.freeze()
