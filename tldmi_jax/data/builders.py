@@ -371,11 +371,10 @@ def load_builder(
     if not os.listdir(root):
         raise DataError(f'{name} manual directory {root} is empty (see the README, Data)')
     logging.info('Preparing %s from %s into %s', name, root, builder.data_dir)
-    with _scratch_tempdir():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=root),
-            file_format='array_record',
-        )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=root),
+        file_format='array_record',
+    )
     return builder_cls(data_dir=data_dir, file_format='array_record')
 
 
@@ -383,10 +382,10 @@ def load_builder(
 def _scratch_tempdir() -> Iterator[None]:
     """Points ``tempfile`` at a private directory that is removed on exit.
 
-    A TFDS builder whose dataset is not prepared yet calls
+    Constructing a TFDS builder whose dataset is not prepared yet calls
     ``DatasetInfo.initialize_from_bucket``, which makes an empty ``/tmp/tmp*tfds`` directory
-    and never removes it (even with GCS disabled): one leaked directory per run. Only the
-    builder's own, single-threaded calls run inside this block.
+    and never removes it (even with GCS disabled): one leaked directory per run. Only that
+    construction (no threads of its own, nothing it keeps on disk) runs inside this block.
     """
     previous = tempfile.tempdir
     with tempfile.TemporaryDirectory(prefix='tldmi_tfds_') as scratch:
