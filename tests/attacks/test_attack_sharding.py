@@ -1,11 +1,12 @@
 """The sharded latent search gives the same latents on 1 and on 4 simulated CPU devices,
 for a linear problem and for one through a conv net (per-instance input gradients)."""
 
-import os
 import subprocess
 import sys
 
 import numpy as np
+
+from tests.launch import crash
 
 _SCRIPT = r"""
 import sys
@@ -43,10 +44,12 @@ np.savez(sys.argv[1], latents=np.asarray(latents), conv=np.asarray(conv_latents)
 
 
 def _run(devices, out):
-    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
-    env = dict(os.environ, XLA_FLAGS=flags.strip())  # Keeps conftest's fast-compile flag.
     proc = subprocess.run(
-        [sys.executable, '-c', _SCRIPT, out], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, '-c', _SCRIPT, out],
+        env=crash.cpu_devices_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(out)

@@ -55,6 +55,13 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=ROOT)
 
 
+def cpu_devices_env(devices: int, **extra: str) -> dict[str, str]:
+    """This environment plus `extra`, for a process that sees `devices` CPU devices: the flag
+    is appended to `XLA_FLAGS`, so conftest's fast-compile flag stays."""
+    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+    return dict(os.environ, **extra, XLA_FLAGS=flags.strip())
+
+
 def run(
     cmd: list[str], timeout: float = 600, status: int = 0, cwd: str = ROOT
 ) -> subprocess.CompletedProcess:

@@ -33,14 +33,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _flags(devices: int) -> str:
-    flags = os.environ.get('XLA_FLAGS', '')
-    return f'{flags} --xla_force_host_platform_device_count={devices}'.strip()
-
-
 def _one_process(cmd: list[str]) -> None:
     """`cmd` in one process with two CPU devices."""
-    env = dict(os.environ, PYTHONPATH=crash.ROOT, XLA_FLAGS=_flags(2))
+    env = crash.cpu_devices_env(2, PYTHONPATH=crash.ROOT)
     proc = subprocess.run(cmd, cwd=crash.ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -52,10 +47,9 @@ def _start(
     address = f'127.0.0.1:{_free_port()}'
     procs = []
     for index in range(processes):
-        env = dict(
-            os.environ,
+        env = crash.cpu_devices_env(
+            1,
             PYTHONPATH=crash.ROOT,
-            XLA_FLAGS=_flags(1),
             JAX_COORDINATOR_ADDRESS=address,
             JAX_NUM_PROCESSES=str(processes),
             JAX_PROCESS_ID=str(index),

@@ -5,11 +5,12 @@ The DP-SGD and Fisher parts compute per-example convolution gradients, which XLA
 partitioning of `vmap(grad)` gets wrong (`sharding.per_device` is the fix they test).
 """
 
-import os
 import subprocess
 import sys
 
 import numpy as np
+
+from tests.launch import crash
 
 _SCRIPT = r"""
 import sys
@@ -66,10 +67,12 @@ np.savez(sys.argv[1] + '.fisher.npz', *jax.tree.leaves(info))
 
 
 def _run(devices, out):
-    flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
-    env = dict(os.environ, XLA_FLAGS=flags.strip())  # Keeps conftest's fast-compile flag.
     proc = subprocess.run(
-        [sys.executable, '-c', _SCRIPT, out], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, '-c', _SCRIPT, out],
+        env=crash.cpu_devices_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = np.load(out)
