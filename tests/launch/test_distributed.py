@@ -222,6 +222,14 @@ total = jax.jit(lambda b: b['x'].sum())(batch)
 gathered = distributed.to_host(batch)['x']
 assert gathered.tolist() == [0, 10, 20, 30] and int(total) == 60, (gathered, total)
 assert distributed.broadcast_from_main(me == 0) is True  # Process 0's answer everywhere.
+state = sharding.replicate({'w': np.arange(3.0, dtype=np.float32), 'n': 2}, mesh)
+assert state['w'].is_fully_replicated and len(state['w'].sharding.device_set) == 2
+assert float(jax.jit(lambda s: s['w'].sum() * s['n'])(state)) == 6.0
+try:  # Each process its own values: refused before any of them is placed.
+    sharding.replicate({'w': np.arange(3.0, dtype=np.float32) + me}, mesh)
+    raise SystemExit('values that differ between processes must be refused')
+except ValueError as e:
+    assert 'the replicated state differs between processes: process(es) [1]' in str(e), e
 try:
     sharding.data_mesh(3)
     raise SystemExit('a batch of 3 over 2 processes must be refused')
@@ -233,8 +241,8 @@ print('ok', me, distributed.process_count())
 
 def test_process_rows_main_first_and_gather(tmp_path):
     """The parts on their own: each process's rows of a batch, the global array made from
-    them, the gather back, process 0's decision broadcast, process 0 first, and a batch that
-    does not split refused."""
+    them, the gather back, process 0's decision broadcast, process 0 first, a batch that
+    does not split refused, and replicated state placed (values that differ refused)."""
     marker = str(tmp_path / 'prepared')
     outs = _finish(_start([sys.executable, '-c', _PARTS, marker], distributed_flag=False))
     assert [out.strip().splitlines()[-1] for out in outs] == ['ok 0 2', 'ok 1 2']

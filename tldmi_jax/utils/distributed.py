@@ -24,6 +24,7 @@ With one process every function here is the plain single-host behaviour.
 """
 
 import contextlib
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -113,6 +114,33 @@ def broadcast_from_main(value: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
+def assert_same_everywhere(tree: Any, what: str) -> None:
+    """Checks that every process holds the same host arrays `tree` (shapes, dtypes, bytes): one
+    64-bit digest per process, gathered in one collective (nothing with one process).
+
+    Raises:
+      ValueError: naming `what` and the processes whose digest differs from process 0's.
+    """
+    if not multi():
+        return
+    import jax
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.blake2b(digest_size=8)
+    for leaf in jax.tree.leaves(tree):
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(f'{leaf.shape}{leaf.dtype.str};'.encode())
+        digest.update(leaf.view(np.uint8).reshape(-1).data if leaf.size else b'')
+    mine = np.frombuffer(digest.digest(), np.uint32)  # Two words: no 64-bit JAX types.
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)
+    differ = [i for i, row in enumerate(every) if not np.array_equal(row, every[0])]
+    if differ:
+        raise ValueError(
+            f'{what} differs between processes: process(es) {differ} hold other values than '
+            'process 0 (every process must load the same checkpoint and config)'
+        )
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tldmi_jax.utils import distributed
+
 
 def check_devices(requested: int | None) -> int:
     """Validates a `config.devices` request; returns the number of devices to use.
@@ -60,10 +62,23 @@ def data_mesh(batch_size: int | None = None, devices: int | None = 0) -> Mesh:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of `tree` on all devices of `mesh` (of every process)."""
-    if jax.process_count() > 1:
-        tree = jax.device_get(tree)  # Host values: the same in every process.
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Places every leaf of `tree` on all devices of `mesh` (of every process).
+
+    With several processes each one places its own host copy on its own devices
+    (`jax.make_array_from_process_local_data`); one digest of all leaves, compared across the
+    processes in one collective, checks first that the copies are the same. (`jax.device_put`
+    would instead gather and compare every leaf in a collective of its own: 180 of them for a
+    GAN's state, each a program that a process other than 0 compiles again in every run.)
+
+    Raises:
+      ValueError: the processes hold different values.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    host = jax.tree.map(np.asarray, jax.device_get(tree))
+    distributed.assert_same_everywhere(host, 'the replicated state')
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
