@@ -121,7 +121,7 @@ from tldmi_jax import attacks, classifiers, config_lib, models, priors  # noqa: 
 from tldmi_jax.attacks import common, latent_search  # noqa: E402
 from tldmi_jax.interop import convert, gan_priors  # noqa: E402
 from tldmi_jax.models import efficientnet  # noqa: E402
-from tldmi_jax.utils import sharding  # noqa: E402
+from tldmi_jax.utils import distributed, sharding  # noqa: E402
 
 F = torch.nn.functional
 tnn = torch.nn
@@ -379,7 +379,8 @@ class JaxSide:
         self.ids = jax.device_put(np.arange(identities, dtype=np.int32), self.shard)
         self.seeds = sharding.replicate(np.arange(seeds, dtype=np.int32), mesh)
         latent, opt_state = self.search._init(self.ids, self.seeds, None)
-        self.z0 = jax.tree.map(np.asarray, latent)  # [B, S, ...]; GMI: unclamped N(0, I)
+        # [B, S, ...]; GMI: unclamped N(0, I). Whole in every process (bench_scaling's (c)).
+        self.z0 = distributed.to_host(latent)
         size = self.seed_chunk = self.search.chunk_size(identities, mesh.size)
         self.chunks = []  # (seeds, latent, opt_state) of each seed chunk.
         for first in range(0, seeds, size):

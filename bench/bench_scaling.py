@@ -5,7 +5,7 @@ are sharded over.
 
   PYTHONPATH=. python bench/bench_scaling.py [--target=facenet64]
       [--identities=60,120,240,480] [--devices=1,2,4,8] [--device-identities=120]
-      [--reps=3] [--k=1] [--quick]
+      [--processes=1,2] [--reps=3] [--k=1] [--quick]
 
 The step is bench_attack.py's JAX side, imported from it: `gmi.make_problem` with
 `config_lib.attack_config('gmi')`'s hyperparameters, run by `latent_search.LatentSearch`
@@ -34,19 +34,30 @@ bench_attack.py's GMI prior, whose images the attack resizes to the arch's input
     apply (it makes CPU devices): N of the GPUs are used, and a count above the GPUs
     present is skipped.
 
+(c) Processes, one core each (CPU only): for each count N in `--processes` (at most the
+    usable cores), N worker processes of one multi-process run (`distributed.initialize`,
+    gloo collectives, as `--config.distributed=True`), each with one CPU device, pinned to a
+    core of its own (`os.sched_setaffinity`) and XLA:CPU single-threaded
+    (`--xla_cpu_multi_thread_eigen=false`), time the same `--device-identities` sharded
+    over the N devices of all processes; N = 1 is one such process alone. The speed-up over
+    N = 1 and the efficiency (speed-up / N) are those of N real cores working in separate
+    processes and exchanging data between them, unlike (b); process 0's times are printed.
+
 Each measurement point runs in a worker subprocess of this script (`--worker`; the points of
 (a) share one, and (b)'s 1-device point is (a)'s point of the same size when there is one);
 the compile is the first call (JAX's persistent compilation cache is used
 when JAX_COMPILATION_CACHE_DIR is set), then `--reps` timed calls, median. `--quick`: the
 demo CNN (`small`) as the target, identities 4, 8, 16, 32, devices 1, 2, 4, 8 over 32
 identities, 3 reps. The last stdout line is `BENCH_RESULT {json}` (bench/run_all.py):
-`jax_s` is the first point of (a), `identities_sweep` and `device_sweep` hold the tables,
-`notes` a one-line summary; there is no PyTorch side (`torch_s` and `ratio` are null).
+`jax_s` is the first point of (a), `identities_sweep`, `device_sweep` and `process_sweep`
+hold the tables, `notes` a one-line summary; there is no PyTorch side (`torch_s` and `ratio`
+are null).
 """
 
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +67,7 @@ MARKER = 'SCALING_POINT '
 FULL_IDENTITIES = (60, 120, 240, 480)
 QUICK_IDENTITIES = (4, 8, 16, 32)
 DEVICES = (1, 2, 4, 8)
+PROCESSES = (1, 2)
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -74,6 +86,12 @@ def worker(args) -> None:
     """Times the GMI step for each of `args.identities`; prints one SCALING_POINT line each."""
     import statistics
 
+    if args.worker_core >= 0:  # (c): this process on one core, before XLA starts threads.
+        os.sched_setaffinity(0, {args.worker_core})
+    if args.worker_processes > 1:  # (c): one run of several processes (before any JAX call).
+        from tldmi_jax.utils import distributed
+
+        distributed.initialize()
     import jax
     import torch
 
@@ -108,7 +126,8 @@ def worker(args) -> None:
         times = [side.run()[0] / args.k for _ in range(args.reps)]
         point = {
             'identities': identities,
-            'devices': args.worker_devices,
+            'devices': args.worker_devices or jax.device_count(),
+            'processes': jax.process_count(),
             'mesh': side.mesh_size,
             'median_s': statistics.median(times),
             'min_s': min(times),
@@ -128,13 +147,8 @@ def worker(args) -> None:
 # The parent: runs the workers, prints the tables and the BENCH_RESULT line.
 
 
-def run_worker(args, identities: tuple[int, ...], devices: int) -> list[dict]:
-    """One worker subprocess with `devices` simulated CPU devices; its SCALING_POINT dicts."""
-    env = dict(os.environ)
-    flag = f'--xla_force_host_platform_device_count={devices}'
-    env['XLA_FLAGS'] = ' '.join(f for f in (env.get('XLA_FLAGS', ''), flag) if f)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
-    cmd = [
+def _worker_cmd(args, identities: tuple[int, ...], devices: int, *extra: str) -> list[str]:
+    return [
         sys.executable,
         os.path.abspath(__file__),
         '--worker',
@@ -143,23 +157,87 @@ def run_worker(args, identities: tuple[int, ...], devices: int) -> list[dict]:
         f'--identities={",".join(map(str, identities))}',
         f'--reps={args.reps}',
         f'--k={args.k}',
+        *extra,
     ]
+
+
+def _worker_env(*flags: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, **extra)
+    env['XLA_FLAGS'] = ' '.join(f for f in (env.get('XLA_FLAGS', ''), *flags) if f)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
+    return env
+
+
+def _points(stdout: str) -> list[dict]:
+    lines = stdout.splitlines()
+    return [json.loads(line[len(MARKER) :]) for line in lines if line.startswith(MARKER)]
+
+
+def _failed(what: str, stderr: str) -> RuntimeError:
+    tail = [line for line in stderr.splitlines() if line.strip()][-5:]
+    return RuntimeError(f'worker ({what}) failed:\n' + '\n'.join(tail))
+
+
+def run_worker(args, identities: tuple[int, ...], devices: int) -> list[dict]:
+    """One worker subprocess with `devices` simulated CPU devices; its SCALING_POINT dicts."""
+    env = _worker_env(f'--xla_force_host_platform_device_count={devices}')
     tic = time.perf_counter()
+    cmd = _worker_cmd(args, identities, devices)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = [line for line in proc.stderr.splitlines() if line.strip()][-5:]
-        raise RuntimeError(f'worker ({devices} devices) failed:\n' + '\n'.join(tail))
-    points = [
-        json.loads(line[len(MARKER) :])
-        for line in proc.stdout.splitlines()
-        if line.startswith(MARKER)
-    ]
+        raise _failed(f'{devices} devices', proc.stderr)
     print(
         f'  worker: {devices} device(s), identities {",".join(map(str, identities))}: '
         f'{time.perf_counter() - tic:.1f} s',
         flush=True,
     )
-    return points
+    return _points(proc.stdout)
+
+
+def run_processes(args, identities: int, processes: int, cores: list[int]) -> list[dict]:
+    """(c): `processes` workers of one run, one CPU device and one core each (`cores`);
+    process 0's SCALING_POINT dicts."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        address = f'127.0.0.1:{s.getsockname()[1]}'
+    flags = ('--xla_force_host_platform_device_count=1', '--xla_cpu_multi_thread_eigen=false')
+    procs = []
+    tic = time.perf_counter()
+    for index in range(processes):
+        run = {}
+        if processes > 1:
+            run = dict(
+                JAX_COORDINATOR_ADDRESS=address,
+                JAX_NUM_PROCESSES=str(processes),
+                JAX_PROCESS_ID=str(index),
+            )
+        cmd = _worker_cmd(
+            args,
+            (identities,),
+            0,  # All devices: one in each process.
+            f'--worker-core={cores[index]}',
+            f'--worker-processes={processes}',
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=_worker_env(*flags, **run),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [proc.communicate() for proc in procs]
+    for index, (proc, (_, err)) in enumerate(zip(procs, outs, strict=True)):
+        if proc.returncode != 0:
+            raise _failed(f'process {index} of {processes}', err)
+    print(
+        f'  workers: {processes} process(es) on cores {cores[:processes]}, '
+        f'identities {identities}: {time.perf_counter() - tic:.1f} s',
+        flush=True,
+    )
+    return _points(outs[0][0])
 
 
 def main():
@@ -167,12 +245,17 @@ def main():
     p.add_argument('--target', default='facenet64', help='facenet64 | vgg16 | a JAX arch')
     p.add_argument('--identities', type=ints, default=None, help='(a) batch sizes')
     p.add_argument('--devices', type=ints, default=DEVICES, help='(b) device counts')
-    p.add_argument('--device-identities', type=int, default=None, help='(b) batch size')
+    p.add_argument('--device-identities', type=int, default=None, help='(b), (c) batch size')
+    p.add_argument(
+        '--processes', type=ints, default=PROCESSES, help='(c) process counts, one core each'
+    )
     p.add_argument('--reps', type=int, default=3)
     p.add_argument('--k', type=int, default=1, help='steps per jitted chunk')
     p.add_argument('--quick', action='store_true', help='small target, identities 4..32')
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--worker-devices', type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument('--worker-core', type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument('--worker-processes', type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
         args.target, args.identities, args.reps = 'small', QUICK_IDENTITIES, 3
@@ -247,6 +330,34 @@ def main():
     )
     if info['backend'] == 'cpu':
         print(f'CAVEAT: {caveat}')
+
+    # (c) Processes, one core each (CPU only: the flags and the pinning are a CPU's).
+    usable = sorted(os.sched_getaffinity(0))
+    counts = [n for n in args.processes if n <= len(usable)]
+    skipped = [n for n in args.processes if n > len(usable)]
+    procs = []
+    if info['backend'] == 'cpu' and counts:
+        for n in counts:
+            point, extra = run_processes(args, n_ids, n, usable)
+            peak = max(peak, extra['peak_rss_mb'])
+            procs.append(point)
+        alone = next((q for q in procs if q['processes'] == 1), None)
+        print(f'\n(c) {n_ids} identities sharded over N processes, one CPU device and core each:')
+        print(f'{"N":>3} {"s/step":>9} {"min":>8} {"max":>8} {"speed-up":>9} '
+              f'{"speed-up/N":>11} {"compile s":>10}')  # fmt: skip
+        for point in procs:
+            point['speedup'] = alone['median_s'] / point['median_s'] if alone else None
+            point['efficiency'] = point['speedup'] / point['mesh'] if alone else None
+            speedup = '-' if alone is None else f'{point["speedup"]:9.2f}'
+            eff = '-' if alone is None else f'{point["efficiency"]:11.2f}'
+            print(
+                f'{point["processes"]:3d} {point["median_s"]:9.3f} {point["min_s"]:8.3f} '
+                f'{point["max_s"]:8.3f} {speedup:>9} {eff:>11} {point["compile_s"]:10.1f}'
+            )
+        if skipped:
+            print(f'  skipped: {skipped} processes (more than the {len(usable)} usable cores)')
+    elif info['backend'] != 'cpu':
+        print('\n(c) skipped: processes pinned to cores are a CPU measurement')
     wall = time.perf_counter() - start
     print(f'wall time of the script: {wall:.1f} s')
 
@@ -259,6 +370,11 @@ def main():
     )
     if info['backend'] == 'cpu':
         notes += ' (simulated CPU devices)'
+    if len(procs) > 1 and procs[-1]['speedup'] is not None:
+        notes += (
+            f'; {procs[-1]["processes"]} processes on a core each: speed-up '
+            f'{procs[-1]["speedup"]:.2f} (efficiency {procs[-1]["efficiency"]:.2f})'
+        )
     result = {
         'name': 'attack_scaling',
         'attack': 'gmi',
@@ -278,6 +394,7 @@ def main():
         'identities_sweep': sweep,
         'device_identities': n_ids,
         'device_sweep': devices,
+        'process_sweep': procs,
         'usable_cores': cores,
         'notes': notes,
         'script_wall_s': wall,

@@ -22,8 +22,9 @@ after a warm-up, and reports medians. The rows:
 - ppa_attack: one PPA optimisation step (`bench_ppa.py`: StyleGAN2 synthesis -> crops ->
   ResNet-152 -> Poincare loss -> Adam on w) at 256 px (full: full widths, the script's batch;
   `--quick`: the script's --quick, every width divided by 4), and on a GPU also at 1024 px;
-- attack_scaling (full only): the GMI step against identities (60-480) and devices (1-8;
-  simulated on a CPU, `bench_scaling.py`), JAX only;
+- attack_scaling (full only): the GMI step against identities (60-480), devices (1-8;
+  simulated on a CPU) and, on a CPU, processes of one core each (1-2; `bench_scaling.py`),
+  JAX only;
 - fisher: `bench_fisher.py` when the file exists (skipped with a note otherwise).
 
 A script that fails becomes a row with its error (the last line of its stderr) and the

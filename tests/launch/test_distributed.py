@@ -225,6 +225,8 @@ assert distributed.broadcast_from_main(me == 0) is True  # Process 0's answer ev
 state = sharding.replicate({'w': np.arange(3.0, dtype=np.float32), 'n': 2}, mesh)
 assert state['w'].is_fully_replicated and len(state['w'].sharding.device_set) == 2
 assert float(jax.jit(lambda s: s['w'].sum() * s['n'])(state)) == 6.0
+one = sharding.replicate({'w': np.arange(3.0, dtype=np.float32)}, sharding.data_mesh(4, 1))
+assert len(one['w'].sharding.device_set) == 1 and one['w'].is_fully_addressable == (me == 0)
 try:  # Each process its own values: refused before any of them is placed.
     sharding.replicate({'w': np.arange(3.0, dtype=np.float32) + me}, mesh)
     raise SystemExit('values that differ between processes must be refused')

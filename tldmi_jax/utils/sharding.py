@@ -76,7 +76,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     sharding = NamedSharding(mesh, PartitionSpec())
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-    host = jax.tree.map(np.asarray, jax.device_get(tree))
+    host = jax.device_get(tree)  # Host values: the same in every process.
+    if {d.process_index for d in mesh.devices.flat} != set(range(jax.process_count())):
+        # A mesh without some process's devices (`config.devices` below the device count):
+        # such a process has nothing to place, so JAX's own path (the same in every process).
+        return jax.device_put(host, sharding)
+    host = jax.tree.map(np.asarray, host)
     distributed.assert_same_everywhere(host, 'the replicated state')
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host)
 
