@@ -240,6 +240,24 @@ def run_processes(args, identities: int, processes: int, cores: list[int]) -> li
     return _points(outs[0][0])
 
 
+def print_speedups(points: list[dict], base: dict | None, count: str, mesh_column: bool) -> None:
+    """Adds each point's speed-up over `base` and its efficiency (speed-up / mesh size), and
+    prints them as a table whose first column is `point[count]`."""
+    mesh_head = f' {"mesh":>5}' if mesh_column else ''
+    print(f'{"N":>3}{mesh_head} {"s/step":>9} {"min":>8} {"max":>8} {"speed-up":>9} '
+          f'{"speed-up/N":>11} {"compile s":>10}')  # fmt: skip
+    for point in points:
+        point['speedup'] = base['median_s'] / point['median_s'] if base else None
+        point['efficiency'] = point['speedup'] / point['mesh'] if base else None
+        speedup = '-' if base is None else f'{point["speedup"]:9.2f}'
+        eff = '-' if base is None else f'{point["efficiency"]:11.2f}'
+        mesh = f' {point["mesh"]:5d}' if mesh_column else ''
+        print(
+            f'{point[count]:3d}{mesh} {point["median_s"]:9.3f} {point["min_s"]:8.3f} '
+            f'{point["max_s"]:8.3f} {speedup:>9} {eff:>11} {point["compile_s"]:10.1f}'
+        )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--target', default='facenet64', help='facenet64 | vgg16 | a JAX arch')
@@ -312,18 +330,7 @@ def main():
     base = next((q for q in devices if q['mesh'] == 1), None)
     kind = 'simulated CPU devices' if info['backend'] == 'cpu' else f'{info["backend"]} devices'
     print(f'\n(b) {n_ids} identities sharded over N {kind}:')
-    print(f'{"N":>3} {"mesh":>5} {"s/step":>9} {"min":>8} {"max":>8} {"speed-up":>9} '
-          f'{"speed-up/N":>11} {"compile s":>10}')  # fmt: skip
-    for point in devices:
-        point['speedup'] = base['median_s'] / point['median_s'] if base else None
-        point['efficiency'] = point['speedup'] / point['mesh'] if base else None
-        speedup = '-' if base is None else f'{point["speedup"]:9.2f}'
-        eff = '-' if base is None else f'{point["efficiency"]:11.2f}'
-        print(
-            f'{point["devices"]:3d} {point["mesh"]:5d} {point["median_s"]:9.3f} '
-            f'{point["min_s"]:8.3f} {point["max_s"]:8.3f} {speedup:>9} {eff:>11} '
-            f'{point["compile_s"]:10.1f}'
-        )
+    print_speedups(devices, base, 'devices', mesh_column=True)
     caveat = (
         f"simulated CPU devices share this machine's {cores} usable cores: (b) shows the cost "
         "of sharding and XLA:CPU's use of the cores, not the scaling of real devices"
@@ -343,17 +350,7 @@ def main():
             procs.append(point)
         alone = next((q for q in procs if q['processes'] == 1), None)
         print(f'\n(c) {n_ids} identities sharded over N processes, one CPU device and core each:')
-        print(f'{"N":>3} {"s/step":>9} {"min":>8} {"max":>8} {"speed-up":>9} '
-              f'{"speed-up/N":>11} {"compile s":>10}')  # fmt: skip
-        for point in procs:
-            point['speedup'] = alone['median_s'] / point['median_s'] if alone else None
-            point['efficiency'] = point['speedup'] / point['mesh'] if alone else None
-            speedup = '-' if alone is None else f'{point["speedup"]:9.2f}'
-            eff = '-' if alone is None else f'{point["efficiency"]:11.2f}'
-            print(
-                f'{point["processes"]:3d} {point["median_s"]:9.3f} {point["min_s"]:8.3f} '
-                f'{point["max_s"]:8.3f} {speedup:>9} {eff:>11} {point["compile_s"]:10.1f}'
-            )
+        print_speedups(procs, alone, 'processes', mesh_column=False)
         if skipped:
             print(f'  skipped: {skipped} processes (more than the {len(usable)} usable cores)')
     elif info['backend'] != 'cpu':
