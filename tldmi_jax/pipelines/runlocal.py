@@ -29,6 +29,7 @@ from absl import logging
 from tldmi_jax import attacks, classifiers, config_lib, priors, reconstructions
 from tldmi_jax.attacks import runner
 from tldmi_jax.train import classifier
+from tldmi_jax.utils import distributed
 from tldmi_jax.utils import workdir as workdir_lib
 
 STAGES = ('attack', 'gan', 'distill', 'evaluate', 'fisher', 'userstudy')
@@ -162,11 +163,13 @@ def _attack(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.C
     if not config.prior.checkpoint:
         kind = attacks.get(spec.name).PRIOR_KIND
         path = os.path.join(workdir, 'prior')
-        if not os.path.isdir(path):
+        # Process 0 writes it; the others of a multi-process run wait, then read it.
+        if distributed.is_main() and not os.path.isdir(path):
             logging.info('runlocal: writing a tiny random %s prior to %s', kind, path)
             classes = 0 if kind == 'stylegan2' else model.num_classes  # Unconditional.
             prior = priors.make_prior(kind, num_classes=classes, image_size=size, tiny=True)
             priors.save_prior(path, prior)
+        distributed.barrier(f'runlocal prior:{path}')
         config.prior.checkpoint = path
     if spec.lomma and not config.augmented.checkpoints:
         # The real students come from `launch/distill.py`; runlocal only needs models of the
