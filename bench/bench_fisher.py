@@ -184,13 +184,19 @@ class JaxSide:
     """`fisher.FisherEstimator(fisher.classifier_loss(...))`, as `fisher.analyze` builds it."""
 
     def __init__(
-        self, conv: convert.Conversion, x: np.ndarray, y: np.ndarray, chunk: int, method: str
+        self,
+        conv: convert.Conversion,
+        x: np.ndarray,
+        y: np.ndarray,
+        chunk: int,
+        method: str,
+        per: str = 'tensor',
     ):
         self.model = conv.model
         self.batch_stats = jax.device_put(conv.batch_stats)
         self.params = jax.device_put(conv.params)
         self.loss = fisher.classifier_loss(self.model, self.batch_stats)
-        self.estimator = fisher.FisherEstimator(self.loss, chunk, method=method)
+        self.estimator = fisher.FisherEstimator(self.loss, chunk, method=method, per=per)
         self.x, self.y = x, y
 
     def run(self, n: int) -> tuple[float, dict]:
@@ -259,7 +265,7 @@ def other_method(args, conv, x, y, main: JaxSide, main_fisher: dict) -> dict:
     compile) and compares its Fisher with the main method's on them."""
     k = args.other_examples
     name = 'vmap' if args.method == 'layers' else 'layers'
-    side = JaxSide(conv, x, y, args.chunk, name)
+    side = JaxSide(conv, x, y, args.chunk, name, args.per)
     compile_s, _ = side.run(min(args.chunk, k))
     seconds, fisher_other = side.run(k)
     mine = main_fisher if k == args.examples else main.run(k)[1]
@@ -311,6 +317,13 @@ def main():
     p.add_argument('--chunk', type=int, default=16, help='examples per step (JAX)')
     p.add_argument('--method', default='layers', choices=fisher.METHODS, help='JAX method')
     p.add_argument(
+        '--per',
+        default='tensor',
+        choices=fisher.PER,
+        help="JAX result: 'tensor' (each tensor's sum, as fisher.analyze computes it) or "
+        "'parameter' (the whole diagonal)",
+    )
+    p.add_argument(
         '--other-examples',
         type=int,
         default=-1,
@@ -337,7 +350,7 @@ def main():
     module = torch_model(args.arch)
     conv = convert_state(args.arch, classifier_refs.numpy_state(module))
     x, y = examples(args.arch, n, args.seed)
-    jax_side = JaxSide(conv, x, y, args.chunk, args.method)
+    jax_side = JaxSide(conv, x, y, args.chunk, args.method, args.per)
     torch_side = TorchSide(module, x, y)
 
     size, channels, classes = SHAPES[args.arch]
@@ -369,7 +382,14 @@ def main():
             flush=True,
         )
     else:
-        print('jax (layers): per-example weight gradients formed one example at a time')
+        print(
+            f'jax (layers, per {args.per}): '
+            + (
+                "each tensor's squared norm (Gram form where cheaper), per example"
+                if args.per == 'tensor'
+                else 'per-example weight gradients formed one example at a time'
+            )
+        )
 
     # Warm-up: the JAX compile on one chunk (the time includes one run of it).
     warm = min(args.chunk, n)
@@ -396,10 +416,14 @@ def main():
     # Correctness on the first m examples (both sides processed them).
     jax_fisher = jax_full if m == n else jax_side.run(m)[1]
     torch_fisher = torch_fisher_as_jax(args.arch, module, torch_means)
+    counts = None
+    if args.per == 'tensor':  # Compared as the library computes it: each tensor's sum.
+        torch_fisher = jax.tree.map(np.sum, torch_fisher)
+        counts = jax.tree.map(np.size, conv.params)
     rows = compare(jax_fisher, torch_fisher)
     max_rel = rows[0][2]
-    groups_jax = fisher.group_means(jax_fisher, conv.model.layer_groups)
-    groups_torch = fisher.group_means(torch_fisher, conv.model.layer_groups)
+    groups_jax = fisher.group_means(jax_fisher, conv.model.layer_groups, counts)
+    groups_torch = fisher.group_means(torch_fisher, conv.model.layer_groups, counts)
     print(f'\nFisher over the first {m} examples, per layer group (mean over its parameters):')
     print(f'{"group":14} {"params":>11} {"jax":>13} {"pytorch":>13} {"rel diff":>9}')
     group_rel = []
@@ -459,6 +483,7 @@ def main():
         'ratio': ratio,
         'max_rel_err': max_rel,
         'method': args.method,
+        'per': args.per,
         'compile_s': compile_s,
         **other,
         'peak_rss_mb': round(peak, 1),

@@ -75,22 +75,28 @@ def _closed_form(params, x, y, hidden):
     return jax.tree.map(lambda v: v / len(x), out)
 
 
+@pytest.mark.parametrize('per', fisher.PER)
 @pytest.mark.parametrize('method', fisher.METHODS)
 @pytest.mark.parametrize('hidden', [False, True])
-def test_matches_closed_form(hidden, method):
+def test_matches_closed_form(hidden, method, per):
     model = _Logistic(hidden=hidden)
     params = _params(model)
     x, y = _data()
     loss = fisher.classifier_loss(model, {})
-    estimator = fisher.FisherEstimator(loss, chunk_size=4, method=method)
+    estimator = fisher.FisherEstimator(loss, chunk_size=4, method=method, per=per)
     got, n = estimator.run(params, [(x, y)])
     assert n == N
-    expected = _closed_form(params, x, y, hidden)
+    expected = full = _closed_form(params, x, y, hidden)
+    counts = None
+    if per == 'tensor':  # Each tensor's sum, one number.
+        expected = jax.tree.map(np.sum, full)
+        counts = jax.tree.map(np.size, params)
     for layer in expected:
         for name in expected[layer]:
+            assert np.shape(got[layer][name]) == np.shape(expected[layer][name])
             np.testing.assert_allclose(got[layer][name], expected[layer][name], rtol=1e-4)
-    rows = fisher.group_means(got, model.layer_groups)
-    head = expected['fc']
+    rows = fisher.group_means(got, model.layer_groups, counts)
+    head = full['fc']
     head_mean = (head['kernel'].sum() + head['bias'].sum()) / (head['kernel'].size + K)
     assert rows[-1]['group'] == 'head' and rows[-1]['num_params'] == head['kernel'].size + K
     assert rows[-1]['value'] == pytest.approx(head_mean, rel=1e-4)
@@ -140,4 +146,10 @@ def test_group_means_normalise_and_plot(tmp_path):
         fisher.FisherEstimator(lambda p, x, y: 0.0, 0)
     with pytest.raises(ValueError, match=r"method must be one of \('layers', 'vmap'\)"):
         fisher.FisherEstimator(lambda p, x, y: 0.0, 1, method='loop')
+    with pytest.raises(ValueError, match=r"per must be one of \('parameter', 'tensor'\)"):
+        fisher.FisherEstimator(lambda p, x, y: 0.0, 1, per='layer')
+    # Per-tensor sums with their parameter counts give the same means.
+    sums = jax.tree.map(np.sum, tree)
+    counts = jax.tree.map(np.size, tree)
+    assert fisher.group_means(sums, (('first', 'a/.*'), ('second', '(a|b)/.*')), counts) == rows
     json.dumps(rows)  # JSON-serialisable.

@@ -40,6 +40,8 @@ class _Zoo(nn.Module):
         x = nn.Conv(4, (3, 3), feature_group_count=2, kernel_dilation=2, name='grouped')(x)
         low = ((1, 0), (1, 0))
         x = nn.Conv(4, (2, 2), (2, 2), padding=low, input_dilation=2, name='dilated')(x)
+        # Few positions, more channels: the Gram form of `squared_norms` (as `se`, `se_out`).
+        x = nn.Conv(16, (3, 3), padding=_PAD1, name='gram')(x)
         x = nn.Dense(4, name='pointwise')(x)  # Extra axes: one row per position.
         shared = nn.Dense(4, name='shared')  # Called twice: gradients add up per example.
         x = shared(nn.relu(shared(x)))
@@ -77,18 +79,24 @@ def _variables(model, x):
 
 
 def _compare(model, x, y, chunk):
-    """Max relative L2 difference of the two methods' Fisher over the parameter tensors."""
+    """Max relative L2 difference of the `layers` Fisher (per parameter, and per tensor:
+    `per_example.squared_norms`) from `vmap`'s over the parameter tensors."""
     variables = _variables(model, x)
     state = {k: v for k, v in variables.items() if k != 'params'}
     loss = _loss(model, state)
-    runs = [
-        fisher.FisherEstimator(loss, chunk, method=m).run(variables['params'], [(x, y)])[0]
-        for m in ('layers', 'vmap')
-    ]
+
+    def run(method, per):
+        estimator = fisher.FisherEstimator(loss, chunk, method=method, per=per)
+        return jax.tree.leaves(estimator.run(variables['params'], [(x, y)])[0])
+
+    want = run('vmap', 'parameter')
     worst = 0.0
-    for got, want in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1]), strict=True):
-        assert np.all(np.isfinite(got)) and np.linalg.norm(want) > 0
-        worst = max(worst, np.linalg.norm(got - want) / np.linalg.norm(want))
+    for got, ref in zip(run('layers', 'parameter'), want, strict=True):
+        assert np.all(np.isfinite(got)) and np.linalg.norm(ref) > 0
+        worst = max(worst, np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    for got, ref in zip(run('layers', 'tensor'), want, strict=True):
+        assert np.shape(got) == () and np.isfinite(got)
+        worst = max(worst, abs(got - ref.sum()) / ref.sum())
     return worst, variables, loss
 
 
@@ -111,6 +119,46 @@ def test_every_layer_configuration_matches_vmap():
     assert sorted(split['autodiff']) == sorted(_AUTODIFF)
 
 
+# Convolutions whose Gram form (`_Conv.norms`) is cheaper than their per-tap products: few
+# output positions, many channels; (kernel, strides, padding, input dilation, kernel
+# dilation), the input [N, B, *spatial, C] and the output channels.
+_GRAM_CASES = (
+    (((3, 3), (1, 1), _PAD1, (1, 1), (1, 1)), (3, 1, 4, 4, 32), 32),
+    (((3, 3), (2, 2), 'SAME', (1, 1), (1, 1)), (3, 2, 6, 6, 24), 40),  # Two rows per example.
+    (((3, 3), (1, 1), 'VALID', (1, 1), (2, 2)), (3, 1, 6, 6, 32), 32),
+    (((2, 2), (2, 2), ((1, 0), (1, 0)), (2, 2), (1, 1)), (3, 1, 3, 3, 32), 32),
+    (((3,), (1,), 'SAME', (1,), (1,)), (3, 1, 5, 32), 32),
+)
+
+
+def test_gram_form_equals_the_per_tap_products():
+    """`_Conv.norms` (Gram matrices over the output positions) against the squared per-tap
+    gradients of `_Conv.one`, example by example, with weights (one of them 0); where the
+    per-tap products are cheaper (many positions, few channels) it declines."""
+    rng = np.random.default_rng(4)
+    w = jnp.asarray([1.0, 0.5, 0.0])
+    for i, ((size, strides, pads, in_dil, k_dil), shape, out) in enumerate(_GRAM_CASES):
+        use_bias = i % 2 == 0
+        rule = per_example._Conv(size, strides, pads, in_dil, k_dil, 1, use_bias)
+        x = rng.normal(size=shape).astype(np.float32)
+        conv = nn.Conv(out, size, strides, pads, in_dil, k_dil, use_bias=use_bias)
+        y = jax.eval_shape(conv.init_with_output, jax.random.key(0), x[0])[0].shape
+        dy = rng.normal(size=(len(x), *y)).astype(np.float32)
+        got = rule.norms(x, dy, w)
+        assert got is not None, (size, shape)
+        want = {}
+        for n in range(len(x)):
+            for name, g in rule.one(x[n], dy[n]).items():
+                sq = sum(float(jnp.sum(jnp.square(a))) for a in jax.tree.leaves(g))
+                want[name] = want.get(name, 0.0) + float(w[n]) * sq
+        assert sorted(got) == sorted(want) == ['bias', 'kernel'][1 - use_bias :]
+        for name in want:
+            np.testing.assert_allclose(float(got[name]), want[name], rtol=1e-5)
+    wide = per_example._Conv((3, 3), (1, 1), _PAD1, (1, 1), (1, 1), 1, True)
+    x, dy = np.ones((1, 1, 32, 32, 8), np.float32), np.ones((1, 1, 32, 32, 8), np.float32)
+    assert wide.norms(x, dy, jnp.ones(1)) is None
+
+
 @pytest.mark.parametrize('arch', [a for a in models.ARCHS if a.endswith('_tiny')])
 def test_every_parameter_of_every_architecture_gets_a_formula(arch):
     model = models.get_model(arch, 5)
@@ -121,6 +169,21 @@ def test_every_parameter_of_every_architecture_gets_a_formula(arch):
     loss = fisher.classifier_loss(model, stats)
     split = per_example.coverage(loss, variables['params'], x, jax.ShapeDtypeStruct((), jnp.int32))
     assert split['autodiff'] == [] and split['formula']
+
+
+def test_a_second_discovery_of_the_same_loss_finds_the_same_layers():
+    """`jax.eval_shape` caches its trace per function and shapes, and the layers are found
+    by a side effect of tracing: a second discovery with the same loss (a second estimator,
+    `coverage` after `squared_norms`) found no layer at all, and every parameter silently
+    took the slower autodiff path."""
+    model = models.get_model('small_tiny', 5)
+    x = jax.ShapeDtypeStruct((16, 16, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    stats = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), variables['batch_stats'])
+    loss = fisher.classifier_loss(model, stats)
+    y = jax.ShapeDtypeStruct((), jnp.int32)
+    first, second = (per_example.coverage(loss, variables['params'], x, y) for _ in range(2))
+    assert first == second and first['autodiff'] == [] and first['formula']
 
 
 @pytest.mark.parametrize('vib', [False, True])

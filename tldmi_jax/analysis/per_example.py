@@ -22,6 +22,16 @@ The per-example gradients are squared and added up one example at a time (`fori_
 only one example's gradients exist at once. VGG16 at 64 px, chunks of 8 on 2 CPU cores:
 0.10-0.12 s/example against 0.20-0.37 for `vmap(grad)` (measurements: docs/evaluation.md).
 
+`squared_norms(loss)` gives each parameter tensor's sum of those squares, one number per
+tensor (all the per-layer Fisher means need), and needs less: a layer whose squared norm
+has a closed form is done for all examples at once without its per-example gradient
+(`norms`): a dense layer with one row per example (`||x||^2 ||dy||^2`), BatchNorm and
+PReLU, and a convolution with few output positions and many channels through Gram matrices
+over its P output positions, `||sum_p dy_p^T x~_p||^2 = sum_{p,q} (dy_p . dy_q)(x~_p . x~_q)`
+(x~_p the input patch position p sees), where 2 P^2 (C k + O) FLOPs undercut the per-tap
+products' 2 P O C k. Every other layer's per-example gradient is squared and summed to one
+number inside the loop, so no per-parameter total is kept either.
+
 A method interceptor (`nn.intercept_methods`) adds a zero perturbation to each such layer's
 output, so that the gradient with respect to the perturbation is the gradient with respect
 to the output, and records what the formula needs from the input. Every other parameter,
@@ -101,6 +111,17 @@ class _Dense:
             out['bias'] = _einsum('n,no->o', w, dy * dy)
         return out
 
+    def norms(self, x: jax.Array, dy: jax.Array, w: jax.Array) -> dict[str, jax.Array] | None:
+        """With one row per example: ||x_n dy_n^T||^2 = ||x_n||^2 ||dy_n||^2 (else None)."""
+        if math.prod(x.shape[1:-1]) != 1:
+            return None
+        x2 = jnp.sum(jnp.square(x.reshape(len(x), -1)), axis=1)
+        dy2 = jnp.sum(jnp.square(dy.reshape(len(dy), -1)), axis=1)
+        out = {'kernel': _einsum('n,n->', w, x2 * dy2)}
+        if self.use_bias:
+            out['bias'] = _einsum('n,n->', w, dy2)
+        return out
+
     def finish(self, name: str, g: jax.Array) -> jax.Array:
         return g
 
@@ -120,10 +141,10 @@ class _Conv:
     def record(self, module: nn.Module, x: jax.Array) -> jax.Array:
         return x
 
-    def one(self, x: jax.Array, dy: jax.Array) -> dict[str, Any]:
-        """Kernel gradient as a tuple of taps, each [G, O/G, C/G]: tap t's is
-        sum_p dy(p)^T x(p + t) (dy first: XLA:CPU then transposes nothing per tap; the slices
-        of x are the right-hand operand in their own layout)."""
+    def _windows(self, x: jax.Array, dy: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+        """`([x_t [P, C] for each kernel tap t], dy [P, O])` of one example: x_t is the
+        input window tap t sees at the P output positions (padded, dilated and strided as
+        the convolution does; the layer's own batch axes merged into the positions)."""
         spatial = len(self.kernel_size)
         x = _rows(x, spatial + 1)  # [B, *spatial, C]: the layer's own batch axes merged.
         dy = _rows(dy, spatial + 1)
@@ -138,22 +159,57 @@ class _Conv:
         # The input as the convolution sees it: padded and dilated (zeros in between).
         inner = [(lo, hi, d - 1) for (lo, hi), d in zip(pads, self.input_dilation, strict=True)]
         x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *inner, (0, 0, 0)])
-        g, channels, out = self.groups, x.shape[-1], dy.shape[-1]
-        dy_rows = dy.reshape(-1, g, out // g)
-        taps = []
+        channels = x.shape[-1]
+        windows = []
         for tap in np.ndindex(*self.kernel_size):
             begin = [t * d for t, d in zip(tap, self.kernel_dilation, strict=True)]
             end = [
                 b + (n - 1) * s + 1 for b, n, s in zip(begin, out_sizes, self.strides, strict=True)
             ]
             seen = jax.lax.slice(x, [0, *begin, 0], [len(x), *end, channels], [1, *self.strides, 1])
-            taps.append(_einsum('pgo,pgc->goc', dy_rows, seen.reshape(-1, g, channels // g)))
+            windows.append(seen.reshape(-1, channels))
+        return windows, dy.reshape(-1, dy.shape[-1])
+
+    def one(self, x: jax.Array, dy: jax.Array) -> dict[str, Any]:
+        """Kernel gradient as a tuple of taps, each [G, O/G, C/G]: tap t's is
+        sum_p dy(p)^T x(p + t) (dy first: XLA:CPU then transposes nothing per tap; the slices
+        of x are the right-hand operand in their own layout)."""
+        windows, dy = self._windows(x, dy)
+        g, channels, out = self.groups, windows[0].shape[-1], dy.shape[-1]
+        dy_rows = dy.reshape(-1, g, out // g)
+        taps = [
+            _einsum('pgo,pgc->goc', dy_rows, seen.reshape(-1, g, channels // g)) for seen in windows
+        ]
         # A tuple of per-tap gradients: summed over examples tap by tap and stacked once at
         # the end (`finish`), not stacked (copied) for every example.
         result = {'kernel': tuple(taps)}
         if self.use_bias:
-            result['bias'] = dy_rows.reshape(-1, out).sum(0)
+            result['bias'] = dy.sum(0)
         return result
+
+    def norms(self, x: jax.Array, dy: jax.Array, w: jax.Array) -> dict[str, jax.Array] | None:
+        """`sum_n w_n ||g_n||^2` per parameter tensor from Gram matrices over the output
+        positions, without forming the per-example kernel gradients:
+        ||sum_p dy_p^T x~_p||^2 = sum_{p,q} (dy_p . dy_q) (x~_p . x~_q), x~_p the input patch
+        output position p sees (x~_p . x~_q = sum_t x_t(p) . x_t(q)). Per example that costs
+        2 P^2 (C k + O) FLOPs against the per-tap products' 2 P O C k (P positions, C input
+        and O output channels, k kernel taps): cheaper where few positions meet many
+        channels (VGG16's last two stages at 64 px). None where it is not cheaper, or with
+        feature groups: the per-tap products then."""
+        positions = math.prod(dy.shape[1:-1])
+        cin, out, taps = x.shape[-1], dy.shape[-1], math.prod(self.kernel_size)
+        if self.groups != 1 or positions * (cin * taps + out) >= out * cin * taps:
+            return None
+
+        def one_example(x, dy):
+            windows, dy = self._windows(x, dy)
+            seen = sum(_einsum('pc,qc->pq', v, v) for v in windows)
+            kernel = jnp.sum(seen * _einsum('po,qo->pq', dy, dy))
+            return {'kernel': kernel, 'bias': jnp.sum(jnp.square(dy.sum(0)))}
+
+        per = jax.vmap(one_example)(x, dy)
+        names = ('kernel', 'bias') if self.use_bias else ('kernel',)
+        return {k: _einsum('n,n->', w, per[k]) for k in names}
 
     def squared(self, x: jax.Array, dy: jax.Array, w: jax.Array) -> None:
         return None
@@ -186,6 +242,11 @@ class _Channelwise:
 
     def squared(self, v: jax.Array, dy: jax.Array, w: jax.Array) -> None:
         return None
+
+    def norms(self, v: jax.Array, dy: jax.Array, w: jax.Array) -> dict[str, jax.Array]:
+        """All examples at once: one value per feature and example."""
+        per = jax.vmap(self.one)(v, dy)
+        return {k: _einsum('n,n->', w, jnp.sum(jnp.square(g), axis=1)) for k, g in per.items()}
 
     def finish(self, name: str, g: jax.Array) -> jax.Array:
         return g
@@ -296,7 +357,9 @@ def _discover(loss_fn: LossFn, params: Any, x: Any, y: Any) -> dict[Path, list]:
     (traced with shapes only)."""
     found = _Interceptor()
     with nn.intercept_methods(found):
-        jax.eval_shape(loss_fn, params, x, y)
+        # A new function each time: `jax.eval_shape` caches its trace per function and
+        # shapes, and a cached trace would run no layer past this interceptor.
+        jax.eval_shape(lambda *args: loss_fn(*args), params, x, y)
     param_paths = set(traverse_util.flatten_dict(params))
     covered = {}
     for path, calls in found.calls.items():
@@ -338,6 +401,33 @@ def squared_sum(loss_fn: LossFn) -> Callable[..., Any]:
       rounding. Trace it inside `jax.jit`; inside `shard_map` (`sharding.per_device`) it
       gives each device's sum over its own examples.
     """
+    return _squares(loss_fn, per_tensor=False)
+
+
+def squared_norms(loss_fn: LossFn) -> Callable[..., Any]:
+    """`sum_n w_n ||grad of loss_fn at example n||^2` per parameter tensor: what
+    `squared_sum` gives, summed over each tensor, at less cost. Where a layer's formula can
+    give the squared norm without the per-example gradient itself (`norms`: a dense layer
+    with one row per example, BatchNorm and PReLU, and a convolution whose Gram form is
+    cheaper than its per-tap products), it is computed for all examples at once; the other
+    layers' per-example gradients are squared and summed to one number each, so no
+    per-parameter total is kept.
+
+    Returns:
+      `fn(params, xs, ys, weights) -> tree of scalars shaped like params`, equal to
+      `jax.tree.map(jnp.sum, squared_sum(loss_fn)(params, xs, ys, weights))` up to float32
+      rounding.
+    """
+    return _squares(loss_fn, per_tensor=True)
+
+
+def _squares(loss_fn: LossFn, per_tensor: bool) -> Callable[..., Any]:
+    """`squared_sum` (per parameter) or `squared_norms` (`per_tensor`)."""
+
+    def reduce(g):  # One example's squares: as they are, or summed over the tensor.
+        if not per_tensor:
+            return g
+        return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(g))
 
     def fn(params, xs, ys, weights):
         flat = traverse_util.flatten_dict(params)
@@ -370,11 +460,18 @@ def squared_sum(loss_fn: LossFn) -> Callable[..., Any]:
         out, looped = {}, {}
         for path, calls in covered.items():
             rule, key = calls[0][0], calls[0][1]
-            sums = rule.squared(recorded[key], d_out[key], weights) if len(calls) == 1 else None
+            sums = None
+            if len(calls) == 1:  # (A layer called more than once: its gradients add up first.)
+                batched = rule.norms if per_tensor else rule.squared
+                sums = batched(recorded[key], d_out[key], weights)
             if sums is None:
                 looped[path] = calls
             else:
                 out.update({path + (name,): g for name, g in sums.items()})
+        if per_tensor:  # The other parameters: all examples at once (their gradients exist).
+            for k, g in d_free.items():
+                out[k] = _einsum('n,n->', weights, jnp.sum(jnp.square(g.reshape(len(g), -1)), 1))
+            d_free = {}
 
         def squares(example):
             """w_n g_n^2 of one example, for the other parameters."""
@@ -385,7 +482,7 @@ def squared_sum(loss_fn: LossFn) -> Callable[..., Any]:
                 parts = [rule.one(recorded[key], d_out[key]) for _, key, _ in calls]
                 for name in parts[0]:  # A layer called more than once: the sum over its calls.
                     g = functools.reduce(_tree_add, [part[name] for part in parts])
-                    grads[path + (name,)] = jax.tree.map(lambda a: w * a * a, g)
+                    grads[path + (name,)] = reduce(jax.tree.map(lambda a: w * a * a, g))
             return grads
 
         keys = [key for calls in looped.values() for _, key, _ in calls]
@@ -402,11 +499,14 @@ def squared_sum(loss_fn: LossFn) -> Callable[..., Any]:
         # One example at a time: a batched product would write N x parameters, which
         # XLA:CPU then sums over N several times slower than this loop adds them up. (The
         # first example starts the total, so that it has the loop's type under shard_map.)
-        total = squares(jax.tree.map(lambda a: a[0], examples))
-        out.update(jax.lax.fori_loop(1, len(weights), add, total))
+        if keys or d_free:
+            total = squares(jax.tree.map(lambda a: a[0], examples))
+            out.update(jax.lax.fori_loop(1, len(weights), add, total))
         for k, g in out.items():  # Back to the parameters' layouts and dtypes.
             rule = covered[k[:-1]][0][0] if k[:-1] in covered else None
-            out[k] = (rule.finish(k[-1], g) if rule else g).astype(flat[k].dtype)
+            if not per_tensor and rule:
+                g = rule.finish(k[-1], g)
+            out[k] = g.astype(flat[k].dtype)
         return traverse_util.unflatten_dict(out)
 
     return fn
