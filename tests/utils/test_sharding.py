@@ -60,9 +60,13 @@ np.savez(sys.argv[1], mesh_size=mesh.size, *leaves)
 # Fisher information of the trained model: 20 examples in chunks of 8 split over the devices.
 estimator = fisher.FisherEstimator(fisher.classifier_loss(model, state.batch_stats), 8)
 xs = rng.uniform(size=(20, 16, 16, 3)).astype(np.float32)
-info, n = estimator.run(state.params, [(xs, rng.integers(0, 3, 20))])
+ys = rng.integers(0, 3, 20)
+info, n = estimator.run(state.params, [(xs, ys)])
 assert n == 20 and estimator.mesh.size == mesh.size
-np.savez(sys.argv[1] + '.fisher.npz', *jax.tree.leaves(info))
+# Per tensor (what fisher.analyze computes), each device summing its own examples' norms.
+loss = fisher.classifier_loss(model, state.batch_stats)
+sums, _ = fisher.FisherEstimator(loss, 8, per='tensor').run(state.params, [(xs, ys)])
+np.savez(sys.argv[1] + '.fisher.npz', *jax.tree.leaves(info), *jax.tree.leaves(sums))
 """
 
 
@@ -97,3 +101,9 @@ def test_one_and_four_devices_agree(tmp_path):
     assert len(fisher1) == len(fisher4)
     for a, b in zip(fisher1, fisher4, strict=True):
         np.testing.assert_allclose(a, b, rtol=5e-4, atol=1e-9)
+    # The per-tensor sums (second half): the per-parameter values summed, on both meshes.
+    half = len(fisher1) // 2
+    for i in range(half):
+        assert fisher1[half + i].shape == ()
+        np.testing.assert_allclose(fisher1[half + i], fisher1[i].sum(), rtol=1e-5)
+        np.testing.assert_allclose(fisher4[half + i], fisher1[i].sum(), rtol=5e-4)
