@@ -2,7 +2,7 @@ r"""Empirical Fisher information: tldmi_jax's per-example gradients vs a PyTorch
 
   PYTHONPATH=. python bench/bench_fisher.py [--arch=vgg16] [--examples=1000]
       [--torch-examples=M] [--chunk=16] [--reps=1] [--seed=0] [--method=layers]
-      [--other-examples=K] [--quick] [--diagnose]
+      [--other-examples=K] [--per=tensor] [--quick] [--diagnose]
 
 The issue's row: "Fisher information over 1,000 examples: vmapped per-example gradients
 against a PyTorch per-example loop". Both sides compute the per-parameter empirical diagonal
@@ -28,6 +28,10 @@ model with the same random weights on the same random examples:
   running total, one jitted step per chunk (the last one padded and masked). BatchNorm in
   inference mode (running statistics), no dropout, loss = softmax cross-entropy of the
   integer label (no label smoothing).
+- `--per=tensor` (the default, as `fisher.analyze` runs it): the JAX side returns each
+  parameter tensor's sum of F_j (`per_example.squared_norms`; Gram forms where cheaper), and
+  the checks below compare those sums, the PyTorch diagonal summed per tensor;
+  `--per=parameter` returns and compares the whole diagonal.
 - The other JAX method (`vmap` when timing `layers`, and the reverse) is timed too on the
   first K = `--other-examples` examples (default: one chunk; 0: not at all), after its own
   compile, and its Fisher compared with the main one (`methods_max_rel_diff`).
@@ -466,7 +470,7 @@ def main():
             f'jax --method={other["other_method"]}: {other["other_s_per_example"]:.4f} s/example '
             f'on {args.other_examples} examples (compile + one chunk {other["other_compile_s"]:.1f}'
             f' s); --method={args.method} is {other["other_s_per_example"] / jax_s:.2f}x as '
-            f'fast; the two Fisher diagonals differ by {other["methods_max_rel_diff"]:.1e} '
+            f'fast; the two Fisher results differ by {other["methods_max_rel_diff"]:.1e} '
             '(max relative L2 error over the tensors)'
         )
     if args.diagnose:
