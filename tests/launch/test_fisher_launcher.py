@@ -27,3 +27,6 @@ def test_runlocal_writes_json_csv_and_plot(tmp_path):
     assert os.path.getsize(os.path.join(workdir, 'fisher.png')) > 1000
     assert os.path.exists(os.path.join(workdir, 'fisher.csv'))
     assert 'stem' in proc.stdout and 'num_examples' in proc.stdout
+    # A progress bar per task, counting examples.
+    assert 'fisher (classification): 100%' in proc.stderr and '128/128' in proc.stderr
+    assert 'fisher (MI): 100%' in proc.stderr and '20/20' in proc.stderr

@@ -45,6 +45,7 @@ import numpy as np
 import optax
 from absl import logging
 from flax import traverse_util
+from tqdm import tqdm
 
 from tldmi_jax import classifiers, config_lib, data, models, reconstructions
 from tldmi_jax.analysis import per_example
@@ -140,12 +141,20 @@ class FisherEstimator:
                 x, y = pipeline.pad_batch(x, size), pipeline.pad_batch(y, size)
                 yield x, y.astype(np.int32), mask, real
 
-    def run(self, params: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, int]:
+    def run(
+        self,
+        params: Any,
+        batches: Iterable[tuple[np.ndarray, np.ndarray]],
+        desc: str | None = None,
+        total_examples: int | None = None,
+    ) -> tuple[Any, int]:
         """Mean squared per-example gradient of every parameter.
 
         Args:
           params: the parameters (pytree).
           batches: iterable of `(inputs [B, ...], int labels [B])`, any B.
+          desc: with a name, a progress bar of examples (stderr, main process only).
+          total_examples: the number of examples, for the bar (None: unknown).
 
         Returns:
           `(fisher, n)`: a pytree like `params` (with `per='tensor'`, of scalars: each
@@ -155,10 +164,20 @@ class FisherEstimator:
         zeros = (lambda p: jnp.zeros((), p.dtype)) if self.per == 'tensor' else jnp.zeros_like
         total = sharding.replicate(jax.tree.map(zeros, params), self.mesh)
         n = 0
-        for x, y, mask, real in self._chunks(batches):
-            x, y, mask = sharding.shard_batch((x, y, mask), self.mesh)
-            total = self._step(total, params, x, y, mask)
-            n += real
+        bar = tqdm(
+            total=total_examples,
+            desc=desc,
+            unit='ex',
+            dynamic_ncols=True,
+            mininterval=1.0,
+            disable=desc is None or not distributed.is_main(),
+        )
+        with bar:
+            for x, y, mask, real in self._chunks(batches):
+                x, y, mask = sharding.shard_batch((x, y, mask), self.mesh)
+                total = self._step(total, params, x, y, mask)
+                n += real
+                bar.update(real)
         if n == 0:
             raise ValueError('No examples for the Fisher information.')
         return jax.tree.map(lambda t: np.asarray(t, np.float64) / n, total), n
@@ -307,14 +326,16 @@ def analyze(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             drop_remainder=False,
         )
     )
-    fisher_cls, n_cls = estimator.run(variables['params'], batches)
+    fisher_cls, n_cls = estimator.run(
+        variables['params'], batches, 'fisher (classification)', len(indices)
+    )
     logging.info('Fisher (classification): %d private images', n_cls)
 
     keep = _subsample(np.arange(len(recon['identity'])), cap, config.seed)
     mi_batches = _resized_batches(
         recon['images'][keep], recon['identity'][keep].astype(np.int32), size, chunk
     )
-    fisher_mi, n_mi = estimator.run(variables['params'], mi_batches)
+    fisher_mi, n_mi = estimator.run(variables['params'], mi_batches, 'fisher (MI)', len(keep))
     logging.info('Fisher (MI): %d reconstructions', n_mi)
 
     rows_cls = group_means(fisher_cls, model.layer_groups, counts)
