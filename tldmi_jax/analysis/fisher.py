@@ -177,6 +177,8 @@ class FisherEstimator:
                 x, y, mask = sharding.shard_batch((x, y, mask), self.mesh)
                 total = self._step(total, params, x, y, mask)
                 n += real
+                if not bar.disable:  # Count computed examples, not dispatched ones.
+                    jax.block_until_ready(total)
                 bar.update(real)
         if n == 0:
             raise ValueError('No examples for the Fisher information.')
