@@ -85,6 +85,11 @@ def _rows(x: jax.Array, trailing: int) -> jax.Array:
 _einsum = functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)
 
 
+def _weighted_squares(w: jax.Array, g: jax.Array) -> jax.Array:
+    """`sum_n w_n ||g_n||^2` of per-example values `g` [N, ...]."""
+    return _einsum('n,n->', w, jnp.sum(jnp.square(g.reshape(len(g), -1)), axis=1))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Dense:
     """`nn.Dense`: y = x W + b over the last axis."""
@@ -246,7 +251,7 @@ class _Channelwise:
     def norms(self, v: jax.Array, dy: jax.Array, w: jax.Array) -> dict[str, jax.Array]:
         """All examples at once: one value per feature and example."""
         per = jax.vmap(self.one)(v, dy)
-        return {k: _einsum('n,n->', w, jnp.sum(jnp.square(g), axis=1)) for k, g in per.items()}
+        return {k: _weighted_squares(w, g) for k, g in per.items()}
 
     def finish(self, name: str, g: jax.Array) -> jax.Array:
         return g
@@ -470,7 +475,7 @@ def _squares(loss_fn: LossFn, per_tensor: bool) -> Callable[..., Any]:
                 out.update({path + (name,): g for name, g in sums.items()})
         if per_tensor:  # The other parameters: all examples at once (their gradients exist).
             for k, g in d_free.items():
-                out[k] = _einsum('n,n->', weights, jnp.sum(jnp.square(g.reshape(len(g), -1)), 1))
+                out[k] = _weighted_squares(weights, g)
             d_free = {}
 
         def squares(example):
